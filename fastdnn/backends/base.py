@@ -1,0 +1,116 @@
+"""Backend: every op of a training step, written once against an array namespace ``xp``.
+
+The ops take course-named arrays, write into ``out`` when given, and return the result.
+Backward ops work with ∂J/∂· of the *mean* cost J: the output delta already carries 1/m,
+so dW = dZ · A_prevᵀ and db = Σ_cols dZ need no further scaling.
+Faster backends override the composed ops (``linear_activation_*``, ``output_layer``,
+``update``) with fused passes; the composition here is the reference.
+"""
+import numpy as np
+
+
+class Backend:
+    name = "base"
+    xp = np
+
+    def __init__(self, device="cpu"):
+        self.device = device
+        self.counters = {"gemm": 0, "launch": 0, "sync": 0}
+
+    def __repr__(self):
+        return f"<fastdnn backend {self.name!r} on {self.device}>"
+
+    # --- arrays ----------------------------------------------------------------------------
+    def asarray(self, x, dtype=None):
+        """x as an array of this backend (copied to the device if needed)."""
+        return self.xp.asarray(x, dtype=dtype)
+
+    def to_numpy(self, x):
+        """A host NumPy copy of x (never a view of backend memory)."""
+        return np.array(x, copy=True)
+
+    def empty(self, shape, dtype):
+        return self.xp.empty(shape, dtype=dtype)
+
+    def zeros(self, shape, dtype):
+        return self.xp.zeros(shape, dtype=dtype)
+
+    def is_native(self, x):
+        """Whether x is an array this backend computes on without a copy."""
+        return isinstance(x, self.xp.ndarray)
+
+    def synchronize(self):
+        """Wait until queued work is done (no-op on the CPU)."""
+
+    def scalar(self, x):
+        """A 0-d array as a Python float (a device-to-host copy on GPUs)."""
+        return float(x)
+
+    # --- primitives ------------------------------------------------------------------------
+    def gemm(self, A, B, out=None, trans_a=False, trans_b=False):
+        """op(A) · op(B), op = transpose when asked. (n, k) · (k, m) -> (n, m)."""
+        self.counters["gemm"] += 1
+        return self.xp.matmul(A.T if trans_a else A, B.T if trans_b else B, out=out)
+
+    def add_bias(self, Z, b, out=None):
+        """Z + b, b broadcast over the m columns. Z (n_l, m), b (n_l, 1) -> (n_l, m)."""
+        return self.xp.add(Z, b, out=out)
+
+    def row_sum(self, dZ, out=None):
+        """Σ_cols dZ. dZ (n_l, m) -> (n_l, 1)."""
+        return self.xp.sum(dZ, axis=1, keepdims=True, out=out)
+
+    def activation_forward(self, activation, Z, out=None):
+        """A = g(Z). (n_l, m) -> (n_l, m)."""
+        return activation.forward(self.xp, Z, out)
+
+    def activation_backward(self, activation, dA, Z, A, out=None):
+        """dZ = dA * g'(Z) (the Jacobian product for softmax). (n_l, m) -> (n_l, m)."""
+        return activation.backward(self.xp, dA, Z, A, out)
+
+    # --- composed ops (fused by faster backends) -------------------------------------------
+    def linear_activation_forward(self, activation, A_prev, W, b, Z=None, A=None):
+        """Z = W · A_prev + b, A = g(Z). W (n_l, n_{l-1}), A_prev (n_{l-1}, m) -> Z, A (n_l, m)."""
+        Z = self.gemm(W, A_prev, out=Z)
+        self.add_bias(Z, b, out=Z)
+        return Z, self.activation_forward(activation, Z, out=A)
+
+    def linear_activation_backward(self, activation, dA, Z, A, A_prev, W, dW, db, dA_prev=None,
+                                   need_dA_prev=True):
+        """dZ = dA * g'(Z); dW = dZ · A_prevᵀ; db = Σ_cols dZ; dA_prev = Wᵀ · dZ (if needed).
+
+        dA (n_l, m) is overwritten with dZ. Returns (dA_prev or None, dW, db)."""
+        dZ = self.activation_backward(activation, dA, Z, A, out=dA)
+        return self.linear_backward(dZ, A_prev, W, dW, db, dA_prev, need_dA_prev)
+
+    def linear_backward(self, dZ, A_prev, W, dW, db, dA_prev=None, need_dA_prev=True):
+        """dW = dZ · A_prevᵀ (n_l, n_{l-1}); db = Σ_cols dZ (n_l, 1); dA_prev = Wᵀ · dZ (n_{l-1}, m)."""
+        self.gemm(dZ, A_prev, out=dW, trans_b=True)
+        self.row_sum(dZ, out=db)
+        if need_dA_prev:
+            dA_prev = self.gemm(W, dZ, out=dA_prev, trans_a=True)
+        return dA_prev, dW, db
+
+    def loss_cost(self, loss, Z, A, Y):
+        """J = (1/m) Σ L(a, y), a 0-d array. Z, A, Y (n_L, m) -> ()."""
+        return loss.total(self.xp, Z, A, Y) / Y.shape[1]
+
+    def output_delta(self, loss, activation, Z, A, Y, out=None):
+        """dZ[L] = ∂J/∂Z[L] = (A - Y)/m for the loss's canonical activation, else dA * g'(Z)."""
+        m = Y.shape[1]
+        if activation.name == loss.canonical:
+            dZ = self.xp.subtract(A, Y, out=out)
+        else:
+            dZ = self.activation_backward(activation, loss.dA(self.xp, A, Y), Z, A, out=out)
+        dZ *= 1 / m
+        return dZ
+
+    def output_layer(self, loss, activation, Z, A, Y, dZ):
+        """The cost J and dZ[L] (written into dZ), in one pass on fused backends."""
+        cost = self.loss_cost(loss, Z, A, Y)
+        self.output_delta(loss, activation, Z, A, Y, out=dZ)
+        return cost
+
+    def update(self, theta, dtheta, learning_rate, out):
+        """out = θ - α dθ over the flat parameter buffer. (P,) -> (P,)."""
+        return self.xp.subtract(theta, learning_rate * dtheta, out=out)

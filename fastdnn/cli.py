@@ -1,0 +1,68 @@
+"""The ``fastdnn`` command: ``fastdnn demo`` trains a network; ``fastdnn backends`` lists backends."""
+import argparse
+import sys
+
+import numpy as np
+
+
+def _demo(args):
+    import fastdnn
+    from fastdnn import datasets
+    X, Y = datasets.GENERATED[args.dataset](m=args.m, seed=args.seed)
+    classes = int(Y.max()) + 1
+    output = "sigmoid" if classes == 2 else "softmax"
+    dims = [X.shape[0], *args.hidden, 1 if classes == 2 else classes]
+    net = fastdnn.Network(dims, args.activation, output, device=args.device, dtype=args.dtype,
+                          seed=args.seed)
+    print(f"fastdnn {fastdnn.__version__}: {args.dataset} data set, X {X.shape}, {classes} classes")
+    print(f"network {net.layer_dims} ({args.activation} -> {output}), {net.dtype.name}, "
+          f"backend {net.backend.name!r} on {net.device}")
+    history = net.fit(X, Y, learning_rate=args.learning_rate, iterations=args.iterations,
+                      report_every=max(1, args.iterations // 10))
+    for r in history:
+        print(f"  iteration {r.iteration:6d}  cost {r.cost:.6f}  {r.seconds:8.3f} s")
+    steps = history[-1].iteration + 1
+    print(f"{steps} steps in {history[-1].seconds:.3f} s "
+          f"({1e6 * history[-1].seconds / steps:.1f} µs per step); "
+          f"training accuracy {100 * net.accuracy(X, Y):.1f} %")
+    return 0
+
+
+def _backends(args):
+    import fastdnn
+    for info in fastdnn.available_backends():
+        state = "available" if info.available else f"unavailable: {info.reason}"
+        print(f"{info.name:12s} {info.device:5s} {state}")
+    for device in ("cpu", "cuda"):
+        import warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            backend = fastdnn.get_backend(device)
+        note = f"  ({caught[0].message})" if caught else ""
+        print(f"device={device!r} -> backend {backend.name!r} on {backend.device}{note}")
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="fastdnn", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="train a network on a generated data set and report")
+    demo.add_argument("--dataset", default="flower", choices=["flower", "moons", "circles", "spirals"])
+    demo.add_argument("--m", type=int, default=400, help="number of examples")
+    demo.add_argument("--hidden", type=int, nargs="*", default=[8], help="hidden layer sizes")
+    demo.add_argument("--activation", default="tanh", help="hidden activation")
+    demo.add_argument("--learning-rate", type=float, default=1.2)
+    demo.add_argument("--iterations", type=int, default=5000)
+    demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or a backend name")
+    demo.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    demo.add_argument("--seed", type=int, default=1)
+    demo.set_defaults(run=_demo)
+    sub.add_parser("backends", help="list backends and what each device string selects").set_defaults(
+        run=_backends)
+    args = parser.parse_args(argv)
+    np.set_printoptions(precision=4)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

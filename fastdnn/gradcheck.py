@@ -1,0 +1,36 @@
+"""Gradient checking, as in the course: ||g - g_approx|| / (||g|| + ||g_approx||)."""
+import numpy as np
+
+
+def gradient_check(net, X, Y, epsilon=1e-7, max_checks=None, seed=0):
+    """Relative difference between the network's backprop gradients and central differences
+    (J(θ+ε) - J(θ-ε)) / 2ε of its cost. The differences run on a float64 copy of the network on the
+    same backend, so a float32 network is checked against float64 finite differences.
+    max_checks: check that many randomly chosen parameters (seeded) instead of all of them."""
+    from .network import Network
+    grads = net.gradients(X, Y)
+    g = np.concatenate([grads[f"d{p}{l}"].ravel() for l in range(1, net.L + 1) for p in "Wb"])
+    ref = Network.from_parameters(net.parameters, net.activations[:-1], net.activations[-1], net.loss,
+                                  device=net.backend, dtype=np.float64)
+    Xd, Yd = ref._prepare(X, Y)
+    theta = ref._slots[0][0]
+    index = np.arange(g.size)
+    if max_checks is not None and max_checks < g.size:
+        index = np.sort(np.random.RandomState(seed).choice(g.size, max_checks, replace=False))
+    approx = np.empty(index.size)
+    for k, i in enumerate(index):
+        original = float(theta[i])
+        theta[i] = original + epsilon
+        plus = _cost(ref, Xd, Yd)
+        theta[i] = original - epsilon
+        minus = _cost(ref, Xd, Yd)
+        theta[i] = original
+        approx[k] = (plus - minus) / (2 * epsilon)
+    g = g[index].astype(np.float64)
+    denominator = np.linalg.norm(g) + np.linalg.norm(approx)
+    return float(np.linalg.norm(g - approx) / denominator) if denominator else 0.0
+
+
+def _cost(net, Xd, Yd):
+    ws, cost = net._forward_cost_delta(Xd, Yd)
+    return net.backend.scalar(cost)

@@ -1,0 +1,305 @@
+"""Network: the deep L-layer network of the course on any backend.
+
+X = A[0] (n[0], m); Z[l] = W[l] · A[l-1] + b[l]; A[l] = g[l](Z[l]); A[L] = ŷ; J = (1/m) Σ L(ŷ, y).
+Parameters live in one flat buffer (W[l], b[l] are views), gradients in another, and a
+workspace per batch size holds Z, A and dA (overwritten by dZ) for every layer, so a step
+writes into preallocated arrays. The network knows a Backend, never which library runs it.
+"""
+import math
+import time
+
+import numpy as np
+
+from . import _checks
+from ._xp import array_namespace
+from .activations import get_activation
+from .backends import get_backend
+from .errors import TrainingDivergedError
+from .history import History
+from .initializers import initialize
+from .losses import get_loss
+
+DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class _Workspace:
+    """Z[l], A[l], dA[l] (n_l, m) for l = 1..L, on the backend; index 0 is unused."""
+
+    def __init__(self, backend, layer_dims, m, dtype):
+        self.m = m
+        self.Z, self.A, self.dA = ([None] + [backend.empty((n, m), dtype) for n in layer_dims[1:]]
+                                   for _ in range(3))
+
+
+def _layer_activations(hidden, output, L):
+    """L activations: hidden for layers 1..L-1 (one name, or a list of L-1, or of L with output None)."""
+    if isinstance(hidden, (list, tuple)):
+        names = list(hidden)
+        if len(names) == L and output is None:
+            return [get_activation(a) for a in names]
+        if len(names) != L - 1:
+            raise ValueError(f"hidden_activation has {len(names)} entries; expected {L - 1} "
+                             f"(one per hidden layer), or {L} with output_activation=None")
+    else:
+        names = [hidden] * (L - 1)
+    acts = [get_activation(a) for a in names] + [get_activation("sigmoid" if output is None else output)]
+    for l, act in enumerate(acts[:-1], start=1):
+        if not act.elementwise:
+            raise ValueError(f"layer {l} of {L}: {act.name!r} is only allowed as the output activation")
+    return acts
+
+
+def _check_dims(layer_dims):
+    dims = list(layer_dims)
+    if len(dims) < 2 or not all(isinstance(n, (int, np.integer)) and n >= 1 for n in dims):
+        raise ValueError(f"layer_dims must be at least two positive integers [n0, ..., nL]; got {layer_dims!r}")
+    return [int(n) for n in dims]
+
+
+def _check_dtype(dtype):
+    dt = np.dtype(dtype)
+    if dt not in DTYPES:
+        raise ValueError(f"dtype must be 'float32' or 'float64'; got {dt}")
+    return dt
+
+
+class Network:
+    """An L-layer network layer_dims = [n0, n1, ..., nL], trained on X (n0, m), Y (nL, m)."""
+
+    def __init__(self, layer_dims, hidden_activation="relu", output_activation=None, loss=None,
+                 init="he", device="auto", dtype="float32", seed=None):
+        self.layer_dims = _check_dims(layer_dims)
+        self.activations = _layer_activations(hidden_activation, output_activation, self.L)
+        self.loss = get_loss(loss, self.activations[-1])
+        self.dtype = _check_dtype(dtype)
+        self.backend = get_backend(device, _stacklevel=3)
+        if isinstance(init, dict):
+            dims = _checks.parameter_shapes(init, self.activations)
+            if dims != self.layer_dims:
+                raise ValueError(f"parameters give layer_dims {dims}, expected {self.layer_dims}")
+            parameters = init
+        else:
+            parameters = initialize(self.layer_dims, init, seed)
+        self._set_parameters(parameters)
+        self.iteration = 0
+
+    @classmethod
+    def from_parameters(cls, parameters, hidden_activation="relu", output_activation=None, loss=None,
+                        device="auto", dtype=None):
+        """A network with these parameters ({'W1': (n1, n0), 'b1': (n1, 1), ...}); dtype None keeps
+        theirs (float32 or float64; anything else becomes float64)."""
+        dims = _checks.parameter_shapes(parameters)
+        if dtype is None:
+            dt = np.result_type(parameters["W1"])
+            dtype = dt if dt in DTYPES else np.float64
+        return cls(dims, hidden_activation, output_activation, loss, init=parameters, device=device,
+                   dtype=dtype)
+
+    # --- parameters ------------------------------------------------------------------------
+    @property
+    def L(self):
+        return len(self.layer_dims) - 1
+
+    @property
+    def device(self):
+        return self.backend.device
+
+    def _views(self, flat):
+        """[(W1, b1), ..., (WL, bL)] as views of a flat buffer laid out W1, b1, W2, b2, ..."""
+        views, off = [], 0
+        for n_prev, n in zip(self.layer_dims[:-1], self.layer_dims[1:]):
+            W = flat[off:off + n * n_prev].reshape(n, n_prev)
+            off += n * n_prev
+            views.append((W, flat[off:off + n].reshape(n, 1)))
+            off += n
+        return views
+
+    def _set_parameters(self, parameters):
+        chunks = []
+        for l in range(1, self.L + 1):
+            for name in (f"W{l}", f"b{l}"):
+                a = parameters[name]
+                host = np.asarray(a.get() if array_namespace(a) is not np else a)
+                if host.dtype.kind not in "biuf" or not np.isfinite(host).all():
+                    raise ValueError(f"{name} must be finite numbers")
+                chunks.append(host.reshape(-1))
+        flat = self.backend.asarray(np.concatenate(chunks), dtype=self.dtype)
+        self._slots = [(flat, self._views(flat))]
+        spare = self.backend.empty(flat.shape, self.dtype)
+        spare[...] = flat
+        self._slots.append((spare, self._views(spare)))
+        self._dtheta = self.backend.zeros(flat.shape, self.dtype)
+        self._grads = self._views(self._dtheta)
+        self._has_previous = False
+        self._workspaces = {}
+
+    @property
+    def parameters(self):
+        """Host NumPy copies {'W1': (n1, n0), 'b1': (n1, 1), ...} in the network's dtype."""
+        return {f"{p}{l}": self.backend.to_numpy(a) for l, Wb in enumerate(self._slots[0][1], 1)
+                for p, a in zip("Wb", Wb)}
+
+    def to(self, device):
+        """Move the parameters to another device or backend (in place); returns self."""
+        parameters = self.parameters
+        self.backend = get_backend(device, _stacklevel=3)
+        self._set_parameters(parameters)
+        return self
+
+    def __repr__(self):
+        acts = "/".join(a.name for a in self.activations)
+        return (f"Network({self.layer_dims}, activations={acts}, loss={self.loss.name!r}, "
+                f"backend={self.backend.name!r} on {self.device}, dtype={self.dtype.name})")
+
+    # --- the step --------------------------------------------------------------------------
+    def _workspace(self, m):
+        ws = self._workspaces.get(m)
+        if ws is None:
+            if len(self._workspaces) >= 2:    # full batch + a last partial one
+                self._workspaces.pop(next(iter(self._workspaces)))
+            ws = self._workspaces[m] = _Workspace(self.backend, self.layer_dims, m, self.dtype)
+        return ws
+
+    def _forward(self, X, ws):
+        """Z[l], A[l] for l = 1..L into the workspace; returns A[L] (n_L, m)."""
+        A = X
+        for l, ((W, b), act) in enumerate(zip(self._slots[0][1], self.activations), start=1):
+            _, A = self.backend.linear_activation_forward(act, A, W, b, Z=ws.Z[l], A=ws.A[l])
+        return A
+
+    def _backward(self, X, ws):
+        """dW[l], db[l] for l = L..1 into the gradient buffer, from dZ[L] in ws.dA[L]."""
+        be, params, L = self.backend, self._slots[0][1], self.L
+        for l in range(L, 0, -1):
+            W, (dW, db) = params[l - 1][0], self._grads[l - 1]
+            A_prev, dA_prev = (X, None) if l == 1 else (ws.A[l - 1], ws.dA[l - 1])
+            if l == L:
+                be.linear_backward(ws.dA[L], A_prev, W, dW, db, dA_prev, need_dA_prev=l > 1)
+            else:
+                be.linear_activation_backward(self.activations[l - 1], ws.dA[l], ws.Z[l], ws.A[l],
+                                              A_prev, W, dW, db, dA_prev, need_dA_prev=l > 1)
+
+    def _forward_cost_delta(self, X, Y):
+        """Forward, then the cost J (0-d, on the backend) and dZ[L] into the workspace."""
+        ws = self._workspace(X.shape[1])
+        self._forward(X, ws)
+        L = self.L
+        return ws, self.backend.output_layer(self.loss, self.activations[-1], ws.Z[L], ws.A[L], Y, ws.dA[L])
+
+    def _train_step(self, X, Y, learning_rate, iteration, check):
+        """One gradient-descent step; with check, a non-finite cost stops before the update,
+        restoring the previous parameters (whose cost was finite)."""
+        ws, cost = self._forward_cost_delta(X, Y)
+        if check:
+            value = self.backend.scalar(cost)
+            if not math.isfinite(value):
+                restored = None
+                if self._has_previous:
+                    self._slots.reverse()
+                    self._has_previous, restored = False, iteration - 1
+                raise TrainingDivergedError(iteration, value, restored)
+        self._backward(X, ws)
+        self.backend.update(self._slots[0][0], self._dtheta, learning_rate, out=self._slots[1][0])
+        self._slots.reverse()
+        self._has_previous = True
+        self.iteration += 1
+        return cost
+
+    # --- public API ------------------------------------------------------------------------
+    def _prepare(self, X, Y=None):
+        Xd = _checks.as_float_array(self.backend, X, "X", self.dtype)
+        _checks.check_X(Xd, self._slots[0][1][0][0].shape, self.L, self.activations[0])
+        _checks.check_finite(self.backend, Xd, "X")
+        if Y is None:
+            return Xd
+        Yd = _checks.labels(self.backend, Y, self.loss, self.layer_dims[-1], Xd.shape[1], self.L,
+                            self.activations[-1], self.dtype)
+        return Xd, Yd
+
+    def _result(self, A, like):
+        """A copy of A: on the backend for backend-native non-NumPy input, else on the host."""
+        if self.backend.xp is not np and self.backend.is_native(like):
+            return A.copy()
+        return self.backend.to_numpy(A)
+
+    def forward(self, X):
+        """A[L] = ŷ for X (n0, m) -> (nL, m)."""
+        Xd = self._prepare(X)
+        ws = _Workspace(self.backend, self.layer_dims, Xd.shape[1], self.dtype)
+        return self._result(self._forward(Xd, ws), X)
+
+    predict_proba = forward
+
+    def cost(self, X, Y):
+        """J = (1/m) Σ L(ŷ, y) as a Python float."""
+        Xd, Yd = self._prepare(X, Y)
+        ws = _Workspace(self.backend, self.layer_dims, Xd.shape[1], self.dtype)
+        L = self.L
+        self._forward(Xd, ws)
+        return self.backend.scalar(self.backend.loss_cost(self.loss, ws.Z[L], ws.A[L], Yd))
+
+    def gradients(self, X, Y):
+        """{'dW1': (n1, n0), 'db1': (n1, 1), ...} = ∂J/∂W[l], ∂J/∂b[l], as host NumPy arrays."""
+        Xd, Yd = self._prepare(X, Y)
+        ws, _ = self._forward_cost_delta(Xd, Yd)
+        self._backward(Xd, ws)
+        return {f"d{p}{l}": self.backend.to_numpy(a) for l, dWb in enumerate(self._grads, 1)
+                for p, a in zip("Wb", dWb)}
+
+    def step(self, X, Y, learning_rate):
+        """One gradient-descent step W[l] -= α dW[l], b[l] -= α db[l]; returns J before the step."""
+        Xd, Yd = self._prepare(X, Y)
+        return self.backend.scalar(self._train_step(Xd, Yd, _check_rate(learning_rate),
+                                                    self.iteration, check=True))
+
+    def fit(self, X, Y, *, learning_rate=0.0075, iterations=3000, report_every=100, verbose=False):
+        """Batch gradient descent for ``iterations`` steps; returns the History of the costs at
+        every ``report_every``-th iteration and the last one (each cost is J before that step)."""
+        learning_rate = _check_rate(learning_rate)
+        if int(iterations) != iterations or iterations < 1 or int(report_every) != report_every \
+                or report_every < 1:
+            raise ValueError(f"iterations and report_every must be integers >= 1; got {iterations}, "
+                             f"{report_every}")
+        Xd, Yd = self._prepare(X, Y)
+        history, start = History(), time.perf_counter()
+        check_every_step = not self.device.startswith("cuda")   # no host sync per step on GPUs
+        for i in range(int(iterations)):
+            report = i % report_every == 0 or i == iterations - 1
+            cost = self._train_step(Xd, Yd, learning_rate, i, check=report or check_every_step)
+            if report:
+                history.append(i, self.backend.scalar(cost), time.perf_counter() - start)
+                if verbose:
+                    print(f"Cost after iteration {i}: {history[-1].cost:.6f}")
+        return history
+
+    def predict(self, X):
+        """Class predictions: (A > 0.5) as 0/1 (nL, m) for sigmoid, argmax ids (1, m) for softmax;
+        A itself for regression outputs."""
+        A = self.forward(X)
+        xp = np if isinstance(A, np.ndarray) else self.backend.xp
+        name = self.activations[-1].name
+        if name == "sigmoid":
+            return (A > 0.5).astype(np.int64)
+        if name == "softmax":
+            return xp.argmax(A, axis=0).reshape(1, -1)
+        return A
+
+    def accuracy(self, X, Y):
+        """Fraction of correct predictions (all outputs of all examples), a Python float."""
+        name = self.activations[-1].name
+        if name not in ("sigmoid", "softmax"):
+            raise ValueError(f"accuracy needs a sigmoid or softmax output, not {name!r}; use cost()")
+        p = self.predict(X)
+        p = p if isinstance(p, np.ndarray) else self.backend.to_numpy(p)
+        Xd, Yd = self._prepare(X, Y)
+        Y1 = self.backend.to_numpy(Yd)
+        if name == "softmax":
+            Y1 = np.argmax(Y1, axis=0).reshape(1, -1)
+        return float(np.mean(p == Y1))
+
+
+def _check_rate(learning_rate):
+    lr = float(learning_rate)
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"learning_rate must be a finite number > 0; got {learning_rate}")
+    return lr

@@ -1,0 +1,135 @@
+"""Bad input: clear errors naming the layer, the array and both shapes; nothing lost on divergence."""
+import numpy as np
+import pytest
+
+from fastdnn import Network, ShapeError, TrainingDivergedError, course, datasets
+
+
+@pytest.fixture
+def net(backend):
+    return Network([4, 5, 3, 1], device=backend, dtype="float64", seed=0)
+
+
+def test_X_with_wrong_features_names_layer_and_shapes(net):
+    with pytest.raises(ShapeError) as e:
+        net.forward(np.ones((3, 64)))
+    assert str(e.value).startswith("layer 1 of 3 (relu): X has shape (3, 64), expected (4, m) "
+                                   "to match W1 (5, 4)")
+
+
+def test_one_dimensional_X_is_a_shape_error(net):
+    with pytest.raises(ShapeError, match=r"X has shape \(4,\), expected \(4, m\)"):
+        net.predict(np.ones(4))
+
+
+def test_Y_with_wrong_shape_names_the_output_layer(net):
+    with pytest.raises(ShapeError) as e:
+        net.fit(np.ones((4, 10)), np.ones((2, 10)), iterations=1)
+    assert str(e.value) == ("layer 3 of 3 (sigmoid): Y has shape (2, 10), expected (1, 10) "
+                            "to match A3 (1, 10)")
+
+
+def test_one_dimensional_Y_is_accepted_for_one_output(net):
+    X, Y = np.random.RandomState(0).randn(4, 6), np.array([0, 1, 1, 0, 1, 0])
+    assert net.cost(X, Y) == net.cost(X, Y.reshape(1, -1))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_X_is_refused(net, bad):
+    X = np.ones((4, 5))
+    X[2, 3] = bad
+    with pytest.raises(ValueError, match=r"X contains NaN or infinity \(first at index \(2, 3\)\)"):
+        net.fit(X, np.ones((1, 5)), iterations=1)
+
+
+def test_non_finite_Y_is_refused(net):
+    with pytest.raises(ValueError, match="Y contains NaN or infinity"):
+        net.cost(np.ones((4, 2)), np.array([[0.0, np.nan]]))
+
+
+def test_bce_labels_outside_zero_one_are_refused(net):
+    with pytest.raises(ValueError, match="labels for loss 'bce' must be 0 or 1; Y contains 2"):
+        net.fit(np.ones((4, 3)), np.array([[0, 1, 2]]), iterations=1)
+
+
+def test_empty_batch_is_refused(net):
+    with pytest.raises(ValueError, match=r"X has no examples \(m = 0\)"):
+        net.forward(np.ones((4, 0)))
+
+
+def test_non_numeric_X_is_refused(net):
+    with pytest.raises(TypeError, match="X must hold numbers"):
+        net.forward(np.array([["a"] * 3] * 4))
+
+
+def test_class_ids_out_of_range_are_refused(backend):
+    net = Network([2, 4, 3], output_activation="softmax", device=backend)
+    with pytest.raises(ValueError, match=r"class ids in Y must be integers in \[0, 3\)"):
+        net.cost(np.ones((2, 3)), np.array([0, 1, 3]))
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="layer_dims must be at least two positive integers"):
+        Network([3])
+    with pytest.raises(ValueError, match="layer_dims must be at least two positive integers"):
+        Network([3, 0, 1])
+    with pytest.raises(ValueError, match="dtype must be 'float32' or 'float64'; got float16"):
+        Network([3, 1], dtype="float16")
+    with pytest.raises(ValueError, match="unknown device 'gpu'; expected one of"):
+        Network([3, 1], device="gpu")
+    with pytest.raises(ValueError, match="learning_rate must be a finite number > 0"):
+        Network([3, 1]).fit(np.ones((3, 2)), np.ones((1, 2)), learning_rate=-1, iterations=1)
+    with pytest.raises(ValueError, match="iterations and report_every must be integers >= 1"):
+        Network([3, 1]).fit(np.ones((3, 2)), np.ones((1, 2)), iterations=0)
+
+
+def test_inconsistent_parameters_name_the_layer():
+    params = Network([4, 5, 3, 1], seed=0).parameters
+    params["W2"] = np.ones((3, 6))
+    with pytest.raises(ShapeError, match=r"layer 2 of 3: W2 has shape \(3, 6\), expected \(n2, 5\) "
+                                         r"to match W1 \(5, 4\)"):
+        Network.from_parameters(params)
+    params = Network([4, 5, 3, 1], seed=0).parameters
+    params["b2"] = np.ones((4, 1))
+    with pytest.raises(ShapeError, match=r"b2 has shape \(4, 1\), expected \(3, 1\) to match W2 \(3, 5\)"):
+        Network.from_parameters(params)
+    params = Network([4, 5, 3, 1], seed=0).parameters
+    params["W1"][0, 0] = np.nan
+    with pytest.raises(ValueError, match="W1 must be finite numbers"):
+        Network.from_parameters(params)
+    with pytest.raises(ValueError, match="found no 'W1'"):
+        Network.from_parameters({})
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")   # NumPy reports the overflow first
+def test_divergence_stops_with_iteration_and_keeps_last_finite_parameters(backend):
+    X, Y = datasets.moons(m=64)
+    X = X * 1e3                                # a learning rate far too large for this scale
+    net = Network([2, 8, 1], "relu", device=backend, dtype="float32", seed=0)
+    snapshots = []
+    original = net._train_step
+
+    def recording(*args, **kwargs):
+        snapshots.append(net.parameters)
+        return original(*args, **kwargs)
+
+    net._train_step = recording
+    with pytest.raises(TrainingDivergedError) as e:
+        net.fit(X, Y, learning_rate=50.0, iterations=1000)
+    err = e.value
+    assert err.iteration >= 1 and not np.isfinite(err.cost)
+    assert f"at iteration {err.iteration}" in str(err)
+    assert err.restored_iteration == err.iteration - 1
+    kept = net.parameters
+    for key in kept:
+        np.testing.assert_array_equal(kept[key], snapshots[err.iteration - 1][key])
+    assert np.isfinite(net.cost(X, Y))
+
+
+def test_course_forward_names_the_layer_on_shape_mismatch():
+    params = course.initialize_parameters_deep([4, 5, 3, 1])
+    params["W2"] = np.ones((3, 4))
+    with pytest.raises(ShapeError) as e:
+        course.L_model_forward(np.ones((4, 64)), params)
+    assert str(e.value) == ("layer 2 of 3 (relu): A_prev has shape (5, 64), expected (4, m) "
+                            "to match W2 (3, 4)")
