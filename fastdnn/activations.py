@@ -29,6 +29,7 @@ class Activation:
 
     name = ""
     elementwise = True
+    transcendental = False     # g needs exp/tanh: compiled scalar loops cannot use SIMD for it
 
     @property
     def key(self):
@@ -47,6 +48,7 @@ class Activation:
 
 class Sigmoid(Activation):
     name = "sigmoid"
+    transcendental = True
 
     def forward(self, xp, Z, out=None):
         """A = 1 / (1 + exp(-Z)), via exp(-|Z|) so nothing overflows. (n, m) -> (n, m)."""
@@ -75,6 +77,7 @@ class Sigmoid(Activation):
 
 class Tanh(Activation):
     name = "tanh"
+    transcendental = True
 
     def forward(self, xp, Z, out=None):
         """A = tanh(Z). (n, m) -> (n, m)."""

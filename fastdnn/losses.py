@@ -19,6 +19,12 @@ class Loss:
     def __repr__(self):
         return f"{type(self).__name__}()"
 
+    def __eq__(self, other):          # by value, so compiled kernels are shared between networks
+        return isinstance(other, Loss) and self.name == other.name
+
+    def __hash__(self):
+        return hash(self.name)
+
 
 class BinaryCrossEntropy(Loss):
     """L = -[y log a + (1-y) log(1-a)], with a = sigmoid(z); labels in {0, 1}."""

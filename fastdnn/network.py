@@ -23,12 +23,16 @@ DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 class _Workspace:
-    """Z[l], A[l], dA[l] (n_l, m) for l = 1..L, on the backend; index 0 is unused."""
+    """Z[l], A[l], dA[l] (n_l, m) for l = 1..L as views of three flat buffers (Zf, Af, dAf) on the
+    backend; index 0 is unused. ``fused`` is the backend's whole-step callable, if it has one."""
 
-    def __init__(self, backend, layer_dims, m, dtype):
-        self.m = m
-        self.Z, self.A, self.dA = ([None] + [backend.empty((n, m), dtype) for n in layer_dims[1:]]
-                                   for _ in range(3))
+    def __init__(self, backend, layer_dims, m, dtype, fused=None):
+        self.m, self.fused = m, fused
+        self.offsets = np.concatenate([[0], np.cumsum([n * m for n in layer_dims[1:]])])
+        self.Zf, self.Af, self.dAf = (backend.empty((int(self.offsets[-1]),), dtype) for _ in range(3))
+        self.Z, self.A, self.dA = ([None] + [flat[o:o + n * m].reshape(n, m)
+                                             for o, n in zip(self.offsets, layer_dims[1:])]
+                                   for flat in (self.Zf, self.Af, self.dAf))
 
 
 def _layer_activations(hidden, output, L):
@@ -157,7 +161,8 @@ class Network:
         if ws is None:
             if len(self._workspaces) >= 2:    # full batch + a last partial one
                 self._workspaces.pop(next(iter(self._workspaces)))
-            ws = self._workspaces[m] = _Workspace(self.backend, self.layer_dims, m, self.dtype)
+            fused = self.backend.fused_step(self.activations, self.loss, self.layer_dims, m, self.dtype)
+            ws = self._workspaces[m] = _Workspace(self.backend, self.layer_dims, m, self.dtype, fused)
         return ws
 
     def _forward(self, X, ws):
@@ -179,31 +184,41 @@ class Network:
                 be.linear_activation_backward(self.activations[l - 1], ws.dA[l], ws.Z[l], ws.A[l],
                                               A_prev, W, dW, db, dA_prev, need_dA_prev=l > 1)
 
-    def _forward_cost_delta(self, X, Y):
+    def _forward_cost_delta(self, X, Y, ws):
         """Forward, then the cost J (0-d, on the backend) and dZ[L] into the workspace."""
-        ws = self._workspace(X.shape[1])
         self._forward(X, ws)
         L = self.L
-        return ws, self.backend.output_layer(self.loss, self.activations[-1], ws.Z[L], ws.A[L], Y, ws.dA[L])
+        return self.backend.output_layer(self.loss, self.activations[-1], ws.Z[L], ws.A[L], Y, ws.dA[L])
 
     def _train_step(self, X, Y, learning_rate, iteration, check):
-        """One gradient-descent step; with check, a non-finite cost stops before the update,
-        restoring the previous parameters (whose cost was finite)."""
-        ws, cost = self._forward_cost_delta(X, Y)
-        if check:
-            value = self.backend.scalar(cost)
-            if not math.isfinite(value):
-                restored = None
-                if self._has_previous:
-                    self._slots.reverse()
-                    self._has_previous, restored = False, iteration - 1
-                raise TrainingDivergedError(iteration, value, restored)
-        self._backward(X, ws)
-        self.backend.update(self._slots[0][0], self._dtheta, learning_rate, out=self._slots[1][0])
+        """One gradient-descent step θ_out = θ - α dθ, then the two parameter buffers swap roles.
+        With check (always for a fused step), a non-finite cost stops before the update."""
+        ws = self._workspace(X.shape[1])
+        theta, theta_out = self._slots[0][0], self._slots[1][0]
+        if ws.fused is not None:      # the whole step in one call; no update on a non-finite cost
+            cost = ws.fused(X, Y, theta, theta_out, self._dtheta, ws.Zf, ws.Af, ws.dAf, learning_rate)
+            self._check_finite(cost, iteration)
+        else:
+            cost = self._forward_cost_delta(X, Y, ws)
+            if check:
+                self._check_finite(self.backend.scalar(cost), iteration)
+            self._backward(X, ws)
+            self.backend.update(theta, self._dtheta, learning_rate, out=theta_out)
         self._slots.reverse()
         self._has_previous = True
         self.iteration += 1
         return cost
+
+    def _check_finite(self, cost, iteration):
+        """Raise TrainingDivergedError for a non-finite cost, restoring the previous parameters
+        (whose cost was finite) when there are any."""
+        if math.isfinite(cost):
+            return
+        restored = None
+        if self._has_previous:
+            self._slots.reverse()
+            self._has_previous, restored = False, iteration - 1
+        raise TrainingDivergedError(iteration, cost, restored)
 
     # --- public API ------------------------------------------------------------------------
     def _prepare(self, X, Y=None):
@@ -241,7 +256,8 @@ class Network:
     def gradients(self, X, Y):
         """{'dW1': (n1, n0), 'db1': (n1, 1), ...} = ∂J/∂W[l], ∂J/∂b[l], as host NumPy arrays."""
         Xd, Yd = self._prepare(X, Y)
-        ws, _ = self._forward_cost_delta(Xd, Yd)
+        ws = _Workspace(self.backend, self.layer_dims, Xd.shape[1], self.dtype)
+        self._forward_cost_delta(Xd, Yd, ws)
         self._backward(Xd, ws)
         return {f"d{p}{l}": self.backend.to_numpy(a) for l, dWb in enumerate(self._grads, 1)
                 for p, a in zip("Wb", dWb)}

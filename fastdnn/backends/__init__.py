@@ -14,6 +14,7 @@ from .base import Backend
 
 # name -> (module, class, device kind); preference order within a kind is the order here.
 _REGISTRY = {
+    "numba": ("fastdnn.backends.numba_backend", "NumbaBackend", "cpu"),
     "numpy": ("fastdnn.backends.numpy_backend", "NumpyBackend", "cpu"),
 }
 _CUDA_BACKENDS_PLANNED = ("cupy-numba", "cupy")

@@ -111,6 +111,11 @@ class Backend:
         self.output_delta(loss, activation, Z, A, Y, out=dZ)
         return cost
 
+    def fused_step(self, activations, loss, layer_dims, m, dtype):
+        """A callable doing a whole training step in one call for this network and batch size,
+        step(X, Y, θ, θ_out, dθ, Zf, Af, dAf, α) -> J, or None to use the ops one by one."""
+        return None
+
     def update(self, theta, dtheta, learning_rate, out):
         """out = θ - α dθ over the flat parameter buffer. (P,) -> (P,)."""
         return self.xp.subtract(theta, learning_rate * dtheta, out=out)

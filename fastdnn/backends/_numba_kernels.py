@@ -1,0 +1,295 @@
+"""Numba CPU kernels, built once per (activation or loss, dtype) from the scalar math in
+``activations.py`` / ``losses.py``, compiled on first use and cached on disk.
+
+Arrays are C-contiguous (n, m): rows are units, columns examples, so inner loops run along
+contiguous memory. Reductions accumulate in float64; ``fastmath`` only allows reassociation and
+FMA contraction (no finite-math assumptions: NaN must still reach the cost check).
+
+Building blocks are plain Python functions registered with ``register_jitable`` and captured by
+the kernels' closures; Numba hashes closure contents (and the globals they use) into its cache
+key, and plain functions, unlike dispatchers, hash the same in every process — so ``cache=True``
+works for every kernel as long as no closure-captured block refers to a dispatcher.
+"""
+import functools
+
+import numba
+import numpy as np
+from numba.extending import register_jitable
+
+_FLAGS = dict(nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
+
+
+def jitable(fn):
+    """fn, made callable from compiled code (compiled with _FLAGS where it is called)."""
+    return register_jitable(**_FLAGS)(fn)
+
+
+njit = functools.partial(numba.njit, cache=True, **_FLAGS)
+
+
+@functools.lru_cache(maxsize=None)
+def _scalar(activation, dtype):
+    g, dg = activation.scalar(np.dtype(dtype).type)
+    return jitable(g), jitable(dg)
+
+
+# --- fused passes: plain (jitable) versions, composed by whole_step --------------------------
+@functools.lru_cache(maxsize=None)
+def _bias_activation(activation, dtype):
+    g, _ = _scalar(activation, dtype)
+
+    def kernel(Z, b, A):
+        n, m = Z.shape
+        for i in range(n):
+            bi = b[i, 0]
+            for j in range(m):
+                z = Z[i, j] + bi
+                Z[i, j] = z
+                A[i, j] = g(z)
+
+    return jitable(kernel)
+
+
+@functools.lru_cache(maxsize=None)
+def _bias_softmax(dtype):
+    zero = np.dtype(dtype).type(0.0)
+
+    def kernel(Z, b, A):
+        n, m = Z.shape
+        for j in range(m):
+            zmax = Z[0, j] + b[0, 0]
+            for i in range(n):
+                z = Z[i, j] + b[i, 0]
+                Z[i, j] = z
+                zmax = max(zmax, z)
+            s = zero
+            for i in range(n):
+                e = np.exp(Z[i, j] - zmax)
+                A[i, j] = e
+                s += e
+            for i in range(n):
+                A[i, j] /= s
+
+    return jitable(kernel)
+
+
+@functools.lru_cache(maxsize=None)
+def _delta_row_sum(activation, dtype):
+    _, dg = _scalar(activation, dtype)
+
+    def kernel(dA, Z, A, db):
+        n, m = dA.shape
+        for i in range(n):
+            s = 0.0
+            for j in range(m):
+                d = dA[i, j] * dg(Z[i, j], A[i, j])
+                dA[i, j] = d
+                s += d
+            db[i, 0] = s
+
+    return jitable(kernel)
+
+
+@functools.lru_cache(maxsize=None)
+def _output_elementwise(loss, activation, dtype):
+    cost = jitable(loss.scalar(np.dtype(dtype).type))
+    canonical = activation.name == loss.canonical
+    _, dg = _scalar(activation, dtype)
+
+    def kernel(Z, A, Y, dZ, inv_m):
+        n, m = Z.shape
+        total = 0.0
+        for i in range(n):
+            for j in range(m):
+                z, a, y = Z[i, j], A[i, j], Y[i, j]
+                total += cost(z, a, y)
+                d = a - y
+                if not canonical:
+                    d = d * dg(z, a)
+                dZ[i, j] = d * inv_m
+        return total * inv_m
+
+    return jitable(kernel)
+
+
+@functools.lru_cache(maxsize=None)
+def _output_softmax_ce(dtype):
+    tiny = np.dtype(dtype).type(1e-30)
+
+    def kernel(Z, A, Y, dZ, inv_m):
+        n, m = Z.shape
+        for i in range(n):
+            for j in range(m):
+                dZ[i, j] = (A[i, j] - Y[i, j]) * inv_m
+        total = 0.0
+        for i in range(n):
+            for j in range(m):
+                y = Y[i, j]
+                if y != 0:
+                    a = A[i, j]
+                    total -= y * (np.log(np.float64(a)) if a > tiny else _log_softmax(Z, i, j))
+        return total * inv_m
+
+    return jitable(kernel)
+
+
+@jitable
+def _log_softmax(Z, i, j):
+    """z_ij - logsumexp(Z[:, j]) in float64."""
+    zmax = np.float64(Z[0, j])
+    for r in range(Z.shape[0]):
+        zmax = max(zmax, np.float64(Z[r, j]))
+    s = 0.0
+    for r in range(Z.shape[0]):
+        s += np.exp(np.float64(Z[r, j]) - zmax)
+    return np.float64(Z[i, j]) - zmax - np.log(s)
+
+
+# --- the kernels the backend calls --------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def bias_activation(activation, dtype):
+    """Z += b (broadcast over columns), A = g(Z), in one pass. Z, A (n, m), b (n, 1)."""
+    return njit(_bias_activation(activation, dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def bias_softmax(dtype):
+    """Z += b, A[:, j] = softmax(Z[:, j]) per column, in one sweep of each column. (C, m)."""
+    return njit(_bias_softmax(dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def delta_row_sum(activation, dtype):
+    """dZ = dA * g'(Z) written over dA, and db = Σ_cols dZ, in one pass. dA, Z, A (n, m), db (n, 1)."""
+    return njit(_delta_row_sum(activation, dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def output_elementwise(loss, activation, dtype):
+    """J = (1/m) Σ L(z, a, y) and dZ = (A - Y)/m (times g'(Z) unless the activation is the loss's
+    canonical one), in one pass. Z, A, Y, dZ (n_L, m); returns J as a float."""
+    return njit(_output_elementwise(loss, activation, dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def output_softmax_ce(dtype):
+    """J = -(1/m) Σ y log a and dZ = (A - Y)/m. (C, m). log a comes from A where A is a normal
+    number, else from the logits (z - logsumexp of the column), so saturated outputs stay finite."""
+    return njit(_output_softmax_ce(dtype))
+
+
+@njit
+def add_bias(Z, b, out):
+    """out = Z + b, b broadcast over the m columns. Z, out (n, m), b (n, 1)."""
+    n, m = Z.shape
+    for i in range(n):
+        bi = b[i, 0]
+        for j in range(m):
+            out[i, j] = Z[i, j] + bi
+
+
+@njit
+def sgd_update(theta, dtheta, learning_rate, out):
+    """out = θ - α dθ over the flat buffers. (P,)."""
+    for p in range(theta.shape[0]):
+        out[p] = theta[p] - learning_rate * dtheta[p]
+
+
+# --- small networks: the whole step in one compiled call --------------------------------------
+# GEMMs as loops whose inner loop runs along the m contiguous columns; for a few thousand
+# multiply-adds this beats calling BLAS, whose per-call cost is microseconds.
+
+@njit
+def gemm_nn(W, A, Z):
+    """Z = W · A. W (n, k), A (k, m) -> Z (n, m)."""
+    n, k = W.shape
+    for i in range(n):
+        Z[i, :] = 0
+        for p in range(k):
+            w = W[i, p]
+            for j in range(A.shape[1]):
+                Z[i, j] += w * A[p, j]
+
+
+@njit
+def gemm_nt(dZ, A, dW):
+    """dW = dZ · Aᵀ. dZ (n, m), A (k, m) -> dW (n, k)."""
+    for i in range(dZ.shape[0]):
+        for p in range(A.shape[0]):
+            s = 0.0
+            for j in range(dZ.shape[1]):
+                s += dZ[i, j] * A[p, j]
+            dW[i, p] = s
+
+
+@njit
+def gemm_tn(W, dZ, dA):
+    """dA = Wᵀ · dZ. W (n, k), dZ (n, m) -> dA (k, m)."""
+    n, k = W.shape
+    dA[:, :] = 0
+    for i in range(n):
+        for p in range(k):
+            w = W[i, p]
+            for j in range(dZ.shape[1]):
+                dA[p, j] += w * dZ[i, j]
+
+
+@njit
+def _row_sum(dZ, db):
+    for i in range(dZ.shape[0]):
+        s = 0.0
+        for j in range(dZ.shape[1]):
+            s += dZ[i, j]
+        db[i, 0] = s
+
+
+@functools.lru_cache(maxsize=None)
+def whole_step(hidden, output, loss, dtype):
+    """One gradient-descent step of a network whose hidden layers all use ``hidden``, in one call.
+
+    step(X, Y, theta, theta_out, dtheta, dims, pofs, wofs, Zf, Af, dAf, lr, inv_m) -> J: parameters
+    are read from the flat θ (W[l] at pofs[l-1], b[l] after it), Z, A, dA from flat work buffers
+    (layer l at wofs[l-1]); θ_out = θ - α dθ is written only when J is finite."""
+    forward_hidden = _bias_activation(hidden, dtype)
+    delta_hidden = _delta_row_sum(hidden, dtype)
+    if output.name == "softmax":
+        forward_output, output_pass = _bias_softmax(dtype), _output_softmax_ce(dtype)
+    else:
+        forward_output, output_pass = _bias_activation(output, dtype), _output_elementwise(loss, output, dtype)
+
+    def step(X, Y, theta, theta_out, dtheta, dims, pofs, wofs, Zf, Af, dAf, lr, inv_m):
+        L, m = dims.shape[0] - 1, X.shape[1]
+        A_prev = X
+        for l in range(1, L + 1):
+            n, k, po, wo = dims[l], dims[l - 1], pofs[l - 1], wofs[l - 1]
+            W = theta[po:po + n * k].reshape((n, k))
+            b = theta[po + n * k:po + n * k + n].reshape((n, 1))
+            Z, A = Zf[wo:wo + n * m].reshape((n, m)), Af[wo:wo + n * m].reshape((n, m))
+            gemm_nn(W, A_prev, Z)
+            if l < L:
+                forward_hidden(Z, b, A)
+            else:
+                forward_output(Z, b, A)
+            A_prev = A
+        wo, n = wofs[L - 1], dims[L]
+        cost = output_pass(Zf[wo:wo + n * m].reshape((n, m)), Af[wo:wo + n * m].reshape((n, m)), Y,
+                           dAf[wo:wo + n * m].reshape((n, m)), inv_m)
+        if not np.isfinite(cost):
+            return cost
+        for l in range(L, 0, -1):
+            n, k, po, wo = dims[l], dims[l - 1], pofs[l - 1], wofs[l - 1]
+            dZ = dAf[wo:wo + n * m].reshape((n, m))
+            db = dtheta[po + n * k:po + n * k + n].reshape((n, 1))
+            if l < L:
+                delta_hidden(dZ, Zf[wo:wo + n * m].reshape((n, m)), Af[wo:wo + n * m].reshape((n, m)), db)
+            else:
+                _row_sum(dZ, db)
+            A_prev = X if l == 1 else Af[wofs[l - 2]:wofs[l - 2] + k * m].reshape((k, m))
+            gemm_nt(dZ, A_prev, dtheta[po:po + n * k].reshape((n, k)))
+            if l > 1:
+                gemm_tn(theta[po:po + n * k].reshape((n, k)), dZ,
+                        dAf[wofs[l - 2]:wofs[l - 2] + k * m].reshape((k, m)))
+        sgd_update(theta, dtheta, lr, theta_out)
+        return cost
+
+    return njit(step)
