@@ -184,6 +184,7 @@ class Linear(Activation):
 class Softmax(Activation):
     name = "softmax"
     elementwise = False
+    transcendental = True
 
     def forward(self, xp, Z, out=None):
         """A[:, j] = exp(Z[:, j] - max) / Σ_i exp(Z[i, j] - max), per column. (C, m) -> (C, m)."""

@@ -1,6 +1,8 @@
-"""The ``fastdnn`` command: ``fastdnn demo`` trains a network; ``fastdnn backends`` lists backends."""
+"""The ``fastdnn`` command: ``demo`` trains a network, ``bench`` benchmarks, ``backends`` lists them."""
 import argparse
+import shlex
 import sys
+import warnings
 
 import numpy as np
 
@@ -25,6 +27,25 @@ def _demo(args):
     print(f"{steps} steps in {history[-1].seconds:.3f} s "
           f"({1e6 * history[-1].seconds / steps:.1f} µs per step); "
           f"training accuracy {100 * net.accuracy(X, Y):.1f} %")
+    if args.bench:
+        from . import bench
+        print("\nQuick benchmark (one training step; `fastdnn bench` for every configuration):")
+        configs = [c for c in bench.CONFIGS if c.name in ("tiny", "mnist-256")]
+        rows, _ = bench.run(configs, ("float32",), rounds=3, progress=False)
+        print(bench.table(rows))
+    return 0
+
+
+def _bench(args):
+    from . import bench
+    configs = [c for c in bench.CONFIGS if not args.config or c.name in args.config]
+    rounds, budget = (args.rounds or 15, 0.5) if args.full else (args.rounds or 3, 0.03)
+    rows, info = bench.run(configs, args.dtype, rounds=rounds, loop_budget_s=budget)
+    print(bench.table(rows))
+    command = "fastdnn " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if args.argv is None \
+        else "fastdnn " + " ".join(shlex.quote(a) for a in args.argv)
+    paths = bench.write_reports(rows, info, args.out, command)
+    print("\nwrote " + ", ".join(paths.values()))
     return 0
 
 
@@ -34,7 +55,6 @@ def _backends(args):
         state = "available" if info.available else f"unavailable: {info.reason}"
         print(f"{info.name:12s} {info.device:5s} {state}")
     for device in ("cpu", "cuda"):
-        import warnings
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             backend = fastdnn.get_backend(device)
@@ -56,10 +76,24 @@ def main(argv=None):
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or a backend name")
     demo.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     demo.add_argument("--seed", type=int, default=1)
+    demo.add_argument("--no-bench", dest="bench", action="store_false",
+                      help="skip the quick benchmark summary at the end")
     demo.set_defaults(run=_demo)
+    bench = sub.add_parser("bench", help="time a training step: loops, vectorized, fused, the GEMM "
+                                         "floor and PyTorch (if installed)")
+    mode = bench.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="few rounds (default; under 2 minutes)")
+    mode.add_argument("--full", action="store_true", help="15 rounds, loops timed longer")
+    bench.add_argument("--config", nargs="*", help="configurations by name (default: all)")
+    bench.add_argument("--dtype", nargs="*", default=["float32", "float64"], choices=["float32", "float64"])
+    bench.add_argument("--rounds", type=int, help="interleaved rounds per configuration")
+    bench.add_argument("--out", default="fastdnn-bench", help="directory for results.json, "
+                                                              "RESULTS.md and results.png")
+    bench.set_defaults(run=_bench)
     sub.add_parser("backends", help="list backends and what each device string selects").set_defaults(
         run=_backends)
     args = parser.parse_args(argv)
+    args.argv = argv
     np.set_printoptions(precision=4)
     return args.run(args)
 

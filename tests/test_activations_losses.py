@@ -7,7 +7,7 @@ import pytest
 from fastdnn.activations import ACTIVATIONS as REGISTRY, get_activation
 from fastdnn.losses import get_loss
 
-from conftest import ACTIVATIONS, DTYPES, OUTPUTS
+from support import ACTIVATIONS, DTYPES, OUTPUTS
 
 EXTREME = np.array([[-1e4, -1e3, -100.0, -20.0, -1e-30, 0.0, 1e-30, 20.0, 100.0, 1e3, 1e4]])
 

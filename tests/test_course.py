@@ -7,7 +7,7 @@ import pytest
 
 from fastdnn import Network, course, datasets
 
-from conftest import CAT_DIR
+from support import CAT_DIR
 
 randn = np.random.randn
 

@@ -36,7 +36,7 @@ def run(*args):
 
 
 def test_demo_prints_device_costs_and_accuracy():
-    out = run("demo", "--iterations", "300")
+    out = run("demo", "--iterations", "300", "--no-bench")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert "backend" in lines[1] and "on cpu" in lines[1]

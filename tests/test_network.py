@@ -6,7 +6,7 @@ import fastdnn
 from fastdnn import Network, datasets, gradient_check
 
 import oracle
-from conftest import ACTIVATIONS, BACKENDS, DTYPES, OUTPUTS, assert_close, rounded
+from support import ACTIVATIONS, BACKENDS, DTYPES, OUTPUTS, assert_close, rounded
 
 DEPTHS = [1, 2, 3, 4]
 HIDDEN = [5, 4, 3]

@@ -10,7 +10,7 @@ import pytest
 
 from fastdnn import Network, datasets
 
-from conftest import ACTIVATIONS, BACKENDS, OUTPUTS
+from support import ACTIVATIONS, BACKENDS, OUTPUTS
 
 pytestmark = pytest.mark.skipif("numba" not in BACKENDS, reason="numba is not installed")
 

@@ -6,7 +6,7 @@ from fastdnn.activations import get_activation
 from fastdnn.losses import get_loss
 
 import oracle
-from conftest import ACTIVATIONS, BACKENDS, DTYPES, OUTPUTS, assert_close, rounded
+from support import ACTIVATIONS, BACKENDS, DTYPES, OUTPUTS, assert_close, rounded
 
 SHAPES = [(1, 1), (5, 1), (1, 7), (4, 3), (33, 67)]
 GEMM_SHAPES = [(1, 1, 1), (3, 5, 1), (1, 7, 4), (33, 17, 67)]

@@ -35,7 +35,7 @@ class NumbaBackend(Backend):
         if activation.transcendental and W.shape[0] * A_prev.shape[1] >= SIMD_MIN_SIZE:
             return super().linear_activation_forward(activation, A_prev, W, b, Z, A)
         Z = self.gemm(W, A_prev, out=Z)
-        A = np.empty_like(Z) if A is None else A
+        A = np.empty_like(Z) if A is None else A   # only for callers outside a workspace
         kernel = K.bias_softmax(Z.dtype) if activation.name == "softmax" else \
             K.bias_activation(activation, Z.dtype)
         kernel(Z, b, A)

@@ -1,0 +1,30 @@
+"""Constants and helpers shared by the tests (the fixtures are in conftest.py)."""
+import os
+
+import numpy as np
+
+import fastdnn
+
+BACKENDS = [b.name for b in fastdnn.available_backends() if b.available]
+DTYPES = ["float64", "float32"]
+RTOL = {"float64": 1e-10, "float32": 1e-5}
+ACTIVATIONS = ["sigmoid", "tanh", "relu", "leaky_relu", "linear"]
+OUTPUTS = [("sigmoid", "bce"), ("softmax", "ce"), ("linear", "mse"), ("tanh", "mse")]
+SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+CAT_DIR = os.path.join(SHARED, "catvnoncat")
+
+
+def assert_close(actual, expected, dtype, scale=None):
+    """|actual - expected| <= rtol * (|expected| + scale), scale defaulting to max |expected| (or 1)."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    if scale is None:
+        scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
+    rtol = RTOL[str(np.dtype(dtype))]
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
+
+
+def rounded(x, dtype):
+    """x rounded to dtype and back to float64: the exact inputs a backend sees."""
+    return np.asarray(x).astype(dtype).astype(np.float64)

@@ -1,0 +1,70 @@
+"""The for-loop twins compute the same step as Network; the benchmark command writes its reports."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fastdnn import Network, loops
+
+from support import BACKENDS
+
+CASES = [("relu", "sigmoid", "bce", 1), ("tanh", "softmax", "ce", 3), ("leaky_relu", "tanh", "mse", 2),
+         ("sigmoid", "linear", "mse", 2)]
+
+
+def case(hidden, output, loss, n_out, m=9):
+    rng = np.random.RandomState(0)
+    X = rng.randn(3, m)
+    Y = {"bce": rng.randint(0, 2, (1, m)), "ce": np.eye(3)[rng.randint(0, 3, m)].T,
+         "mse": rng.randn(2, m)}[loss].astype(float)
+    net = Network([3, 5, 4, n_out], hidden, output, loss, device="numpy", dtype="float64", seed=1)
+    before = net.parameters
+    cost = net.step(X, Y, 0.1)
+    return net, X, Y, before, cost
+
+
+def flat(parameters, L=3):
+    return np.concatenate([parameters[f"{p}{l}"].ravel() for l in range(1, L + 1) for p in "Wb"])
+
+
+@pytest.mark.parametrize("hidden,output,loss,n_out", CASES, ids=["-".join(c[:3]) for c in CASES])
+def test_per_example_loop_equals_the_vectorized_step(hidden, output, loss, n_out):
+    net, X, Y, before, cost = case(hidden, output, loss, n_out)
+    params = {k: v.copy() for k, v in before.items()}
+    assert loops.per_example_step(params, X, Y, net.activations, net.loss, 0.1) == pytest.approx(cost, rel=1e-12)
+    np.testing.assert_allclose(flat(params), flat(net.parameters), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.skipif(
+    "numba" not in BACKENDS, reason="numba is not installed"))], ids=["python", "numba"])
+@pytest.mark.parametrize("hidden,output,loss,n_out", CASES, ids=["-".join(c[:3]) for c in CASES])
+def test_scalar_loop_equals_the_vectorized_step(hidden, output, loss, n_out, compiled):
+    net, X, Y, before, cost = case(hidden, output, loss, n_out)
+    theta = flat(before)
+    step = loops.scalar_step(net.activations[0], net.activations[-1], net.loss, compiled)
+    units = sum(net.layer_dims[1:])
+    z, a, dz = np.zeros(units), np.zeros(units), np.zeros(units)
+    dims, pofs = loops.flat_layout(net.layer_dims)
+    assert step(X, Y, theta, np.zeros_like(theta), dims, pofs, z, a, dz, 0.1) == pytest.approx(cost, rel=1e-12)
+    np.testing.assert_allclose(theta, flat(net.parameters), rtol=1e-12, atol=1e-15)
+
+
+def test_bench_command_prints_tables_and_writes_reports(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "fastdnn", "bench", "--config", "tiny", "--dtype",
+                          "float64", "--rounds", "2", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "| fastdnn numpy | numpy / cpu |" in out.stdout and "| gemm floor |" in out.stdout
+    assert "loop over examples (Python)" in out.stdout
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert report["command"].startswith("fastdnn bench --config tiny")
+    assert report["machine"]["cores"] >= 1 and report["machine"]["numpy"]
+    rows = {r["implementation"]: r for r in report["rows"]}
+    assert rows["gemm floor"]["vs_floor"] == 1.0
+    assert all(r["rounds"] == 2 and r["median_s"] > 0 for r in rows.values())
+    assert rows["fastdnn numpy"]["speedup_over_loop"] > 10      # vectorization pays, by a lot
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert "Reproduce with" in md and "fastdnn bench --config tiny" in md
+    assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
