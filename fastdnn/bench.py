@@ -354,7 +354,9 @@ def write_reports(rows, info, directory, command):
     paths = {"json": os.path.join(directory, "results.json"), "md": os.path.join(directory, "RESULTS.md"),
              "png": os.path.join(directory, "results.png")}
     _atomic_write(paths["json"], json.dumps(dict(command=command, machine=info, rows=rows), indent=1))
-    threads = "; ".join(f"{p['internal_api']} {p['num_threads']} threads" for p in info["threadpools"]) \
+    threads = "; ".join(dict.fromkeys(
+        f"{p['internal_api']}" + (f" ({p['architecture']} kernels)" if p.get("architecture") else "")
+        + f" {p['num_threads']} threads" for p in info["threadpools"])) \
         if isinstance(info["threadpools"], list) else info["threadpools"]
     header = (f"# fastdnn benchmark results\n\nMeasured {info['date']} on {info['cpu']} "
               f"({info['cores']} cores; {threads}), Python {info['python']}, NumPy {info['numpy']}, "

@@ -208,3 +208,16 @@ def test_top_level_exports():
                  "DeviceFallbackWarning", "BackendUnavailableError", "TrainingDivergedError"):
         assert hasattr(fastdnn, name)
     assert issubclass(fastdnn.ShapeError, ValueError)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("depth", [1, 2, 4])
+def test_a_step_makes_3L_minus_1_gemms_and_never_computes_dA0(name, depth, monkeypatch):
+    import fastdnn.backends.numba_backend as nb
+    monkeypatch.setattr(nb, "WHOLE_STEP_MAX_WORK", 0)        # the per-op path, which calls GEMMs
+    net = net_for(depth, "relu", "sigmoid", "bce", backend=name)
+    X, Y = problem(1, "bce", m=300)
+    Xd, Yd = net._prepare(X, Y)
+    before = net.backend.counters["gemm"]
+    net._train_step(Xd, Yd, 0.1, 0, check=True)
+    assert net.backend.counters["gemm"] - before == 3 * depth - 1
