@@ -9,6 +9,7 @@ import pytest
 from fastdnn import get_backend
 from fastdnn.activations import get_activation
 from fastdnn.backends import available_backends
+from fastdnn.optimizers import GradientDescent
 
 BACKENDS = [b.name for b in available_backends() if b.available]
 # (n_l, n_{l-1}, m): the largest layer of each configuration in fastdnn.bench.CONFIGS
@@ -49,7 +50,8 @@ def vectorized(op, be, a):
     if op == "backward":
         return lambda: be.linear_activation_backward(RELU, a["dA"], a["Z"], a["A"], a["A_prev"], a["W"],
                                                      a["dW"], a["db"], a["dA_prev"])
-    return lambda: be.update(a["W"].reshape(-1), a["dW"].reshape(-1), 1e-3, out=a["W"].reshape(-1))
+    sgd = GradientDescent()
+    return lambda: be.update(sgd, a["W"].reshape(-1), a["dW"].reshape(-1), [], 1e-3, 1, out=a["W"].reshape(-1))
 
 
 @pytest.mark.parametrize("impl", [*BACKENDS, "loop"])

@@ -1,13 +1,15 @@
-"""History of a training run: (iteration, cost, seconds) records."""
+"""History of a training run: (iteration or epoch, cost, seconds) records."""
 from collections import namedtuple
 
 Record = namedtuple("Record", "iteration cost seconds")
 
 
 class History:
-    """The costs reported during ``fit``: iterable of Record(iteration, cost, seconds since start)."""
+    """The costs reported during ``fit``: iterable of Record(iteration, cost, seconds since start),
+    where ``iteration`` counts full-batch steps, or epochs when ``unit`` is "epoch"."""
 
-    def __init__(self):
+    def __init__(self, unit="iteration"):
+        self.unit = unit
         self.records = []
 
     def append(self, iteration, cost, seconds):
@@ -38,5 +40,5 @@ class History:
         if not self.records:
             return "History([])"
         first, last = self.records[0], self.records[-1]
-        return (f"History({len(self)} records: cost {first.cost:.6g} at iteration {first.iteration} "
-                f"-> {last.cost:.6g} at iteration {last.iteration}, {last.seconds:.3g} s)")
+        return (f"History({len(self)} records: cost {first.cost:.6g} at {self.unit} {first.iteration} "
+                f"-> {last.cost:.6g} at {self.unit} {last.iteration}, {last.seconds:.3g} s)")

@@ -18,6 +18,7 @@ from .errors import TrainingDivergedError
 from .history import History
 from .initializers import initialize
 from .losses import get_loss
+from .optimizers import GradientDescent, get_optimizer
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -135,7 +136,17 @@ class Network:
         self._dtheta = self.backend.zeros(flat.shape, self.dtype)
         self._grads = self._views(self._dtheta)
         self._has_previous = False
-        self._workspaces = {}
+        self._set_optimizer(getattr(self, "optimizer", None) or GradientDescent(), reset=True)
+
+    def _set_optimizer(self, spec, reset=False):
+        """Use this optimizer; its state starts at zero unless it is the one already in use."""
+        optimizer = get_optimizer(spec)
+        if reset or optimizer != getattr(self, "optimizer", None):
+            P = self._dtheta.shape
+            self._states = [self.backend.zeros(P, self.dtype) for _ in range(optimizer.n_state)]
+            self._t = 0
+            self._workspaces = {}
+        self.optimizer = optimizer
 
     @property
     def parameters(self):
@@ -144,10 +155,13 @@ class Network:
                 for p, a in zip("Wb", Wb)}
 
     def to(self, device):
-        """Move the parameters to another device or backend (in place); returns self."""
-        parameters = self.parameters
+        """Move the parameters and the optimizer state to another device or backend (in place);
+        returns self."""
+        parameters, t = self.parameters, self._t
+        states = [self.backend.to_numpy(s) for s in self._states]
         self.backend = get_backend(device, _stacklevel=3)
         self._set_parameters(parameters)
+        self._states, self._t = [self.backend.asarray(s) for s in states], t
         return self
 
     def __repr__(self):
@@ -161,7 +175,8 @@ class Network:
         if ws is None:
             if len(self._workspaces) >= 2:    # full batch + a last partial one
                 self._workspaces.pop(next(iter(self._workspaces)))
-            fused = self.backend.fused_step(self.activations, self.loss, self.layer_dims, m, self.dtype)
+            fused = self.backend.fused_step(self.activations, self.loss, self.layer_dims, m, self.dtype,
+                                            self.optimizer)
             ws = self._workspaces[m] = _Workspace(self.backend, self.layer_dims, m, self.dtype, fused)
         return ws
 
@@ -191,23 +206,31 @@ class Network:
         return self.backend.output_layer(self.loss, self.activations[-1], ws.Z[L], ws.A[L], Y, ws.dA[L])
 
     def _train_step(self, X, Y, learning_rate, iteration, check):
-        """One gradient-descent step θ_out = θ - α dθ, then the two parameter buffers swap roles.
+        """One step θ_out = optimizer(θ, dθ), then the two parameter buffers swap roles.
         With check (always for a fused step), a non-finite cost stops before the update."""
         ws = self._workspace(X.shape[1])
         theta, theta_out = self._slots[0][0], self._slots[1][0]
         if ws.fused is not None:      # the whole step in one call; no update on a non-finite cost
             cost = ws.fused(X, Y, theta, theta_out, self._dtheta, ws.Zf, ws.Af, ws.dAf, learning_rate)
             self._check_finite(cost, iteration)
+            if not ws.fused.updates:
+                self._update(learning_rate)
         else:
             cost = self._forward_cost_delta(X, Y, ws)
             if check:
                 self._check_finite(self.backend.scalar(cost), iteration)
             self._backward(X, ws)
-            self.backend.update(theta, self._dtheta, learning_rate, out=theta_out)
+            self._update(learning_rate)
+        self._t += 1
         self._slots.reverse()
         self._has_previous = True
         self.iteration += 1
         return cost
+
+    def _update(self, learning_rate):
+        """θ_out from θ, dθ and the optimizer state, at optimizer step t = 1, 2, ..."""
+        self.backend.update(self.optimizer, self._slots[0][0], self._dtheta, self._states, learning_rate,
+                            self._t + 1, out=self._slots[1][0])
 
     def _check_finite(self, cost, iteration):
         """Raise TrainingDivergedError for a non-finite cost, restoring the previous parameters
@@ -262,30 +285,87 @@ class Network:
         return {f"d{p}{l}": self.backend.to_numpy(a) for l, dWb in enumerate(self._grads, 1)
                 for p, a in zip("Wb", dWb)}
 
-    def step(self, X, Y, learning_rate):
-        """One gradient-descent step W[l] -= α dW[l], b[l] -= α db[l]; returns J before the step."""
+    def step(self, X, Y, learning_rate=None, optimizer=None):
+        """One optimizer step on (X, Y) (plain gradient descent W[l] -= α dW[l] by default);
+        returns J before the step."""
+        if optimizer is not None:
+            self._set_optimizer(optimizer)
         Xd, Yd = self._prepare(X, Y)
-        return self.backend.scalar(self._train_step(Xd, Yd, _check_rate(learning_rate),
-                                                    self.iteration, check=True))
+        return self.backend.scalar(self._train_step(Xd, Yd, self._rate(learning_rate), self.iteration,
+                                                    check=True))
 
-    def fit(self, X, Y, *, learning_rate=0.0075, iterations=3000, report_every=100, verbose=False):
-        """Batch gradient descent for ``iterations`` steps; returns the History of the costs at
-        every ``report_every``-th iteration and the last one (each cost is J before that step)."""
-        learning_rate = _check_rate(learning_rate)
-        if int(iterations) != iterations or iterations < 1 or int(report_every) != report_every \
-                or report_every < 1:
-            raise ValueError(f"iterations and report_every must be integers >= 1; got {iterations}, "
-                             f"{report_every}")
+    def fit(self, X, Y, *, learning_rate=None, iterations=None, epochs=None, batch_size=None,
+            shuffle=True, seed=None, optimizer=None, report_every=None, verbose=False):
+        """Train; returns a History.
+
+        Full batch (the course's first part): ``iterations`` steps (default 3000); the History has J at
+        every ``report_every``-th iteration (default 100) and the last, each J taken before its step.
+        Mini-batches (its second part): ``epochs`` passes over the examples in a seeded random order
+        (``shuffle``, ``seed``), ``batch_size`` at a time (default: all), the last batch smaller when m
+        does not divide; the History has each ``report_every``-th epoch (default 1) and the last, with
+        the epoch's mean cost. ``optimizer``: a name or a fastdnn.optimizers object; its state carries
+        over between calls while it stays the same. ``learning_rate`` defaults to the optimizer's, else
+        0.0075."""
+        if optimizer is not None:
+            self._set_optimizer(optimizer)
+        learning_rate = self._rate(learning_rate)
         Xd, Yd = self._prepare(X, Y)
-        history, start = History(), time.perf_counter()
-        check_every_step = not self.device.startswith("cuda")   # no host sync per step on GPUs
-        for i in range(int(iterations)):
+        if epochs is None:
+            if batch_size is not None:
+                raise ValueError("batch_size needs epochs=...; iterations are full-batch steps")
+            iterations = _count("iterations", 3000 if iterations is None else iterations)
+            return self._fit_full_batch(Xd, Yd, learning_rate, iterations,
+                                        _count("report_every", _default(report_every, 100)), verbose)
+        if iterations is not None:
+            raise ValueError("give iterations (full-batch steps) or epochs, not both")
+        batch_size = min(_count("batch_size", _default(batch_size, Xd.shape[1])), Xd.shape[1])
+        return self._fit_epochs(Xd, Yd, learning_rate, _count("epochs", epochs), batch_size, shuffle,
+                                seed, _count("report_every", _default(report_every, 1)), verbose)
+
+    def _rate(self, learning_rate):
+        return _check_rate(learning_rate if learning_rate is not None
+                           else self.optimizer.learning_rate or 0.0075)
+
+    def _check_every_step(self):
+        return not self.device.startswith("cuda")          # no host sync per step on GPUs
+
+    def _fit_full_batch(self, Xd, Yd, learning_rate, iterations, report_every, verbose):
+        history, start = History("iteration"), time.perf_counter()
+        for i in range(iterations):
             report = i % report_every == 0 or i == iterations - 1
-            cost = self._train_step(Xd, Yd, learning_rate, i, check=report or check_every_step)
+            cost = self._train_step(Xd, Yd, learning_rate, i, check=report or self._check_every_step())
             if report:
                 history.append(i, self.backend.scalar(cost), time.perf_counter() - start)
                 if verbose:
                     print(f"Cost after iteration {i}: {history[-1].cost:.6f}")
+        return history
+
+    def _fit_epochs(self, Xd, Yd, learning_rate, epochs, batch_size, shuffle, seed, report_every, verbose):
+        """Each epoch gathers its batches into two preallocated contiguous buffers (full and last
+        size), so the steps themselves allocate nothing."""
+        xp, m = self.backend.xp, Xd.shape[1]
+        rng = np.random.RandomState(seed)
+        buffers = {}
+        history, start, step = History("epoch"), time.perf_counter(), 0
+        for epoch in range(epochs):
+            order = self.backend.asarray(rng.permutation(m) if shuffle else np.arange(m))
+            total = 0.0
+            for k in range(0, m, batch_size):
+                index = order[k:k + batch_size]
+                size = index.shape[0]
+                if size not in buffers:
+                    buffers[size] = (self.backend.empty((Xd.shape[0], size), self.dtype),
+                                     self.backend.empty((Yd.shape[0], size), self.dtype))
+                Xb, Yb = buffers[size]
+                xp.take(Xd, index, axis=1, out=Xb, mode="clip")    # mode="raise" would buffer
+                xp.take(Yd, index, axis=1, out=Yb, mode="clip")
+                cost = self._train_step(Xb, Yb, learning_rate, step, check=self._check_every_step())
+                total = total + cost * (size / m)
+                step += 1
+            if epoch % report_every == 0 or epoch == epochs - 1:
+                history.append(epoch, self.backend.scalar(total), time.perf_counter() - start)
+                if verbose:
+                    print(f"Cost after epoch {epoch}: {history[-1].cost:.6f}")
         return history
 
     def predict(self, X):
@@ -312,6 +392,16 @@ class Network:
         if name == "softmax":
             Y1 = np.argmax(Y1, axis=0).reshape(1, -1)
         return float(np.mean(p == Y1))
+
+
+def _default(value, default):
+    return default if value is None else value
+
+
+def _count(name, value):
+    if isinstance(value, bool) or int(value) != value or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1; got {value}")
+    return int(value)
 
 
 def _check_rate(learning_rate):

@@ -101,3 +101,31 @@ def network_gradients(params, X, Y, acts, loss):
         grads[f"db{l}"] = dZ.sum(axis=1, keepdims=True) / m
         dA = params[f"W{l}"].T @ dZ
     return grads
+
+
+def optimizer_steps(name, theta, grads, lr, **h):
+    """θ after applying the optimizer to each gradient in turn (float64, written from the papers'/course's
+    formulas); grads: a list of gradient vectors."""
+    theta = theta.astype(np.float64).copy()
+    v, s = np.zeros_like(theta), np.zeros_like(theta)
+    for t, g in enumerate(grads, start=1):
+        if name == "gd":
+            theta = theta - lr * g
+        elif name == "momentum":
+            v = h.get("beta", 0.9) * v + (1 - h.get("beta", 0.9)) * g
+            theta = theta - lr * v
+        elif name == "rmsprop":
+            beta, eps = h.get("beta", 0.999), h.get("epsilon", 1e-8)
+            s = beta * s + (1 - beta) * g ** 2
+            theta = theta - lr * g / (np.sqrt(s) + eps)
+        elif name == "adam":
+            b1, b2, eps = h.get("beta1", 0.9), h.get("beta2", 0.999), h.get("epsilon", 1e-8)
+            v = b1 * v + (1 - b1) * g
+            s = b2 * s + (1 - b2) * g ** 2
+            theta = theta - lr * (v / (1 - b1 ** t)) / (np.sqrt(s / (1 - b2 ** t)) + eps)
+        elif name == "adagrad":
+            s = s + g ** 2
+            theta = theta - lr * g / (np.sqrt(s) + h.get("epsilon", 1e-8))
+        else:
+            raise KeyError(name)
+    return theta

@@ -79,7 +79,7 @@ def test_bad_constructor_arguments():
         Network([3, 1], device="gpu")
     with pytest.raises(ValueError, match="learning_rate must be a finite number > 0"):
         Network([3, 1]).fit(np.ones((3, 2)), np.ones((1, 2)), learning_rate=-1, iterations=1)
-    with pytest.raises(ValueError, match="iterations and report_every must be integers >= 1"):
+    with pytest.raises(ValueError, match="iterations must be an integer >= 1; got 0"):
         Network([3, 1]).fit(np.ones((3, 2)), np.ones((1, 2)), iterations=0)
 
 

@@ -95,7 +95,7 @@ def test_kernels_are_cached_on_disk(tmp_path):
             "net.step(X, Y, 0.1)\n"
             "from fastdnn.activations import get_activation as g\n"
             "from fastdnn.losses import get_loss\n"
-            "d = K.whole_step(g('relu'), g('softmax'), get_loss('ce', g('softmax')), np.dtype('float32'))\n"
+            "d = K.whole_step(g('relu'), g('softmax'), get_loss('ce', g('softmax')), np.dtype('float32'), True)\n"
             "print(sum(d.stats.cache_hits.values()), sum(d.stats.cache_misses.values()))\n")
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
     runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,

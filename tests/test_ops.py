@@ -4,6 +4,7 @@ import pytest
 
 from fastdnn.activations import get_activation
 from fastdnn.losses import get_loss
+from fastdnn.optimizers import GradientDescent
 
 import oracle
 from support import ACTIVATIONS, BACKENDS, DTYPES, OUTPUTS, assert_close, rounded
@@ -127,6 +128,6 @@ def test_output_layer_matches_reference(be, dtype, shape, output, loss_name):
 def test_update_matches_reference(be, dtype, P):
     theta, dtheta = rounded(draw((P,), 13), dtype), rounded(draw((P,), 14), dtype)
     out = be.empty((P,), dtype)
-    be.update(on(be, theta, dtype), on(be, dtheta, dtype), 0.05, out=out)
+    be.update(GradientDescent(), on(be, theta, dtype), on(be, dtheta, dtype), [], 0.05, 1, out=out)
     assert out.dtype == np.dtype(dtype)
     assert_close(be.to_numpy(out), theta - 0.05 * dtheta, dtype)

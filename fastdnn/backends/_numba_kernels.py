@@ -188,6 +188,24 @@ def add_bias(Z, b, out):
             out[i, j] = Z[i, j] + bi
 
 
+@functools.lru_cache(maxsize=None)
+def optimizer_update(optimizer, dtype):
+    """out = θ' and the state buffers updated in place, one pass over the flat buffers: the
+    optimizer's scalar update per parameter. s1, s2: state buffers (any (P,) array if unused)."""
+    step, n_state = jitable(optimizer.scalar(np.dtype(dtype).type)), optimizer.n_state
+
+    def kernel(theta, dtheta, s1, s2, lr, c1, c2, out):
+        for p in range(theta.shape[0]):
+            t, a, b = step(theta[p], dtheta[p], s1[p], s2[p], lr, c1, c2)
+            out[p] = t
+            if n_state >= 1:
+                s1[p] = a
+            if n_state >= 2:
+                s2[p] = b
+
+    return njit(kernel)
+
+
 @njit
 def sgd_update(theta, dtheta, learning_rate, out):
     """out = θ - α dθ over the flat buffers. (P,)."""
@@ -244,12 +262,13 @@ def _row_sum(dZ, db):
 
 
 @functools.lru_cache(maxsize=None)
-def whole_step(hidden, output, loss, dtype):
-    """One gradient-descent step of a network whose hidden layers all use ``hidden``, in one call.
+def whole_step(hidden, output, loss, dtype, with_update):
+    """One training step of a network whose hidden layers all use ``hidden``, in one call.
 
     step(X, Y, theta, theta_out, dtheta, dims, pofs, wofs, Zf, Af, dAf, lr, inv_m) -> J: parameters
     are read from the flat θ (W[l] at pofs[l-1], b[l] after it), Z, A, dA from flat work buffers
-    (layer l at wofs[l-1]); θ_out = θ - α dθ is written only when J is finite."""
+    (layer l at wofs[l-1]); dθ is written; with_update, θ_out = θ - α dθ is written too, only when J
+    is finite."""
     forward_hidden = _bias_activation(hidden, dtype)
     delta_hidden = _delta_row_sum(hidden, dtype)
     if output.name == "softmax":
@@ -289,7 +308,8 @@ def whole_step(hidden, output, loss, dtype):
             if l > 1:
                 gemm_tn(theta[po:po + n * k].reshape((n, k)), dZ,
                         dAf[wofs[l - 2]:wofs[l - 2] + k * m].reshape((k, m)))
-        sgd_update(theta, dtheta, lr, theta_out)
+        if with_update:
+            sgd_update(theta, dtheta, lr, theta_out)
         return cost
 
     return njit(step)

@@ -111,11 +111,14 @@ class Backend:
         self.output_delta(loss, activation, Z, A, Y, out=dZ)
         return cost
 
-    def fused_step(self, activations, loss, layer_dims, m, dtype):
+    def fused_step(self, activations, loss, layer_dims, m, dtype, optimizer):
         """A callable doing a whole training step in one call for this network and batch size,
-        step(X, Y, θ, θ_out, dθ, Zf, Af, dAf, α) -> J, or None to use the ops one by one."""
+        step(X, Y, θ, θ_out, dθ, Zf, Af, dAf, α) -> J, or None to use the ops one by one. Its
+        ``updates`` attribute says whether it also applied the optimizer's update."""
         return None
 
-    def update(self, theta, dtheta, learning_rate, out):
-        """out = θ - α dθ over the flat parameter buffer. (P,) -> (P,)."""
-        return self.xp.subtract(theta, learning_rate * dtheta, out=out)
+    def update(self, optimizer, theta, dtheta, states, learning_rate, t, out):
+        """out = the optimizer's θ' from θ, dθ and its state buffers (updated in place) at step t.
+        Flat (P,) buffers."""
+        c1, c2 = optimizer.corrections(t)
+        return optimizer.update(self.xp, theta, dtheta, states, learning_rate, c1, c2, out)

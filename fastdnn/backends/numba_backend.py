@@ -64,15 +64,17 @@ class NumbaBackend(Backend):
             return K.output_softmax_ce(Z.dtype)(Z, A, Y, dZ, inv_m)
         return K.output_elementwise(loss, activation, Z.dtype)(Z, A, Y, dZ, inv_m)
 
-    def fused_step(self, activations, loss, layer_dims, m, dtype):
+    def fused_step(self, activations, loss, layer_dims, m, dtype, optimizer):
         """The whole step in one compiled call for small networks whose hidden layers share one
-        elementwise activation; None otherwise."""
+        elementwise activation; None otherwise. It applies plain gradient descent itself; other
+        optimizers follow as one fused update pass."""
         hidden, output = activations[:-1] or [Linear()], activations[-1]
         work = 3 * m * sum(a * b for a, b in zip(layer_dims[:-1], layer_dims[1:]))
         if work > WHOLE_STEP_MAX_WORK or len(set(hidden)) > 1 or \
                 (output.name == "softmax" and loss.name != "ce"):
             return None
-        step = K.whole_step(hidden[0], output, loss, np.dtype(dtype))
+        updates = optimizer.name == "gd"
+        step = K.whole_step(hidden[0], output, loss, np.dtype(dtype), updates)
         ftype = np.dtype(dtype).type
         dims, pofs = flat_layout(layer_dims)
         wofs = np.concatenate([[0], np.cumsum(dims[1:] * m)])
@@ -82,9 +84,14 @@ class NumbaBackend(Backend):
             return step(X, Y, theta, theta_out, dtheta, dims, pofs, wofs, Zf, Af, dAf,
                         ftype(learning_rate), inv_m)
 
+        run.updates = updates
         return run
 
-    def update(self, theta, dtheta, learning_rate, out):
-        """out = θ - α dθ in one pass over the flat buffers."""
-        K.sgd_update(theta, dtheta, theta.dtype.type(learning_rate), out)
+    def update(self, optimizer, theta, dtheta, states, learning_rate, t, out):
+        """The optimizer's update in one fused pass over the flat parameter, gradient and state buffers."""
+        ftype = theta.dtype.type
+        s1, s2 = (list(states) + [dtheta, dtheta])[:2]
+        c1, c2 = optimizer.corrections(t)
+        K.optimizer_update(optimizer, theta.dtype)(theta, dtheta, s1, s2, ftype(learning_rate),
+                                                   ftype(c1), ftype(c2), out)
         return out
