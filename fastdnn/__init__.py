@@ -3,14 +3,15 @@
 ``import fastdnn`` imports NumPy only; numba and cupy are imported when a backend needs them.
 """
 from .backends import available_backends, get_backend
-from .errors import (BackendUnavailableError, DeviceFallbackWarning, FastDNNError, ShapeError,
-                     TrainingDivergedError)
+from .errors import (BackendUnavailableError, DeviceFallbackWarning, FastDNNError, ModelFileError,
+                     ShapeError, TrainingDivergedError)
 from .gradcheck import gradient_check
 from .history import History
+from .io import load
 from .network import Network
 
 __version__ = "0.1.0"
 
-__all__ = ["Network", "History", "get_backend", "available_backends", "gradient_check",
+__all__ = ["Network", "History", "load", "get_backend", "available_backends", "gradient_check",
            "FastDNNError", "ShapeError", "BackendUnavailableError", "DeviceFallbackWarning",
-           "TrainingDivergedError", "__version__"]
+           "TrainingDivergedError", "ModelFileError", "__version__"]

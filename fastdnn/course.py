@@ -184,3 +184,63 @@ def L_layer_model(X, Y, layers_dims, learning_rate=0.0075, num_iterations=3000, 
             if i % 100 == 0:
                 costs.append(float(cost))
     return parameters, costs
+
+
+# --- "Improving Deep Neural Networks": mini-batches, momentum, Adam ------------------------------
+def random_mini_batches(X, Y, mini_batch_size=64, seed=0):
+    """[(mini_batch_X, mini_batch_Y), ...]: np.random.seed(seed), one permutation of the m columns,
+    then consecutive slices of mini_batch_size (the last one smaller when m does not divide)."""
+    np.random.seed(seed)
+    m = X.shape[1]
+    permutation = list(np.random.permutation(m))
+    shuffled_X = X[:, permutation]
+    shuffled_Y = Y[:, permutation].reshape((Y.shape[0], m))
+    mini_batches = []
+    for k in range(0, m, mini_batch_size):
+        mini_batches.append((shuffled_X[:, k:k + mini_batch_size], shuffled_Y[:, k:k + mini_batch_size]))
+    return mini_batches
+
+
+def initialize_velocity(parameters):
+    """v = {'dW1': 0, 'db1': 0, ...} shaped like the parameters."""
+    L = len(parameters) // 2
+    xp = array_namespace(parameters["W1"])
+    v = {}
+    for l in range(1, L + 1):
+        v["dW" + str(l)] = xp.zeros(parameters["W" + str(l)].shape)
+        v["db" + str(l)] = xp.zeros(parameters["b" + str(l)].shape)
+    return v
+
+
+def update_parameters_with_momentum(parameters, grads, v, beta, learning_rate):
+    """v = β v + (1-β) grad; W = W - α v (in place on parameters and v); returns parameters, v."""
+    L = len(parameters) // 2
+    for l in range(1, L + 1):
+        for p in ("W", "b"):
+            key = "d" + p + str(l)
+            v[key] = beta * v[key] + (1 - beta) * grads[key]
+            parameters[p + str(l)] = parameters[p + str(l)] - learning_rate * v[key]
+    return parameters, v
+
+
+def initialize_adam(parameters):
+    """v, s = zeros shaped like the parameters, keyed dW1, db1, ..."""
+    return initialize_velocity(parameters), initialize_velocity(parameters)
+
+
+def update_parameters_with_adam(parameters, grads, v, s, t, learning_rate=0.01, beta1=0.9, beta2=0.999,
+                                epsilon=1e-8):
+    """Adam with bias correction at step t; returns parameters, v, s, v_corrected, s_corrected."""
+    xp = array_namespace(parameters["W1"])
+    L = len(parameters) // 2
+    v_corrected, s_corrected = {}, {}
+    for l in range(1, L + 1):
+        for p in ("W", "b"):
+            key = "d" + p + str(l)
+            v[key] = beta1 * v[key] + (1 - beta1) * grads[key]
+            v_corrected[key] = v[key] / (1 - beta1 ** t)
+            s[key] = beta2 * s[key] + (1 - beta2) * (grads[key] ** 2)
+            s_corrected[key] = s[key] / (1 - beta2 ** t)
+            parameters[p + str(l)] = parameters[p + str(l)] - learning_rate * v_corrected[key] / (
+                xp.sqrt(s_corrected[key]) + epsilon)
+    return parameters, v, s, v_corrected, s_corrected

@@ -26,6 +26,10 @@ class TrainingDivergedError(FastDNNError, FloatingPointError):
                          "(last finite cost). Try a smaller learning rate or check the input scale.")
 
 
+class ModelFileError(FastDNNError, ValueError):
+    """A model file is truncated, corrupted, from another program or of an unknown format version."""
+
+
 class DeviceFallbackWarning(UserWarning):
     """A device was asked for but cannot be used; fastdnn runs on another one (the message says which)."""
 

@@ -86,7 +86,8 @@ class Network:
         else:
             parameters = initialize(self.layer_dims, init, seed)
         self._set_parameters(parameters)
-        self.iteration = 0
+        self.iteration = 0          # optimizer steps taken
+        self.epoch = 0              # mini-batch epochs completed (each epoch's order depends on it)
 
     @classmethod
     def from_parameters(cls, parameters, hidden_activation="relu", output_activation=None, loss=None,
@@ -163,6 +164,12 @@ class Network:
         self._set_parameters(parameters)
         self._states, self._t = [self.backend.asarray(s) for s in states], t
         return self
+
+    def save(self, path):
+        """Write the network (parameters, architecture, dtype, optimizer state) to one .npz file,
+        atomically; read it back with fastdnn.load(path)."""
+        from .io import save
+        return save(self, path)
 
     def __repr__(self):
         acts = "/".join(a.name for a in self.activations)
@@ -300,10 +307,11 @@ class Network:
 
         Full batch (the course's first part): ``iterations`` steps (default 3000); the History has J at
         every ``report_every``-th iteration (default 100) and the last, each J taken before its step.
-        Mini-batches (its second part): ``epochs`` passes over the examples in a seeded random order
-        (``shuffle``, ``seed``), ``batch_size`` at a time (default: all), the last batch smaller when m
-        does not divide; the History has each ``report_every``-th epoch (default 1) and the last, with
-        the epoch's mean cost. ``optimizer``: a name or a fastdnn.optimizers object; its state carries
+        Mini-batches (its second part): ``epochs`` passes over the examples in a random order
+        (``shuffle``) drawn from (``seed``, the network's epoch count), so a resumed run continues the
+        same sequence; ``batch_size`` at a time (default: all), the last batch smaller when m does not
+        divide; the History has each ``report_every``-th epoch (default 1) and the last, with the
+        epoch's mean cost. ``optimizer``: a name or a fastdnn.optimizers object; its state carries
         over between calls while it stays the same. ``learning_rate`` defaults to the optimizer's, else
         0.0075."""
         if optimizer is not None:
@@ -344,11 +352,12 @@ class Network:
         """Each epoch gathers its batches into two preallocated contiguous buffers (full and last
         size), so the steps themselves allocate nothing."""
         xp, m = self.backend.xp, Xd.shape[1]
-        rng = np.random.RandomState(seed)
+        seed = np.random.randint(2**31) if seed is None else seed
         buffers = {}
         history, start, step = History("epoch"), time.perf_counter(), 0
         for epoch in range(epochs):
-            order = self.backend.asarray(rng.permutation(m) if shuffle else np.arange(m))
+            order = np.random.RandomState([seed, self.epoch]).permutation(m) if shuffle else np.arange(m)
+            order = self.backend.asarray(order)
             total = 0.0
             for k in range(0, m, batch_size):
                 index = order[k:k + batch_size]
@@ -362,6 +371,7 @@ class Network:
                 cost = self._train_step(Xb, Yb, learning_rate, step, check=self._check_every_step())
                 total = total + cost * (size / m)
                 step += 1
+            self.epoch += 1
             if epoch % report_every == 0 or epoch == epochs - 1:
                 history.append(epoch, self.backend.scalar(total), time.perf_counter() - start)
                 if verbose:

@@ -191,3 +191,34 @@ def test_cat_loader_errors(tmp_path, monkeypatch):
         ImportError("no h5py")) if name == "h5py" else real_import(name, *a, **k))
     with pytest.raises(ImportError, match=r"pip install 'fastdnn\[data\]'"):
         datasets.load_catvnoncat(str(tmp_path))
+
+
+def test_random_mini_batches_follow_the_course():
+    rng = np.random.RandomState(1)
+    X, Y = rng.randn(5, 148), (rng.randn(1, 148) < 0.5).astype(float)
+    batches = course.random_mini_batches(X, Y, 64, seed=0)
+    assert [b[0].shape for b in batches] == [(5, 64), (5, 64), (5, 20)]
+    np.random.seed(0)
+    order = np.random.permutation(148)
+    np.testing.assert_array_equal(np.hstack([b[0] for b in batches]), X[:, order])
+    np.testing.assert_array_equal(np.hstack([b[1] for b in batches]), Y[:, order])
+
+
+@pytest.mark.parametrize("name", ["momentum", "adam"])
+def test_course_optimizers_equal_the_network_optimizers(name):
+    """The course's dict-based updates and Network's fused flat-buffer ones are written apart."""
+    X, Y = datasets.moons(m=40, seed=5)
+    params = course.initialize_parameters_deep([2, 4, 1], seed=2)
+    net = Network.from_parameters(params, device="cpu")
+    v = course.initialize_velocity(params)
+    s = course.initialize_velocity(params)
+    for t in range(1, 6):
+        AL, caches = course.L_model_forward(X, params)
+        grads = course.L_model_backward(AL, Y, caches)
+        if name == "momentum":
+            params, v = course.update_parameters_with_momentum(params, grads, v, 0.9, 0.1)
+        else:
+            params, v, s, _, _ = course.update_parameters_with_adam(params, grads, v, s, t, 0.1)
+        net.step(X, Y, 0.1, optimizer=name)
+    for key, value in net.parameters.items():
+        np.testing.assert_allclose(value, params[key], rtol=1e-10, atol=1e-13)

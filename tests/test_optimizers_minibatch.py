@@ -100,10 +100,9 @@ def test_mini_batches_are_consecutive_slices_of_a_seeded_permutation(backend):
     net = Network([2, 5, 1], device=backend, dtype="float64", seed=2)
     manual = Network([2, 5, 1], device=backend, dtype="float64", seed=2)
     history = net.fit(X, Y, learning_rate=0.1, epochs=2, batch_size=16, seed=9)
-    rng = np.random.RandomState(9)
     epoch_costs = []
-    for _ in range(2):
-        order = rng.permutation(50)
+    for epoch in range(2):
+        order = np.random.RandomState([9, epoch]).permutation(50)
         batches = [order[k:k + 16] for k in range(0, 50, 16)]
         assert [len(b) for b in batches] == [16, 16, 16, 2]        # the last batch is partial
         costs = [manual.step(X[:, b], Y[:, b], 0.1) * len(b) / 50 for b in batches]
