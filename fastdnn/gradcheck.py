@@ -5,13 +5,14 @@ import numpy as np
 def gradient_check(net, X, Y, epsilon=1e-7, max_checks=None, seed=0):
     """Relative difference between the network's backprop gradients and central differences
     (J(θ+ε) - J(θ-ε)) / 2ε of its cost. The differences run on a float64 copy of the network on the
-    same backend, so a float32 network is checked against float64 finite differences.
+    same backend, so a float32 network is checked against float64 finite differences. The cost
+    includes the L2 term; dropout is off (it is random), as in the course.
     max_checks: check that many randomly chosen parameters (seeded) instead of all of them."""
     from .network import Network
     grads = net.gradients(X, Y)
     g = np.concatenate([grads[f"d{p}{l}"].ravel() for l in range(1, net.L + 1) for p in "Wb"])
     ref = Network.from_parameters(net.parameters, net.activations[:-1], net.activations[-1], net.loss,
-                                  device=net.backend, dtype=np.float64)
+                                  device=net.backend, dtype=np.float64).regularize(l2=net.l2)
     Xd, Yd = ref._prepare(X, Y)
     theta = ref._slots[0][0]
     index = np.arange(g.size)

@@ -25,7 +25,8 @@ def save(net, path):
                   activations=[list(a.key) for a in net.activations], loss=net.loss.name,
                   dtype=net.dtype.name, optimizer=net.optimizer.name,
                   optimizer_args={k: v for k, v in vars(net.optimizer).items()},
-                  optimizer_step=net._t, iteration=net.iteration, epoch=net.epoch)
+                  optimizer_step=net._t, iteration=net.iteration, epoch=net.epoch, l2=net.l2,
+                  keep_prob=list(net.keep_prob), rng=net._rng.bit_generator.state)
     arrays = dict(net.parameters)
     arrays.update({f"state{i}": net.backend.to_numpy(s) for i, s in enumerate(net._states)})
     arrays["header"] = np.array(json.dumps(header))
@@ -70,6 +71,8 @@ def load(path, device="auto"):
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(f"{path} is damaged or inconsistent: {type(exc).__name__}: {exc}") from exc
     net._t, net.iteration, net.epoch = (int(header[k]) for k in ("optimizer_step", "iteration", "epoch"))
+    net.regularize(header["l2"], header["keep_prob"])
+    net._rng.bit_generator.state = header["rng"]
     return net
 
 

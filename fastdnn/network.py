@@ -25,10 +25,13 @@ DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 class _Workspace:
     """Z[l], A[l], dA[l] (n_l, m) for l = 1..L as views of three flat buffers (Zf, Af, dAf) on the
-    backend; index 0 is unused. ``fused`` is the backend's whole-step callable, if it has one."""
+    backend; index 0 is unused. For each hidden layer l with dropout, D[l] holds the step's mask
+    scaled by 1/keep_prob and Ad[l] = A[l] * D[l]. ``fused`` is the backend's whole-step callable."""
 
-    def __init__(self, backend, layer_dims, m, dtype, fused=None):
+    def __init__(self, backend, layer_dims, m, dtype, fused=None, dropout_layers=()):
         self.m, self.fused = m, fused
+        self.D = {l: backend.empty((layer_dims[l], m), dtype) for l in dropout_layers}
+        self.Ad = {l: backend.empty((layer_dims[l], m), dtype) for l in dropout_layers}
         self.offsets = np.concatenate([[0], np.cumsum([n * m for n in layer_dims[1:]])])
         self.Zf, self.Af, self.dAf = (backend.empty((int(self.offsets[-1]),), dtype) for _ in range(3))
         self.Z, self.A, self.dA = ([None] + [flat[o:o + n * m].reshape(n, m)
@@ -72,7 +75,7 @@ class Network:
     """An L-layer network layer_dims = [n0, n1, ..., nL], trained on X (n0, m), Y (nL, m)."""
 
     def __init__(self, layer_dims, hidden_activation="relu", output_activation=None, loss=None,
-                 init="he", device="auto", dtype="float32", seed=None):
+                 init="he", device="auto", dtype="float32", seed=None, l2=0.0, keep_prob=1.0):
         self.layer_dims = _check_dims(layer_dims)
         self.activations = _layer_activations(hidden_activation, output_activation, self.L)
         self.loss = get_loss(loss, self.activations[-1])
@@ -86,6 +89,8 @@ class Network:
         else:
             parameters = initialize(self.layer_dims, init, seed)
         self._set_parameters(parameters)
+        self._rng = np.random.default_rng(seed)     # dropout masks
+        self.regularize(l2, keep_prob)
         self.iteration = 0          # optimizer steps taken
         self.epoch = 0              # mini-batch epochs completed (each epoch's order depends on it)
 
@@ -139,6 +144,23 @@ class Network:
         self._has_previous = False
         self._set_optimizer(getattr(self, "optimizer", None) or GradientDescent(), reset=True)
 
+    def regularize(self, l2=None, keep_prob=None):
+        """Set L2 (J += λ/(2m) Σ ||W[l]||², dW[l] += (λ/m) W[l]) and inverted dropout on the hidden
+        layers during training (keep_prob: one value, or one per hidden layer; 1 = off)."""
+        if l2 is not None:
+            l2 = float(l2)
+            if not (math.isfinite(l2) and l2 >= 0):
+                raise ValueError(f"l2 must be a finite number >= 0; got {l2}")
+            self.l2 = l2
+        if keep_prob is not None:
+            probs = list(keep_prob) if isinstance(keep_prob, (list, tuple)) else [keep_prob] * (self.L - 1)
+            if len(probs) != self.L - 1 or not all(0 < float(p) <= 1 for p in probs):
+                raise ValueError(f"keep_prob must be in (0, 1], one value or one per hidden layer "
+                                 f"({self.L - 1}); got {keep_prob}")
+            self.keep_prob = tuple(float(p) for p in probs)
+        self._workspaces = {}
+        return self
+
     def _set_optimizer(self, spec, reset=False):
         """Use this optimizer; its state starts at zero unless it is the one already in use."""
         optimizer = get_optimizer(spec)
@@ -182,35 +204,54 @@ class Network:
         if ws is None:
             if len(self._workspaces) >= 2:    # full batch + a last partial one
                 self._workspaces.pop(next(iter(self._workspaces)))
-            fused = self.backend.fused_step(self.activations, self.loss, self.layer_dims, m, self.dtype,
-                                            self.optimizer)
-            ws = self._workspaces[m] = _Workspace(self.backend, self.layer_dims, m, self.dtype, fused)
+            dropout = [l for l, p in enumerate(self.keep_prob, start=1) if p < 1]
+            fused = None if dropout or self.l2 else self.backend.fused_step(
+                self.activations, self.loss, self.layer_dims, m, self.dtype, self.optimizer)
+            ws = self._workspaces[m] = _Workspace(self.backend, self.layer_dims, m, self.dtype, fused,
+                                                  dropout)
         return ws
 
-    def _forward(self, X, ws):
-        """Z[l], A[l] for l = 1..L into the workspace; returns A[L] (n_L, m)."""
+    def _forward(self, X, ws, train=False):
+        """Z[l], A[l] for l = 1..L into the workspace; returns A[L] (n_L, m). In training, hidden
+        layers with dropout pass on Ad[l] = A[l] * D[l] with a fresh mask D[l]."""
         A = X
         for l, ((W, b), act) in enumerate(zip(self._slots[0][1], self.activations), start=1):
             _, A = self.backend.linear_activation_forward(act, A, W, b, Z=ws.Z[l], A=ws.A[l])
+            if train and l in ws.D:
+                self.backend.dropout_mask(ws.D[l], self.keep_prob[l - 1], self._rng)
+                A = self.backend.multiply(A, ws.D[l], out=ws.Ad[l])
         return A
 
-    def _backward(self, X, ws):
-        """dW[l], db[l] for l = L..1 into the gradient buffer, from dZ[L] in ws.dA[L]."""
+    def _backward(self, X, ws, train=False):
+        """dW[l], db[l] for l = L..1 into the gradient buffer, from dZ[L] in ws.dA[L]; with dropout
+        dA[l] is masked like A[l] was, and L2 adds (λ/m) W[l] to dW[l]."""
         be, params, L = self.backend, self._slots[0][1], self.L
         for l in range(L, 0, -1):
             W, (dW, db) = params[l - 1][0], self._grads[l - 1]
-            A_prev, dA_prev = (X, None) if l == 1 else (ws.A[l - 1], ws.dA[l - 1])
+            dropped = train and (l - 1) in ws.D
+            A_prev, dA_prev = (X, None) if l == 1 else (ws.Ad[l - 1] if dropped else ws.A[l - 1],
+                                                        ws.dA[l - 1])
             if l == L:
                 be.linear_backward(ws.dA[L], A_prev, W, dW, db, dA_prev, need_dA_prev=l > 1)
             else:
                 be.linear_activation_backward(self.activations[l - 1], ws.dA[l], ws.Z[l], ws.A[l],
                                               A_prev, W, dW, db, dA_prev, need_dA_prev=l > 1)
+            if dropped:
+                be.multiply(ws.dA[l - 1], ws.D[l - 1], out=ws.dA[l - 1])
+            if self.l2:
+                be.add_scaled(dW, W, self.l2 / ws.m)
 
-    def _forward_cost_delta(self, X, Y, ws):
-        """Forward, then the cost J (0-d, on the backend) and dZ[L] into the workspace."""
-        self._forward(X, ws)
+    def _forward_cost_delta(self, X, Y, ws, train=False):
+        """Forward, then the cost J (0-d, on the backend; with its L2 term) and dZ[L] into the
+        workspace."""
+        self._forward(X, ws, train)
         L = self.L
-        return self.backend.output_layer(self.loss, self.activations[-1], ws.Z[L], ws.A[L], Y, ws.dA[L])
+        cost = self.backend.output_layer(self.loss, self.activations[-1], ws.Z[L], ws.A[L], Y, ws.dA[L])
+        return cost + self._l2_cost(ws.m) if self.l2 else cost
+
+    def _l2_cost(self, m):
+        """(λ/2m) Σ_l ||W[l]||²."""
+        return self.l2 / (2 * m) * sum(self.backend.sum_squares(W) for W, _ in self._slots[0][1])
 
     def _train_step(self, X, Y, learning_rate, iteration, check):
         """One step θ_out = optimizer(θ, dθ), then the two parameter buffers swap roles.
@@ -223,10 +264,10 @@ class Network:
             if not ws.fused.updates:
                 self._update(learning_rate)
         else:
-            cost = self._forward_cost_delta(X, Y, ws)
+            cost = self._forward_cost_delta(X, Y, ws, train=True)
             if check:
                 self._check_finite(self.backend.scalar(cost), iteration)
-            self._backward(X, ws)
+            self._backward(X, ws, train=True)
             self._update(learning_rate)
         self._t += 1
         self._slots.reverse()
@@ -281,7 +322,8 @@ class Network:
         ws = _Workspace(self.backend, self.layer_dims, Xd.shape[1], self.dtype)
         L = self.L
         self._forward(Xd, ws)
-        return self.backend.scalar(self.backend.loss_cost(self.loss, ws.Z[L], ws.A[L], Yd))
+        cost = self.backend.loss_cost(self.loss, ws.Z[L], ws.A[L], Yd)
+        return self.backend.scalar(cost + self._l2_cost(ws.m) if self.l2 else cost)
 
     def gradients(self, X, Y):
         """{'dW1': (n1, n0), 'db1': (n1, 1), ...} = ∂J/∂W[l], ∂J/∂b[l], as host NumPy arrays."""
@@ -302,7 +344,8 @@ class Network:
                                                     check=True))
 
     def fit(self, X, Y, *, learning_rate=None, iterations=None, epochs=None, batch_size=None,
-            shuffle=True, seed=None, optimizer=None, report_every=None, verbose=False):
+            shuffle=True, seed=None, optimizer=None, l2=None, keep_prob=None, report_every=None,
+            verbose=False):
         """Train; returns a History.
 
         Full batch (the course's first part): ``iterations`` steps (default 3000); the History has J at
@@ -313,9 +356,11 @@ class Network:
         divide; the History has each ``report_every``-th epoch (default 1) and the last, with the
         epoch's mean cost. ``optimizer``: a name or a fastdnn.optimizers object; its state carries
         over between calls while it stays the same. ``learning_rate`` defaults to the optimizer's, else
-        0.0075."""
+        0.0075. ``l2``, ``keep_prob``: as in ``regularize`` (kept for later calls)."""
         if optimizer is not None:
             self._set_optimizer(optimizer)
+        if l2 is not None or keep_prob is not None:
+            self.regularize(l2, keep_prob)
         learning_rate = self._rate(learning_rate)
         Xd, Yd = self._prepare(X, Y)
         if epochs is None:

@@ -129,3 +129,30 @@ def optimizer_steps(name, theta, grads, lr, **h):
         else:
             raise KeyError(name)
     return theta
+
+
+def regularized_step(params, X, Y, acts, loss, lr, l2=0.0, masks=None):
+    """One gradient-descent step with L2 and inverted dropout (masks[l]: D[l] already scaled by
+    1/keep_prob, for hidden layers), returning (J with its L2 term, new params)."""
+    L, m = len(acts), X.shape[1]
+    As, Zs, A = [X], [None], X
+    for l in range(1, L + 1):
+        Z = params[f"W{l}"] @ A + params[f"b{l}"]
+        A = g(acts[l - 1], Z)
+        Zs.append(Z)
+        As.append(A * masks[l] if masks and l in masks else A)
+        A = As[-1]
+    Aout = g(acts[-1], Zs[-1])
+    J = (np.sum((Aout - Y) ** 2) / (2 * m) if loss == "mse" else cost(loss, Zs[-1], Y))
+    J += l2 / (2 * m) * sum(np.sum(params[f"W{l}"] ** 2) for l in range(1, L + 1))
+    new = {}
+    dA = dA_of_loss(loss, Aout, Y)
+    for l in range(L, 0, -1):
+        if masks and l in masks and l < L:
+            dA = dA * masks[l]
+        dZ = dg_times(acts[l - 1], dA, Zs[l])
+        dW = dZ @ As[l - 1].T / m + l2 / m * params[f"W{l}"]
+        db = dZ.sum(axis=1, keepdims=True) / m
+        dA = params[f"W{l}"].T @ dZ
+        new[f"W{l}"], new[f"b{l}"] = params[f"W{l}"] - lr * dW, params[f"b{l}"] - lr * db
+    return J, new

@@ -207,6 +207,14 @@ def optimizer_update(optimizer, dtype):
 
 
 @njit
+def add_scaled(dW, W, c):
+    """dW += c W over 2-D arrays."""
+    for i in range(dW.shape[0]):
+        for j in range(dW.shape[1]):
+            dW[i, j] += c * W[i, j]
+
+
+@njit
 def sgd_update(theta, dtheta, learning_rate, out):
     """out = θ - α dθ over the flat buffers. (P,)."""
     for p in range(theta.shape[0]):

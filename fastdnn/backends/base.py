@@ -91,6 +91,26 @@ class Backend:
             dA_prev = self.gemm(W, dZ, out=dA_prev, trans_a=True)
         return dA_prev, dW, db
 
+    def dropout_mask(self, D, keep_prob, rng):
+        """D = (u < keep_prob) / keep_prob with u uniform in [0, 1) from rng, in place. (n_l, m)."""
+        rng.random(dtype=D.dtype, out=D)
+        self.xp.less(D, keep_prob, out=D)
+        D *= 1 / keep_prob
+        return D
+
+    def multiply(self, A, D, out=None):
+        """A * D elementwise. (n, m)."""
+        return self.xp.multiply(A, D, out=out)
+
+    def add_scaled(self, dW, W, c):
+        """dW += c W. (n_l, n_{l-1})."""
+        dW += c * W
+        return dW
+
+    def sum_squares(self, W):
+        """||W||² = Σ W², a 0-d array."""
+        return self.xp.vdot(W.reshape(-1), W.reshape(-1))
+
     def loss_cost(self, loss, Z, A, Y):
         """J = (1/m) Σ L(a, y), a 0-d array. Z, A, Y (n_L, m) -> ()."""
         return loss.total(self.xp, Z, A, Y) / Y.shape[1]
