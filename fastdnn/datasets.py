@@ -10,6 +10,7 @@ from collections import namedtuple
 import numpy as np
 
 CatData = namedtuple("CatData", "train_x train_y test_x test_y classes")
+Split = namedtuple("Split", "train_x train_y test_x test_y")
 
 
 def _check_m(m, parts):
@@ -54,7 +55,7 @@ def moons(m=300, noise=0.2, seed=3):
     return _finish(points, [np.zeros(n0), np.ones(n1)], rng)
 
 
-def circles(m=300, noise=0.05, factor=0.5, seed=1):
+def circles(m=300, noise=0.05, factor=0.8, seed=1):
     """Two concentric circles of radius 1 (class 0) and ``factor`` (class 1), plus noise."""
     m = _check_m(m, 2)
     if not 0 < factor < 1:
@@ -106,3 +107,14 @@ def load_catvnoncat(directory, flatten=True, normalize=True):
             x = x.reshape(x.shape[0], -1).T
         parts[split] = (x / 255. if normalize else x, y.reshape(1, -1).astype(np.int64))
     return CatData(*parts["train"], *parts["test"], classes)
+
+
+def load_course2(path):
+    """The course's regularization data (``data.mat``: the 2-D football positions): Split(train_x
+    (2, 211), train_y (1, 211), test_x (2, 200), test_y (1, 200)). Needs SciPy (the ``data`` extra)."""
+    try:
+        from scipy.io import loadmat
+    except ImportError as exc:
+        raise ImportError("load_course2 needs scipy: pip install 'fastdnn[data]'") from exc
+    data = loadmat(path)
+    return Split(data["X"].T, data["y"].T.astype(np.int64), data["Xval"].T, data["yval"].T.astype(np.int64))
