@@ -6,6 +6,7 @@ workspace per batch size holds Z, A and dA (overwritten by dZ) for every layer, 
 writes into preallocated arrays. The network knows a Backend, never which library runs it.
 """
 import math
+import sys
 import time
 
 import numpy as np
@@ -19,6 +20,7 @@ from .history import History
 from .initializers import initialize
 from .losses import get_loss
 from .optimizers import GradientDescent, get_optimizer
+from .schedules import get_schedule
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -344,8 +346,8 @@ class Network:
                                                     check=True))
 
     def fit(self, X, Y, *, learning_rate=None, iterations=None, epochs=None, batch_size=None,
-            shuffle=True, seed=None, optimizer=None, l2=None, keep_prob=None, report_every=None,
-            verbose=False):
+            shuffle=True, seed=None, optimizer=None, l2=None, keep_prob=None, schedule=None,
+            validation_data=None, patience=None, report_every=None, verbose=None):
         """Train; returns a History.
 
         Full batch (the course's first part): ``iterations`` steps (default 3000); the History has J at
@@ -354,26 +356,37 @@ class Network:
         (``shuffle``) drawn from (``seed``, the network's epoch count), so a resumed run continues the
         same sequence; ``batch_size`` at a time (default: all), the last batch smaller when m does not
         divide; the History has each ``report_every``-th epoch (default 1) and the last, with the
-        epoch's mean cost. ``optimizer``: a name or a fastdnn.optimizers object; its state carries
-        over between calls while it stays the same. ``learning_rate`` defaults to the optimizer's, else
-        0.0075. ``l2``, ``keep_prob``: as in ``regularize`` (kept for later calls)."""
+        epoch's mean cost.
+        ``optimizer``: a name or a fastdnn.optimizers object; its state carries over between calls
+        while it stays the same. ``learning_rate`` defaults to the optimizer's, else 0.0075;
+        ``schedule`` (a name or callable from fastdnn.schedules) changes it every epoch/iteration.
+        ``l2``, ``keep_prob``: as in ``regularize`` (kept for later calls).
+        ``validation_data=(X_val, Y_val)`` adds the validation cost and accuracy to every record;
+        with ``patience``, training stops after that many records without a better validation cost
+        and the parameters of the best one are restored.
+        ``verbose``: None = a progress bar when stderr is a terminal, 0 = silent, 1 = progress bar,
+        2 = the course's "Cost after iteration i" lines."""
         if optimizer is not None:
             self._set_optimizer(optimizer)
         if l2 is not None or keep_prob is not None:
             self.regularize(l2, keep_prob)
         learning_rate = self._rate(learning_rate)
         Xd, Yd = self._prepare(X, Y)
+        validation = self._prepare(*validation_data) if validation_data is not None else None
+        if patience is not None and (validation is None or _count("patience", patience) < 1):
+            raise ValueError("patience needs validation_data=(X_val, Y_val)")
         if epochs is None:
             if batch_size is not None:
                 raise ValueError("batch_size needs epochs=...; iterations are full-batch steps")
-            iterations = _count("iterations", 3000 if iterations is None else iterations)
-            return self._fit_full_batch(Xd, Yd, learning_rate, iterations,
-                                        _count("report_every", _default(report_every, 100)), verbose)
-        if iterations is not None:
-            raise ValueError("give iterations (full-batch steps) or epochs, not both")
-        batch_size = min(_count("batch_size", _default(batch_size, Xd.shape[1])), Xd.shape[1])
-        return self._fit_epochs(Xd, Yd, learning_rate, _count("epochs", epochs), batch_size, shuffle,
-                                seed, _count("report_every", _default(report_every, 1)), verbose)
+            count, unit, every = _count("iterations", _default(iterations, 3000)), "iteration", 100
+        else:
+            if iterations is not None:
+                raise ValueError("give iterations (full-batch steps) or epochs, not both")
+            count, unit, every = _count("epochs", epochs), "epoch", 1
+            batch_size = min(_count("batch_size", _default(batch_size, Xd.shape[1])), Xd.shape[1])
+        loop = _Loop(self, Xd, Yd, unit, batch_size, shuffle, seed)
+        return loop.run(count, learning_rate, get_schedule(schedule), validation, patience,
+                        _count("report_every", _default(report_every, every)), verbose)
 
     def _rate(self, learning_rate):
         return _check_rate(learning_rate if learning_rate is not None
@@ -382,46 +395,40 @@ class Network:
     def _check_every_step(self):
         return not self.device.startswith("cuda")          # no host sync per step on GPUs
 
-    def _fit_full_batch(self, Xd, Yd, learning_rate, iterations, report_every, verbose):
-        history, start = History("iteration"), time.perf_counter()
-        for i in range(iterations):
-            report = i % report_every == 0 or i == iterations - 1
-            cost = self._train_step(Xd, Yd, learning_rate, i, check=report or self._check_every_step())
-            if report:
-                history.append(i, self.backend.scalar(cost), time.perf_counter() - start)
-                if verbose:
-                    print(f"Cost after iteration {i}: {history[-1].cost:.6f}")
-        return history
-
-    def _fit_epochs(self, Xd, Yd, learning_rate, epochs, batch_size, shuffle, seed, report_every, verbose):
-        """Each epoch gathers its batches into two preallocated contiguous buffers (full and last
-        size), so the steps themselves allocate nothing."""
+    def _epoch(self, Xd, Yd, learning_rate, batch_size, shuffle, seed, buffers):
+        """One pass over the examples in mini-batches gathered into preallocated contiguous buffers
+        (so the steps allocate nothing); returns the epoch's mean cost (0-d, on the backend)."""
         xp, m = self.backend.xp, Xd.shape[1]
-        seed = np.random.randint(2**31) if seed is None else seed
-        buffers = {}
-        history, start, step = History("epoch"), time.perf_counter(), 0
-        for epoch in range(epochs):
-            order = np.random.RandomState([seed, self.epoch]).permutation(m) if shuffle else np.arange(m)
-            order = self.backend.asarray(order)
-            total = 0.0
-            for k in range(0, m, batch_size):
-                index = order[k:k + batch_size]
-                size = index.shape[0]
-                if size not in buffers:
-                    buffers[size] = (self.backend.empty((Xd.shape[0], size), self.dtype),
-                                     self.backend.empty((Yd.shape[0], size), self.dtype))
-                Xb, Yb = buffers[size]
-                xp.take(Xd, index, axis=1, out=Xb, mode="clip")    # mode="raise" would buffer
-                xp.take(Yd, index, axis=1, out=Yb, mode="clip")
-                cost = self._train_step(Xb, Yb, learning_rate, step, check=self._check_every_step())
-                total = total + cost * (size / m)
-                step += 1
-            self.epoch += 1
-            if epoch % report_every == 0 or epoch == epochs - 1:
-                history.append(epoch, self.backend.scalar(total), time.perf_counter() - start)
-                if verbose:
-                    print(f"Cost after epoch {epoch}: {history[-1].cost:.6f}")
-        return history
+        order = np.random.RandomState([seed, self.epoch]).permutation(m) if shuffle else np.arange(m)
+        order = self.backend.asarray(order)
+        total = 0.0
+        for k in range(0, m, batch_size):
+            index = order[k:k + batch_size]
+            size = index.shape[0]
+            if size not in buffers:
+                buffers[size] = (self.backend.empty((Xd.shape[0], size), self.dtype),
+                                 self.backend.empty((Yd.shape[0], size), self.dtype))
+            Xb, Yb = buffers[size]
+            xp.take(Xd, index, axis=1, out=Xb, mode="clip")    # mode="raise" would buffer
+            xp.take(Yd, index, axis=1, out=Yb, mode="clip")
+            cost = self._train_step(Xb, Yb, learning_rate, self.iteration, check=self._check_every_step())
+            total = total + cost * (size / m)
+        self.epoch += 1
+        return total
+
+    def _evaluate(self, Xd, Yd, ws):
+        """(J, accuracy or None) on prepared data, without dropout, as Python floats."""
+        A, L = self._forward(Xd, ws), self.L
+        cost = self.backend.loss_cost(self.loss, ws.Z[L], A, Yd)
+        cost = self.backend.scalar(cost + self._l2_cost(ws.m) if self.l2 else cost)
+        name, xp = self.activations[-1].name, self.backend.xp
+        if name == "sigmoid":
+            correct = xp.mean((A > 0.5) == (Yd > 0.5))
+        elif name == "softmax":
+            correct = xp.mean(xp.argmax(A, axis=0) == xp.argmax(Yd, axis=0))
+        else:
+            return cost, None
+        return cost, self.backend.scalar(correct)
 
     def predict(self, X):
         """Class predictions: (A > 0.5) as 0/1 (nL, m) for sigmoid, argmax ids (1, m) for softmax;
@@ -464,3 +471,77 @@ def _check_rate(learning_rate):
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"learning_rate must be a finite number > 0; got {learning_rate}")
     return lr
+
+
+class _Loop:
+    """The training loop of ``Network.fit``: steps or epochs, reports, validation, early stopping,
+    progress."""
+
+    def __init__(self, net, Xd, Yd, unit, batch_size, shuffle, seed):
+        self.net, self.Xd, self.Yd, self.unit = net, Xd, Yd, unit
+        self.batch_size, self.shuffle, self.buffers = batch_size, shuffle, {}
+        self.seed = np.random.randint(2**31) if seed is None else seed
+
+    def step(self, i, learning_rate, report):
+        net = self.net
+        if self.unit == "iteration":
+            return net._train_step(self.Xd, self.Yd, learning_rate, i, check=report or net._check_every_step())
+        return net._epoch(self.Xd, self.Yd, learning_rate, self.batch_size, self.shuffle, self.seed,
+                          self.buffers)
+
+    def run(self, count, lr0, schedule, validation, patience, report_every, verbose):
+        net, history, start = self.net, History(self.unit), time.perf_counter()
+        ws_val = validation and _Workspace(net.backend, net.layer_dims, validation[0].shape[1], net.dtype)
+        best = None                             # (val_cost, record index, θ copy)
+        bar = _progress_bar(count, self.unit, verbose)
+        try:
+            for i in range(count):
+                learning_rate = schedule(lr0, i) if schedule else lr0
+                report = i % report_every == 0 or i == count - 1
+                cost = self.step(i, learning_rate, report)
+                if report:
+                    val = net._evaluate(*validation, ws_val) if validation else (None, None)
+                    history.append(i, net.backend.scalar(cost), time.perf_counter() - start, learning_rate, *val)
+                    self.show(bar, history[-1], verbose)
+                    if patience is not None:
+                        if best is None or val[0] < best[0]:
+                            theta = net._slots[0][0]
+                            best = (val[0], len(history) - 1, theta.copy() if best is None else _copy(best[2], theta))
+                        elif len(history) - 1 - best[1] >= patience:
+                            history.stopped_early = True
+                            break
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        if best is not None:
+            net._slots[0][0][...] = best[2]
+            history.best = history[best[1]]
+        return history
+
+    def show(self, bar, record, verbose):
+        if verbose == 2:
+            print(f"Cost after {self.unit} {record.iteration}: {record.cost:.6f}"
+                  + (f"  validation cost {record.val_cost:.6f}" if record.val_cost is not None else ""))
+        elif bar is not None:
+            extra = {} if record.val_cost is None else {"val_cost": f"{record.val_cost:.4g}"}
+            bar.set_postfix(cost=f"{record.cost:.4g}", **extra)
+
+
+def _copy(dst, src):
+    dst[...] = src
+    return dst
+
+
+def _progress_bar(count, unit, verbose):
+    """A tqdm bar on stderr (None when silent, verbose=2, or tqdm is not installed)."""
+    if verbose in (0, False, 2):
+        return None
+    if verbose is None and not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=count, unit=unit, file=sys.stderr)

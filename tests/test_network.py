@@ -137,7 +137,7 @@ def test_fit_learns_flower_and_reports_history(backend):
 def test_fit_prints_course_style_costs(backend, capsys):
     X, Y = datasets.moons(m=40)
     history = Network([2, 3, 1], device=backend, seed=0).fit(X, Y, iterations=3, report_every=2,
-                                                             verbose=True)
+                                                             verbose=2)
     assert capsys.readouterr().out.splitlines() == [f"Cost after iteration {r.iteration}: {r.cost:.6f}"
                                                     for r in history]
     assert history.iterations == [0, 2]

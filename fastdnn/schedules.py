@@ -1,0 +1,64 @@
+"""Learning-rate schedules α(t) from the initial α0, applied once per epoch (a full-batch step counts
+as an epoch). Each is a callable schedule(α0, epoch) -> α."""
+import math
+
+from .errors import unknown_name
+
+
+class InverseTimeDecay:
+    """α = α0 / (1 + decay_rate · ⌊epoch / time_interval⌋), the course's (scheduled) decay."""
+
+    def __init__(self, decay_rate=1.0, time_interval=1):
+        self.decay_rate, self.time_interval = _nonneg("decay_rate", decay_rate), _interval(time_interval)
+
+    def __call__(self, lr0, epoch):
+        return lr0 / (1 + self.decay_rate * (epoch // self.time_interval))
+
+
+class ExponentialDecay:
+    """α = α0 · decay_rate^⌊epoch / time_interval⌋."""
+
+    def __init__(self, decay_rate=0.95, time_interval=1):
+        if not 0 < decay_rate <= 1:
+            raise ValueError(f"decay_rate must be in (0, 1]; got {decay_rate}")
+        self.decay_rate, self.time_interval = float(decay_rate), _interval(time_interval)
+
+    def __call__(self, lr0, epoch):
+        return lr0 * self.decay_rate ** (epoch // self.time_interval)
+
+
+class StepDecay:
+    """α = α0 · factor^⌊epoch / step_size⌋ (α drops by ``factor`` every ``step_size`` epochs)."""
+
+    def __init__(self, step_size=100, factor=0.5):
+        if not 0 < factor <= 1:
+            raise ValueError(f"factor must be in (0, 1]; got {factor}")
+        self.step_size, self.factor = _interval(step_size), float(factor)
+
+    def __call__(self, lr0, epoch):
+        return lr0 * self.factor ** (epoch // self.step_size)
+
+
+SCHEDULES = {"inverse_time": InverseTimeDecay, "exponential": ExponentialDecay, "step": StepDecay}
+
+
+def get_schedule(spec):
+    """None, a name ('inverse_time', 'exponential', 'step', with default settings) or a callable."""
+    if spec is None or callable(spec):
+        return spec
+    if spec not in SCHEDULES:
+        raise unknown_name("schedule", spec, SCHEDULES)
+    return SCHEDULES[spec]()
+
+
+def _nonneg(name, value):
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0; got {value}")
+    return value
+
+
+def _interval(value):
+    if int(value) != value or value < 1:
+        raise ValueError(f"the interval must be an integer >= 1; got {value}")
+    return int(value)
