@@ -36,6 +36,57 @@ def _demo(args):
     return 0
 
 
+def _train_data(args):
+    """(X, Y, X_test, Y_test) for the chosen data set; the test part is None for generated sets."""
+    from . import datasets
+    if args.dataset == "cats":
+        d = datasets.load_catvnoncat(args.data or ".")
+        return d.train_x, d.train_y, d.test_x, d.test_y
+    if args.dataset == "course2":
+        d = datasets.load_course2(args.data or "data.mat")
+        return d.train_x, d.train_y, d.test_x, d.test_y
+    X, Y = datasets.GENERATED[args.dataset](m=args.m, seed=args.seed)
+    return X, Y, None, None
+
+
+def _train(args):
+    import fastdnn
+    X, Y, Xt, Yt = _train_data(args)
+    classes = int(Y.max()) + 1
+    output = "sigmoid" if classes == 2 else "softmax"
+    net = fastdnn.Network([X.shape[0], *args.hidden, 1 if classes == 2 else classes], args.activation,
+                          output, init=args.init, device=args.device, dtype=args.dtype, seed=args.seed,
+                          l2=args.l2, keep_prob=args.keep_prob)
+    print(f"{args.dataset}: X {X.shape}; network {net.layer_dims} ({args.activation} -> {output}), "
+          f"{net.dtype.name}, backend {net.backend.name!r} on {net.device}, optimizer {args.optimizer}")
+    how = dict(epochs=args.epochs, batch_size=args.batch_size) if args.epochs else dict(iterations=args.iterations)
+    from .optimizers import OPTIMIZERS
+    hyper = {k: getattr(args, k) for k in ("beta", "beta1", "beta2", "epsilon")
+             if getattr(args, k) is not None}
+    try:
+        optimizer = OPTIMIZERS[args.optimizer](**hyper)
+    except TypeError:
+        raise SystemExit(f"fastdnn train: optimizer {args.optimizer!r} takes none of "
+                         f"{', '.join('--' + k for k in hyper)}")
+    history = net.fit(X, Y, learning_rate=args.learning_rate, optimizer=optimizer, seed=args.seed,
+                      verbose=args.verbose, **how)
+    last = history[-1]
+    print(f"cost {history[0].cost:.6f} -> {last.cost:.6f} in {last.seconds:.2f} s; "
+          f"training accuracy {100 * net.accuracy(X, Y):.2f} %"
+          + (f", test accuracy {100 * net.accuracy(Xt, Yt):.2f} %" if Xt is not None else ""))
+    if args.save:
+        print(f"saved {net.save(args.save)}")
+    if args.plot:
+        from . import plot
+        plot.cost_curve(history, args.plot)
+        print(f"wrote {args.plot}")
+    if args.boundary:
+        from . import plot
+        plot.decision_boundary(net, X, Y, args.boundary)
+        print(f"wrote {args.boundary}")
+    return 0
+
+
 def _bench(args):
     from . import bench
     configs = [c for c in bench.CONFIGS if not args.config or c.name in args.config]
@@ -79,6 +130,33 @@ def main(argv=None):
     demo.add_argument("--no-bench", dest="bench", action="store_false",
                       help="skip the quick benchmark summary at the end")
     demo.set_defaults(run=_demo)
+    train = sub.add_parser("train", help="train a network on a data set; save it and its cost curve")
+    train.add_argument("--dataset", default="moons",
+                       choices=["flower", "moons", "circles", "spirals", "cats", "course2"])
+    train.add_argument("--data", help="the cat images' directory (cats) or data.mat (course2)")
+    train.add_argument("--m", type=int, default=300, help="examples to generate")
+    train.add_argument("--hidden", type=int, nargs="*", default=[5, 2], help="hidden layer sizes")
+    train.add_argument("--activation", default="relu")
+    train.add_argument("--init", default="he")
+    train.add_argument("--optimizer", default="adam", choices=["gd", "momentum", "rmsprop", "adam", "adagrad"])
+    train.add_argument("--learning-rate", type=float)
+    train.add_argument("--beta", type=float, help="momentum / rmsprop β")
+    train.add_argument("--beta1", type=float, help="adam β1")
+    train.add_argument("--beta2", type=float, help="adam β2")
+    train.add_argument("--epsilon", type=float, help="rmsprop / adam / adagrad ε")
+    train.add_argument("--epochs", type=int, help="mini-batch epochs (else --iterations full-batch steps)")
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--iterations", type=int, default=3000)
+    train.add_argument("--l2", type=float, default=0.0)
+    train.add_argument("--keep-prob", type=float, default=1.0)
+    train.add_argument("--device", default="auto")
+    train.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    train.add_argument("--seed", type=int, default=1)
+    train.add_argument("--save", help="write the trained network to this .npz file")
+    train.add_argument("--plot", help="write the cost curve to this PNG file")
+    train.add_argument("--boundary", help="write the decision boundary (2-D data) to this PNG file")
+    train.add_argument("--verbose", type=int, default=None, choices=[0, 1, 2])
+    train.set_defaults(run=_train)
     bench = sub.add_parser("bench", help="time a training step: loops, vectorized, fused, the GEMM "
                                          "floor and PyTorch (if installed)")
     mode = bench.add_mutually_exclusive_group()

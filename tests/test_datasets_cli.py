@@ -59,3 +59,17 @@ def test_ci_runs_the_readme_test_command():
     commands = [line for line in readme.splitlines() if line.startswith("python3 -m venv")]
     assert len(commands) == 2 and commands[0].endswith("fastdnn demo")
     assert commands[1] in open(os.path.join(root, ".ci", "run")).read().splitlines()
+
+
+def test_train_command_saves_the_model_and_the_cost_curve(tmp_path):
+    out = run("train", "--dataset", "moons", "--epochs", "30", "--learning-rate", "0.01", "--beta1", "0.8",
+              "--save", str(tmp_path / "m.npz"), "--plot", str(tmp_path / "c.png"), "--verbose", "0")
+    assert out.returncode == 0, out.stderr
+    assert "backend" in out.stdout and "training accuracy" in out.stdout
+    import fastdnn
+    net = fastdnn.load(str(tmp_path / "m.npz"))
+    assert net.layer_dims == [2, 5, 2, 1] and net.optimizer.name == "adam" and net.epoch == 30
+    assert net.optimizer.beta1 == 0.8
+    bad = run("train", "--optimizer", "gd", "--beta1", "0.8")
+    assert bad.returncode != 0 and "takes none of --beta1" in bad.stderr
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
