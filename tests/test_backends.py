@@ -123,3 +123,30 @@ def test_backend_refuses_arrays_from_another_device_with_a_remedy(monkeypatch):
 
 def test_base_backend_is_xp_generic():
     assert base.Backend.xp is np and get_backend("numpy").xp is np
+
+
+def test_fallback_with_cupy_absent(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)          # import cupy -> ImportError
+    with pytest.warns(DeviceFallbackWarning, match=r"device='cuda' unavailable \(cupy: ModuleNotFoundError"):
+        net = Network([2, 3, 1], device="cuda")
+    assert net.device == "cpu"
+    with pytest.raises(BackendUnavailableError, match="cupy: ModuleNotFoundError"):
+        get_backend("cuda", fallback=False)
+
+
+def test_fallback_with_the_real_cupy_wheel_and_no_gpu():
+    cupy = pytest.importorskip("cupy", reason="the CuPy wheel is not installed")
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:           # the expected case on machines without a GPU
+        real = f"cupy: {type(exc).__name__}: {exc}"
+    else:
+        pytest.skip(f"{count} CUDA device(s) found: this test is for machines without a GPU")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        net = Network([2, 3, 1], device="cuda")
+    assert [str(w.message) for w in caught] == [
+        f"device='cuda' unavailable ({real}); using backend {net.backend.name!r} on cpu"]
+    with pytest.raises(BackendUnavailableError) as e:
+        get_backend("cuda:0", fallback=False)
+    assert real in str(e.value)
