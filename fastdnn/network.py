@@ -267,8 +267,9 @@ class Network:
                 self._update(learning_rate)
         else:
             cost = self._forward_cost_delta(X, Y, ws, train=True)
-            if check:
-                self._check_finite(self.backend.scalar(cost), iteration)
+            if check:                      # read back once; the caller reuses the float
+                cost = self.backend.scalar(cost)
+                self._check_finite(cost, iteration)
             self._backward(X, ws, train=True)
             self._update(learning_rate)
         self._t += 1

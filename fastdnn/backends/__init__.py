@@ -14,10 +14,11 @@ from .base import Backend
 
 # name -> (module, class, device kind); preference order within a kind is the order here.
 _REGISTRY = {
+    "cupy-numba": ("fastdnn.backends.cupy_numba_backend", "CupyNumbaBackend", "cuda"),
+    "cupy": ("fastdnn.backends.cupy_backend", "CupyBackend", "cuda"),
     "numba": ("fastdnn.backends.numba_backend", "NumbaBackend", "cpu"),
     "numpy": ("fastdnn.backends.numpy_backend", "NumpyBackend", "cpu"),
 }
-_CUDA_BACKENDS_PLANNED = ("cupy-numba", "cupy")
 
 BackendInfo = namedtuple("BackendInfo", "name device available reason")
 
@@ -60,17 +61,19 @@ def _parse_cuda(device):
 
 
 def _first_usable(kind, device_index=0):
-    """(name, None) for the first usable backend of a kind, else (None, reasons)."""
+    """(name, None) for the first usable backend of a kind, else (None, reasons). For CUDA, a device
+    that cannot be used is one reason, said once."""
+    if kind == "cuda":
+        from . import _cuda_device
+        reason = _cuda_device.probe(device_index)
+        if reason:
+            return None, reason
     reasons = []
     for name in _names(kind):
         reason = _unavailable_reason(name, device_index)
         if reason is None:
             return name, None
         reasons.append(reason)
-    if kind == "cuda" and not reasons:
-        from . import _cuda_device
-        reasons.append(_cuda_device.probe(device_index)
-                       or "this fastdnn version has no CUDA backend")
     return None, "; ".join(reasons)
 
 
@@ -85,13 +88,11 @@ def get_backend(device="auto", fallback=True, _stacklevel=2):
         return device
     if not isinstance(device, str):
         raise TypeError(f"device must be a string or a Backend, got {type(device).__name__}")
-    if device in _REGISTRY or device in _CUDA_BACKENDS_PLANNED:
-        reason = _unavailable_reason(device) if device in _REGISTRY else \
-            f"{device}: not implemented in this fastdnn version"
+    if device in _REGISTRY:
+        reason = _unavailable_reason(device)
         if reason:
             raise BackendUnavailableError(f"backend {device!r} unavailable ({reason})")
-        kind = _REGISTRY[device][2]
-        return _make(device, kind)
+        return _make(device, _REGISTRY[device][2])
     if device == "cpu":
         return _make(_first_usable("cpu")[0])
     if device == "auto" or device.startswith("cuda"):

@@ -20,3 +20,47 @@ def probe(device_index=0):
     if device_index >= count:
         return f"cupy: cuda:{device_index} asked for, but only {count} CUDA device(s) found"
     return None
+
+
+def cupy():
+    """The cupy module (imported on first use only)."""
+    import cupy as cp
+    return cp
+
+
+def use_device(index):
+    """Make CUDA device ``index`` current for CuPy (allocations, cuBLAS, streams)."""
+    cupy().cuda.Device(index).use()
+
+
+def to_device(x, dtype=None):
+    """A host or device array as a CuPy array of ``dtype`` on the current device."""
+    return cupy().asarray(x, dtype=dtype)
+
+
+def to_host(x):
+    """A NumPy copy of a CuPy array (a device-to-host copy that waits for the stream)."""
+    return cupy().asnumpy(x)
+
+
+def synchronize():
+    """Wait for the work queued on CuPy's current stream."""
+    cupy().cuda.get_current_stream().synchronize()
+
+
+def numba_stream():
+    """CuPy's current stream as a Numba stream, so kernels queue behind (and before) CuPy's work."""
+    from numba import cuda
+    return cuda.external_stream(cupy().cuda.get_current_stream().ptr)
+
+
+def empty(shape, dtype):
+    """cupy.empty, turning CuPy's out-of-memory error into MemoryError with the bytes asked for."""
+    cp = cupy()
+    try:
+        return cp.empty(shape, dtype=dtype)
+    except cp.cuda.memory.OutOfMemoryError as exc:
+        import numpy as np
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        raise MemoryError(f"out of GPU memory allocating {nbytes} bytes for the fastdnn workspace "
+                          f"({exc})") from exc

@@ -1,0 +1,59 @@
+"""The ``cupy`` backend: the xp-generic ops on CuPy (cuBLAS GEMMs, CuPy elementwise and reductions),
+unfused. The reference on the GPU, and the fallback when numba-cuda is absent.
+
+Written against CuPy's documented API; no machine of this project has a GPU, so it has run here only
+in its failure paths (no device) — see README.
+"""
+from . import _cuda_device
+from .base import Backend
+
+
+class CupyBackend(Backend):
+    name = "cupy"
+
+    def __init__(self, device="cuda:0", xp=None):
+        super().__init__(device)
+        self.counters.update(launch=0, sync=0)
+        self.device_index = int(device.split(":")[1]) if ":" in device else 0
+        if xp is None:                          # the real thing: CuPy on a device
+            _cuda_device.use_device(self.device_index)
+            self.xp = _cuda_device.cupy()
+        else:                                   # NumPy standing in for CuPy (CUDA simulator tests)
+            self.xp = xp
+
+    @staticmethod
+    def probe(device_index=0):
+        return _cuda_device.probe(device_index)
+
+    @property
+    def _real(self):
+        return self.xp.__name__ == "cupy"
+
+    def asarray(self, x, dtype=None):
+        return _cuda_device.to_device(x, dtype) if self._real else self.xp.asarray(x, dtype=dtype)
+
+    def to_numpy(self, x):
+        self.counters["sync"] += 1
+        return _cuda_device.to_host(x) if self._real else super().to_numpy(x)
+
+    def scalar(self, x):
+        """A device scalar as a Python float (one device-to-host copy); floats pass through."""
+        return x if isinstance(x, float) else float(self.to_numpy(x))
+
+    def empty(self, shape, dtype):
+        return _cuda_device.empty(shape, dtype) if self._real else super().empty(shape, dtype)
+
+    def synchronize(self):
+        if self._real:
+            _cuda_device.synchronize()
+
+    def dropout_mask(self, D, keep_prob, rng):
+        """D = (u < keep_prob) / keep_prob, u drawn on the device (seeded from the network's generator)."""
+        if not self._real:
+            return super().dropout_mask(D, keep_prob, rng)
+        if not hasattr(self, "_rng"):
+            self._rng = self.xp.random.default_rng(int(rng.integers(2**31)))
+        D[...] = self._rng.random(D.shape, dtype=D.dtype)
+        self.xp.less(D, keep_prob, out=D)
+        D *= 1 / keep_prob
+        return D

@@ -1,0 +1,90 @@
+"""The ``cupy-numba`` backend: cuBLAS GEMMs through CuPy into preallocated ``out``, and the fused passes
+as Numba CUDA kernels (``_cuda_kernels``) launched on CuPy's current stream: bias + activation; dZ and
+the deterministic db; cost partials + output delta; the optimizer update over the flat buffers. The
+cost stays on the device (no host sync in a step) until it is reported."""
+import numpy as np
+
+from . import _cuda_device
+from . import _cuda_kernels as C
+from .cupy_backend import CupyBackend
+
+
+class CupyNumbaBackend(CupyBackend):
+    name = "cupy-numba"
+
+    def __init__(self, device="cuda:0", xp=None):
+        super().__init__(device, xp)
+        self._scratch = {}
+
+    @staticmethod
+    def probe(device_index=0):
+        reason = _cuda_device.probe(device_index)
+        if reason is None:
+            try:
+                from numba import cuda  # noqa: F401
+            except ImportError as exc:
+                return f"numba-cuda: {type(exc).__name__}: {exc}"
+        return reason
+
+    def _launch(self, kernel, grid, block, *args):
+        self.counters["launch"] += 1
+        stream = _cuda_device.numba_stream() if self._real else 0
+        kernel[grid, block, stream](*args)
+
+    def _buffer(self, key, shape, dtype):
+        """A device scratch array kept between steps (cost partials and totals)."""
+        buf = self._scratch.get((key, shape, np.dtype(dtype)))
+        if buf is None:
+            buf = self._scratch[(key, shape, np.dtype(dtype))] = self.empty(shape, dtype)
+        return buf
+
+    def linear_activation_forward(self, activation, A_prev, W, b, Z=None, A=None):
+        """Z = W · A_prev (cuBLAS), then one fused kernel: Z += b, A = g(Z)."""
+        Z = self.gemm(W, A_prev, out=Z)
+        A = self.xp.empty_like(Z) if A is None else A
+        n, m = Z.shape
+        if activation.name == "softmax":
+            self._launch(C.bias_softmax(Z.dtype), C.blocks_1d(m), C.THREADS_1D, Z, b, A)
+        else:
+            self._launch(C.bias_activation(activation, Z.dtype), C.blocks_2d(n, m), C.THREADS_2D, Z, b, A)
+        return Z, A
+
+    def linear_activation_backward(self, activation, dA, Z, A, A_prev, W, dW, db, dA_prev=None,
+                                   need_dA_prev=True):
+        """One kernel for dZ = dA g'(Z) with the deterministic row sum db, then two cuBLAS GEMMs."""
+        if not activation.elementwise:
+            return super().linear_activation_backward(activation, dA, Z, A, A_prev, W, dW, db,
+                                                      dA_prev, need_dA_prev)
+        self._launch(C.delta_row_sum(activation, dA.dtype), dA.shape[0], C.THREADS_1D, dA, Z, A, db)
+        self.gemm(dA, A_prev, out=dW, trans_b=True)
+        if need_dA_prev:
+            dA_prev = self.gemm(W, dA, out=dA_prev, trans_a=True)
+        return dA_prev, dW, db
+
+    def output_layer(self, loss, activation, Z, A, Y, dZ):
+        """dZ[L] and the cost's partial sums in one kernel, their fixed-order sum in a second; the
+        cost is returned as a 0-d device array (read back only when reported; valid until the next
+        call, which reuses its buffer)."""
+        if activation.name == "softmax" and loss.name != "ce":
+            return super().output_layer(loss, activation, Z, A, Y, dZ)
+        n, m = Z.shape
+        inv_m = Z.dtype.type(1.0 / m)
+        total = self._buffer("total", (1,), Z.dtype)
+        if activation.name == "softmax":
+            partials = self._buffer("partials", (m,), Z.dtype)
+            self._launch(C.output_softmax_ce(Z.dtype), C.blocks_1d(m), C.THREADS_1D, Z, A, Y, dZ, inv_m, partials)
+        else:
+            partials = self._buffer("partials", (C.blocks_1d(n * m),), Z.dtype)
+            self._launch(C.output_elementwise(loss, activation, Z.dtype), C.blocks_1d(n * m), C.THREADS_1D,
+                         Z, A, Y, dZ, inv_m, partials)
+        self._launch(C.sum_partials(Z.dtype), 1, C.THREADS_1D, partials, total)
+        return total.reshape(())
+
+    def update(self, optimizer, theta, dtheta, states, learning_rate, t, out):
+        """The optimizer's update in one kernel over the flat parameter, gradient and state buffers."""
+        f = theta.dtype.type
+        s1, s2 = (list(states) + [dtheta, dtheta])[:2]
+        c1, c2 = optimizer.corrections(t)
+        self._launch(C.optimizer_update(optimizer, theta.dtype), C.blocks_1d(theta.shape[0]), C.THREADS_1D,
+                     theta, dtheta, s1, s2, f(learning_rate), f(c1), f(c2), out)
+        return out
