@@ -56,23 +56,32 @@ def problem(config, dtype, seed=0):
 
 
 # --- candidates -------------------------------------------------------------------------------
-def gemm_floor(config, dtype):
-    """Only the 3 GEMMs per layer (W·A, dZ·A_prevᵀ, Wᵀ·dZ; none for dA0) into preallocated arrays."""
+def gemm_floor(config, dtype, xp=np):
+    """Only the 3 GEMMs per layer (W·A, dZ·A_prevᵀ, Wᵀ·dZ; none for dA0) into preallocated arrays
+    (xp: numpy, or cupy for the GPU floor)."""
     rng = np.random.RandomState(1)
     dims, m = config.layer_dims, config.m
-    W = [(rng.randn(n, k) * np.sqrt(1 / k)).astype(dtype) for k, n in zip(dims[:-1], dims[1:])]
-    A = [rng.rand(n, m).astype(dtype) for n in dims]     # random, never denormal garbage
-    dZ = [rng.rand(n, m).astype(dtype) for n in dims]
-    dW = [np.empty_like(w) for w in W]
+    put = lambda a: xp.asarray(a.astype(dtype))
+    W = [put(rng.randn(n, k) * np.sqrt(1 / k)) for k, n in zip(dims[:-1], dims[1:])]
+    A = [put(rng.rand(n, m)) for n in dims]     # random, never denormal garbage
+    dZ = [put(rng.rand(n, m)) for n in dims]
+    dW = [xp.empty_like(w) for w in W]
 
     def run():
         for l, w in enumerate(W):
-            np.matmul(w, A[l], out=A[l + 1])
+            xp.matmul(w, A[l], out=A[l + 1])
         for l in range(len(W) - 1, -1, -1):
-            np.matmul(dZ[l + 1], A[l].T, out=dW[l])
+            xp.matmul(dZ[l + 1], A[l].T, out=dW[l])
             if l > 0:
-                np.matmul(W[l].T, dZ[l + 1], out=dZ[l])
-    return Candidate("gemm floor", "floor", "numpy", run, "numpy")
+                xp.matmul(W[l].T, dZ[l + 1], out=dZ[l])
+    return Candidate("gemm floor", "floor", "numpy", run, xp.__name__)
+
+
+def flops_per_step(config):
+    """2 x the multiply-adds of the 3L - 1 GEMMs of a step."""
+    dims, m = config.layer_dims, config.m
+    macs = sum(n * k * m for k, n in zip(dims[:-1], dims[1:]))
+    return 2 * (2 * macs + sum(n * k * m for k, n in zip(dims[1:-1], dims[2:])))
 
 
 def network_step(config, dtype, backend):

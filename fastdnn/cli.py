@@ -89,6 +89,16 @@ def _train(args):
 
 def _bench(args):
     from . import bench
+    if args.gpu:
+        from . import gpu_bench
+        try:
+            rows = gpu_bench.run([c for c in bench.CONFIGS if not args.config or c.name in args.config],
+                                 args.dtype)
+        except gpu_bench.NoCudaDevice as exc:
+            print(f"fastdnn bench --gpu: {exc}", file=sys.stderr)
+            return 2
+        print(f"GPU: {rows[0]['device']}\n" + gpu_bench.table(rows))
+        return 0
     configs = [c for c in bench.CONFIGS if not args.config or c.name in args.config]
     rounds, budget = (args.rounds or 15, 0.5) if args.full else (args.rounds or 3, 0.03)
     rows, info = bench.run(configs, args.dtype, rounds=rounds, loop_budget_s=budget)
@@ -162,6 +172,8 @@ def main(argv=None):
     mode = bench.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="few rounds (default; under 2 minutes)")
     mode.add_argument("--full", action="store_true", help="15 rounds, loops timed longer")
+    mode.add_argument("--gpu", action="store_true", help="cupy vs cupy-numba vs the GPU GEMM floor, "
+                                                          "timed with CUDA events (needs a CUDA device)")
     bench.add_argument("--config", nargs="*", help="configurations by name (default: all)")
     bench.add_argument("--dtype", nargs="*", default=["float32", "float64"], choices=["float32", "float64"])
     bench.add_argument("--rounds", type=int, help="interleaved rounds per configuration")

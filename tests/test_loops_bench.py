@@ -68,3 +68,19 @@ def test_bench_command_prints_tables_and_writes_reports(tmp_path):
     md = (tmp_path / "RESULTS.md").read_text()
     assert "Reproduce with" in md and "fastdnn bench --config tiny" in md
     assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_gpu_benchmark_stops_with_a_clear_message_without_a_gpu():
+    out = subprocess.run([sys.executable, "-m", "fastdnn", "bench", "--gpu", "--config", "tiny"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith("fastdnn bench --gpu: no CUDA device: cupy: ")
+
+
+def test_gpu_on_paper_table_covers_every_configuration():
+    from fastdnn import bench, gpu_bench
+    rows = json.load(open(__file__.replace("tests/test_loops_bench.py", "benchmarks/results.json")))["rows"]
+    text = gpu_bench.paper(rows)
+    assert all(f"| {c.name} {c.layer_dims} m={c.m} | float32 |" in text for c in bench.CONFIGS)
+    assert gpu_bench.launches_per_step(bench.CONFIGS[1]) == 5 * 4 + 1
+    assert bench.flops_per_step(bench.Config("x", [3, 2, 1], 10, "relu", "sigmoid")) == 2 * (2 * (60 + 20) + 20)
