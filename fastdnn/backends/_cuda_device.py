@@ -64,3 +64,11 @@ def empty(shape, dtype):
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         raise MemoryError(f"out of GPU memory allocating {nbytes} bytes for the fastdnn workspace "
                           f"({exc})") from exc
+
+
+def kernel_view(x):
+    """A Numba device-array view of a CuPy array that does not synchronize the array's stream each
+    time a kernel uses it (``sync=False``): the kernels are queued on CuPy's current stream, behind
+    the work that produced the array, so no host-side wait is needed."""
+    from numba import cuda
+    return cuda.as_cuda_array(x, sync=False)

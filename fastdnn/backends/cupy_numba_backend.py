@@ -2,6 +2,8 @@
 as Numba CUDA kernels (``_cuda_kernels``) launched on CuPy's current stream: bias + activation; dZ and
 the deterministic db; cost partials + output delta; the optimizer update over the flat buffers. The
 cost stays on the device (no host sync in a step) until it is reported."""
+from collections import OrderedDict
+
 import numpy as np
 
 from . import _cuda_device
@@ -12,9 +14,12 @@ from .cupy_backend import CupyBackend
 class CupyNumbaBackend(CupyBackend):
     name = "cupy-numba"
 
+    VIEWS_KEPT = 512          # Numba views of the buffers in use (workspace, parameters, data)
+
     def __init__(self, device="cuda:0", xp=None):
         super().__init__(device, xp)
         self._scratch = {}
+        self._views = OrderedDict()
 
     @staticmethod
     def probe(device_index=0):
@@ -28,8 +33,25 @@ class CupyNumbaBackend(CupyBackend):
 
     def _launch(self, kernel, grid, block, *args):
         self.counters["launch"] += 1
-        stream = _cuda_device.numba_stream() if self._real else 0
-        kernel[grid, block, stream](*args)
+        if self._real:
+            kernel[grid, block, _cuda_device.numba_stream()](*map(self._view, args))
+        else:
+            kernel[grid, block, 0](*args)
+
+    def _view(self, a):
+        """A cached no-sync Numba view of a CuPy array (scalars pass through). Converting a CuPy array
+        at every launch would synchronize its stream from the host each time."""
+        if not hasattr(a, "__cuda_array_interface__"):
+            return a
+        key = (a.data.ptr, a.shape, a.strides, a.dtype.str)
+        view = self._views.get(key)
+        if view is None:
+            view = self._views[key] = _cuda_device.kernel_view(a)
+            if len(self._views) > self.VIEWS_KEPT:
+                self._views.popitem(last=False)
+        else:
+            self._views.move_to_end(key)
+        return view
 
     def _buffer(self, key, shape, dtype):
         """A device scratch array kept between steps (cost partials and totals)."""
