@@ -3,8 +3,8 @@
 The ops take course-named arrays, write into ``out`` when given, and return the result.
 Backward ops work with ∂J/∂· of the *mean* cost J: the output delta already carries 1/m,
 so dW = dZ · A_prevᵀ and db = Σ_cols dZ need no further scaling.
-Faster backends override the composed ops (``linear_activation_*``, ``output_layer``,
-``update``) with fused passes; the composition here is the reference.
+Faster backends override the composed ops (``linear_activation_forward``, ``delta_row_sum``,
+``output_layer``, ``update``) with fused passes; the composition here is the reference.
 """
 import numpy as np
 
@@ -75,13 +75,21 @@ class Backend:
         self.add_bias(Z, b, out=Z)
         return Z, self.activation_forward(activation, Z, out=A)
 
+    def delta_row_sum(self, activation, dA, Z, A, db):
+        """dZ = dA * g'(Z) written over dA, and db = Σ_cols dZ. (n_l, m), db (n_l, 1). Returns dZ."""
+        dZ = self.activation_backward(activation, dA, Z, A, out=dA)
+        self.row_sum(dZ, out=db)
+        return dZ
+
     def linear_activation_backward(self, activation, dA, Z, A, A_prev, W, dW, db, dA_prev=None,
                                    need_dA_prev=True):
-        """dZ = dA * g'(Z); dW = dZ · A_prevᵀ; db = Σ_cols dZ; dA_prev = Wᵀ · dZ (if needed).
-
-        dA (n_l, m) is overwritten with dZ. Returns (dA_prev or None, dW, db)."""
-        dZ = self.activation_backward(activation, dA, Z, A, out=dA)
-        return self.linear_backward(dZ, A_prev, W, dW, db, dA_prev, need_dA_prev)
+        """dZ = dA * g'(Z) and db = Σ_cols dZ (one pass on fused backends); dW = dZ · A_prevᵀ;
+        dA_prev = Wᵀ · dZ (if needed). dA (n_l, m) is overwritten with dZ. Returns (dA_prev or None, dW, db)."""
+        dZ = self.delta_row_sum(activation, dA, Z, A, db)
+        self.gemm(dZ, A_prev, out=dW, trans_b=True)
+        if need_dA_prev:
+            dA_prev = self.gemm(W, dZ, out=dA_prev, trans_a=True)
+        return dA_prev, dW, db
 
     def linear_backward(self, dZ, A_prev, W, dW, db, dA_prev=None, need_dA_prev=True):
         """dW = dZ · A_prevᵀ (n_l, n_{l-1}); db = Σ_cols dZ (n_l, 1); dA_prev = Wᵀ · dZ (n_{l-1}, m)."""

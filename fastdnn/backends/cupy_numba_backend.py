@@ -71,17 +71,12 @@ class CupyNumbaBackend(CupyBackend):
             self._launch(C.bias_activation(activation, Z.dtype), C.blocks_2d(n, m), C.THREADS_2D, Z, b, A)
         return Z, A
 
-    def linear_activation_backward(self, activation, dA, Z, A, A_prev, W, dW, db, dA_prev=None,
-                                   need_dA_prev=True):
-        """One kernel for dZ = dA g'(Z) with the deterministic row sum db, then two cuBLAS GEMMs."""
+    def delta_row_sum(self, activation, dA, Z, A, db):
+        """dZ = dA g'(Z) with the deterministic row sum db, in one kernel."""
         if not activation.elementwise:
-            return super().linear_activation_backward(activation, dA, Z, A, A_prev, W, dW, db,
-                                                      dA_prev, need_dA_prev)
+            return super().delta_row_sum(activation, dA, Z, A, db)
         self._launch(C.delta_row_sum(activation, dA.dtype), dA.shape[0], C.THREADS_1D, dA, Z, A, db)
-        self.gemm(dA, A_prev, out=dW, trans_b=True)
-        if need_dA_prev:
-            dA_prev = self.gemm(W, dA, out=dA_prev, trans_a=True)
-        return dA_prev, dW, db
+        return dA
 
     def output_layer(self, loss, activation, Z, A, Y, dZ):
         """dZ[L] and the cost's partial sums in one kernel, their fixed-order sum in a second; the

@@ -48,17 +48,12 @@ class NumbaBackend(Backend):
         kernel(Z, b, A)
         return Z, A
 
-    def linear_activation_backward(self, activation, dA, Z, A, A_prev, W, dW, db, dA_prev=None,
-                                   need_dA_prev=True):
-        """dZ = dA * g'(Z) and db = Σ_cols dZ in one fused pass, then the two GEMMs."""
+    def delta_row_sum(self, activation, dA, Z, A, db):
+        """dZ = dA * g'(Z) and db = Σ_cols dZ in one fused pass."""
         if not activation.elementwise:
-            return super().linear_activation_backward(activation, dA, Z, A, A_prev, W, dW, db,
-                                                      dA_prev, need_dA_prev)
+            return super().delta_row_sum(activation, dA, Z, A, db)
         K.delta_row_sum(activation, dA.dtype)(dA, Z, A, db)
-        self.gemm(dA, A_prev, out=dW, trans_b=True)
-        if need_dA_prev:
-            dA_prev = self.gemm(W, dA, out=dA_prev, trans_a=True)
-        return dA_prev, dW, db
+        return dA
 
     def output_layer(self, loss, activation, Z, A, Y, dZ):
         """J and dZ[L] = (A - Y)/m (times g'(Z) for a non-canonical pair) in one fused pass."""
