@@ -42,7 +42,7 @@ class BinaryCrossEntropy(Loss):
         return -(Y / A - (1 - Y) / (1 - A))
 
     def scalar(self, ftype):
-        zero, one = ftype(0.0), ftype(1.0)
+        zero = ftype(0.0)
 
         def cost(z, a, y):
             return (z if z > zero else zero) - z * y + math.log1p(math.exp(-abs(z)))

@@ -6,8 +6,6 @@ workspace per batch size holds Z, A and dA (overwritten by dZ) for every layer, 
 writes into preallocated arrays. The network knows a Backend, never which library runs it.
 """
 import math
-import sys
-import time
 
 import numpy as np
 
@@ -16,11 +14,11 @@ from ._xp import array_namespace
 from .activations import get_activation
 from .backends import get_backend
 from .errors import TrainingDivergedError
-from .history import History
 from .initializers import initialize
 from .losses import get_loss
 from .optimizers import GradientDescent, get_optimizer
 from .schedules import get_schedule
+from .training import TrainingLoop
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -385,7 +383,7 @@ class Network:
                 raise ValueError("give iterations (full-batch steps) or epochs, not both")
             count, unit, every = _count("epochs", epochs), "epoch", 1
             batch_size = min(_count("batch_size", _default(batch_size, Xd.shape[1])), Xd.shape[1])
-        loop = _Loop(self, Xd, Yd, unit, batch_size, shuffle, seed)
+        loop = TrainingLoop(self, Xd, Yd, unit, batch_size, shuffle, seed)
         return loop.run(count, learning_rate, get_schedule(schedule), validation, patience,
                         _count("report_every", _default(report_every, every)), verbose)
 
@@ -416,6 +414,10 @@ class Network:
             total = total + cost * (size / m)
         self.epoch += 1
         return total
+
+    def _new_workspace(self, m):
+        """A workspace for m examples, outside the cached training ones (evaluation)."""
+        return _Workspace(self.backend, self.layer_dims, m, self.dtype)
 
     def _evaluate(self, Xd, Yd, ws):
         """(J, accuracy or None) on prepared data, without dropout, as Python floats."""
@@ -472,77 +474,3 @@ def _check_rate(learning_rate):
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"learning_rate must be a finite number > 0; got {learning_rate}")
     return lr
-
-
-class _Loop:
-    """The training loop of ``Network.fit``: steps or epochs, reports, validation, early stopping,
-    progress."""
-
-    def __init__(self, net, Xd, Yd, unit, batch_size, shuffle, seed):
-        self.net, self.Xd, self.Yd, self.unit = net, Xd, Yd, unit
-        self.batch_size, self.shuffle, self.buffers = batch_size, shuffle, {}
-        self.seed = np.random.randint(2**31) if seed is None else seed
-
-    def step(self, i, learning_rate, report):
-        net = self.net
-        if self.unit == "iteration":
-            return net._train_step(self.Xd, self.Yd, learning_rate, i, check=report or net._check_every_step())
-        return net._epoch(self.Xd, self.Yd, learning_rate, self.batch_size, self.shuffle, self.seed,
-                          self.buffers)
-
-    def run(self, count, lr0, schedule, validation, patience, report_every, verbose):
-        net, history, start = self.net, History(self.unit), time.perf_counter()
-        ws_val = validation and _Workspace(net.backend, net.layer_dims, validation[0].shape[1], net.dtype)
-        best = None                             # (val_cost, record index, θ copy)
-        bar = _progress_bar(count, self.unit, verbose)
-        try:
-            for i in range(count):
-                learning_rate = schedule(lr0, i) if schedule else lr0
-                report = i % report_every == 0 or i == count - 1
-                cost = self.step(i, learning_rate, report)
-                if report:
-                    val = net._evaluate(*validation, ws_val) if validation else (None, None)
-                    history.append(i, net.backend.scalar(cost), time.perf_counter() - start, learning_rate, *val)
-                    self.show(bar, history[-1], verbose)
-                    if patience is not None:
-                        if best is None or val[0] < best[0]:
-                            theta = net._slots[0][0]
-                            best = (val[0], len(history) - 1, theta.copy() if best is None else _copy(best[2], theta))
-                        elif len(history) - 1 - best[1] >= patience:
-                            history.stopped_early = True
-                            break
-                if bar is not None:
-                    bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
-        if best is not None:
-            net._slots[0][0][...] = best[2]
-            history.best = history[best[1]]
-        return history
-
-    def show(self, bar, record, verbose):
-        if verbose == 2:
-            print(f"Cost after {self.unit} {record.iteration}: {record.cost:.6f}"
-                  + (f"  validation cost {record.val_cost:.6f}" if record.val_cost is not None else ""))
-        elif bar is not None:
-            extra = {} if record.val_cost is None else {"val_cost": f"{record.val_cost:.4g}"}
-            bar.set_postfix(cost=f"{record.cost:.4g}", **extra)
-
-
-def _copy(dst, src):
-    dst[...] = src
-    return dst
-
-
-def _progress_bar(count, unit, verbose):
-    """A tqdm bar on stderr (None when silent, verbose=2, or tqdm is not installed)."""
-    if verbose in (0, False, 2):
-        return None
-    if verbose is None and not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=count, unit=unit, file=sys.stderr)

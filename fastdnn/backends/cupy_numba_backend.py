@@ -26,7 +26,7 @@ class CupyNumbaBackend(CupyBackend):
         reason = _cuda_device.probe(device_index)
         if reason is None:
             try:
-                from numba import cuda  # noqa: F401
+                import numba.cuda  # noqa: F401  (numba-cuda present?)
             except ImportError as exc:
                 return f"numba-cuda: {type(exc).__name__}: {exc}"
         return reason

@@ -1,0 +1,82 @@
+"""The training loop behind ``Network.fit``: full-batch steps or mini-batch epochs, reports with
+validation cost and accuracy, learning-rate schedules, early stopping, and the progress bar."""
+import sys
+import time
+
+import numpy as np
+
+from .history import History
+
+
+class TrainingLoop:
+    """The training loop of ``Network.fit``: steps or epochs, reports, validation, early stopping,
+    progress."""
+
+    def __init__(self, net, Xd, Yd, unit, batch_size, shuffle, seed):
+        self.net, self.Xd, self.Yd, self.unit = net, Xd, Yd, unit
+        self.batch_size, self.shuffle, self.buffers = batch_size, shuffle, {}
+        self.seed = np.random.randint(2**31) if seed is None else seed
+
+    def step(self, i, learning_rate, report):
+        net = self.net
+        if self.unit == "iteration":
+            return net._train_step(self.Xd, self.Yd, learning_rate, i, check=report or net._check_every_step())
+        return net._epoch(self.Xd, self.Yd, learning_rate, self.batch_size, self.shuffle, self.seed,
+                          self.buffers)
+
+    def run(self, count, lr0, schedule, validation, patience, report_every, verbose):
+        net, history, start = self.net, History(self.unit), time.perf_counter()
+        ws_val = validation and net._new_workspace(validation[0].shape[1])
+        best = None                             # (val_cost, record index, θ copy)
+        bar = _progress_bar(count, self.unit, verbose)
+        try:
+            for i in range(count):
+                learning_rate = schedule(lr0, i) if schedule else lr0
+                report = i % report_every == 0 or i == count - 1
+                cost = self.step(i, learning_rate, report)
+                if report:
+                    val = net._evaluate(*validation, ws_val) if validation else (None, None)
+                    history.append(i, net.backend.scalar(cost), time.perf_counter() - start, learning_rate, *val)
+                    self.show(bar, history[-1], verbose)
+                    if patience is not None:
+                        if best is None or val[0] < best[0]:
+                            theta = net._slots[0][0]
+                            best = (val[0], len(history) - 1, theta.copy() if best is None else _copy(best[2], theta))
+                        elif len(history) - 1 - best[1] >= patience:
+                            history.stopped_early = True
+                            break
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        if best is not None:
+            net._slots[0][0][...] = best[2]
+            history.best = history[best[1]]
+        return history
+
+    def show(self, bar, record, verbose):
+        if verbose == 2:
+            print(f"Cost after {self.unit} {record.iteration}: {record.cost:.6f}"
+                  + (f"  validation cost {record.val_cost:.6f}" if record.val_cost is not None else ""))
+        elif bar is not None:
+            extra = {} if record.val_cost is None else {"val_cost": f"{record.val_cost:.4g}"}
+            bar.set_postfix(cost=f"{record.cost:.4g}", **extra)
+
+
+def _copy(dst, src):
+    dst[...] = src
+    return dst
+
+
+def _progress_bar(count, unit, verbose):
+    """A tqdm bar on stderr (None when silent, verbose=2, or tqdm is not installed)."""
+    if verbose in (0, False, 2):
+        return None
+    if verbose is None and not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=count, unit=unit, file=sys.stderr)
