@@ -207,8 +207,14 @@ class Network:
             dropout = [l for l, p in enumerate(self.keep_prob, start=1) if p < 1]
             fused = None if dropout or self.l2 else self.backend.fused_step(
                 self.activations, self.loss, self.layer_dims, m, self.dtype, self.optimizer)
-            ws = self._workspaces[m] = _Workspace(self.backend, self.layer_dims, m, self.dtype, fused,
-                                                  dropout)
+            try:
+                ws = self._workspaces[m] = _Workspace(self.backend, self.layer_dims, m, self.dtype, fused,
+                                                      dropout)
+            except MemoryError as exc:
+                arrays = 3 * sum(self.layer_dims[1:]) + 2 * sum(self.layer_dims[l] for l in dropout)
+                need = arrays * m * self.dtype.itemsize
+                raise MemoryError(f"the {self.backend.name} workspace for batches of {m} needs {need} bytes "
+                                  f"({need / 2**20:.1f} MiB): {exc}") from exc
         return ws
 
     def _forward(self, X, ws, train=False):

@@ -133,3 +133,17 @@ def test_course_forward_names_the_layer_on_shape_mismatch():
         course.L_model_forward(np.ones((4, 64)), params)
     assert str(e.value) == ("layer 2 of 3 (relu): A_prev has shape (5, 64), expected (4, m) "
                             "to match W2 (3, 4)")
+
+
+def test_out_of_memory_says_how_many_bytes_the_workspace_needs(monkeypatch):
+    net = Network([10, 300, 200, 1], device="numpy", dtype="float32", seed=0)
+    real_empty = net.backend.empty
+
+    def empty(shape, dtype):
+        if shape[0] > 10_000:                     # the flat workspace buffers
+            raise MemoryError("out of GPU memory allocating 1 bytes")
+        return real_empty(shape, dtype)
+    monkeypatch.setattr(net.backend, "empty", empty)
+    with pytest.raises(MemoryError) as e:
+        net.fit(np.ones((10, 512)), np.ones((1, 512)), iterations=1)
+    assert str(e.value).startswith(f"the numpy workspace for batches of 512 needs {3 * 501 * 512 * 4} bytes")
