@@ -243,7 +243,6 @@ def measure(found, rounds, min_block_s=0.02, max_calls=1000):
 
 def summarize(config, dtype, found):
     """Rows: median time per step, spread, ratio to the floor and to PyTorch, speed-up over loops."""
-    by_kind = {c.kind: c for c in found}
     floor = next(c for c in found if c.kind == "floor")
     torch_ref = next((c for c in found if c.name.startswith("PyTorch autograd")), None)
     loop = next((c for c in found if c.name.startswith("loop over examples")), None)
@@ -258,7 +257,6 @@ def summarize(config, dtype, found):
             p75_s=float(np.percentile(t, 75)), rounds=len(t), extrapolated=c.scale != 1.0,
             vs_floor=ratio(c, floor), vs_torch=ratio(c, torch_ref) if torch_ref else None,
             speedup_over_loop=ratio(loop, c) if loop else None))
-    del by_kind
     return rows
 
 
@@ -337,6 +335,12 @@ def _fmt_time(s):
 
 def _fmt_ratio(x, digits=2):
     return "—" if x is None else f"{x:.{digits}f}x" if x < 100 else f"{x:,.0f}x"
+
+
+def markdown_table(header, rows):
+    """A Markdown table: a header row of column names, then one row of cells per entry."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
 def table(rows):

@@ -103,8 +103,7 @@ def _bench(args):
     rounds, budget = (args.rounds or 15, 0.5) if args.full else (args.rounds or 3, 0.03)
     rows, info = bench.run(configs, args.dtype, rounds=rounds, loop_budget_s=budget)
     print(bench.table(rows))
-    command = "fastdnn " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if args.argv is None \
-        else "fastdnn " + " ".join(shlex.quote(a) for a in args.argv)
+    command = "fastdnn " + shlex.join(args.argv)
     paths = bench.write_reports(rows, info, args.out, command)
     print("\nwrote " + ", ".join(paths.values()))
     return 0
@@ -182,6 +181,7 @@ def main(argv=None):
     bench.set_defaults(run=_bench)
     sub.add_parser("backends", help="list backends and what each device string selects").set_defaults(
         run=_backends)
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     args.argv = argv
     np.set_printoptions(precision=4)

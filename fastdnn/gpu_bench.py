@@ -51,12 +51,10 @@ def run(configs=bench.CONFIGS, dtypes=("float32", "float64"), steps=50, device=0
 
 
 def table(rows):
-    lines = ["| config | dtype | backend | ms / step | cuBLAS (GEMM floor) ms | rest ms | vs floor | TFLOP/s |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['config']} | {r['dtype']} | {r['backend']} | {r['ms_per_step']:.3f} | "
-                     f"{r['cublas_ms']:.3f} | {r['rest_ms']:.3f} | {r['vs_floor']:.2f}x | {r['tflops']:.2f} |")
-    return "\n".join(lines)
+    return bench.markdown_table(
+        ["config", "dtype", "backend", "ms / step", "cuBLAS (GEMM floor) ms", "rest ms", "vs floor", "TFLOP/s"],
+        [(r["config"], r["dtype"], r["backend"], f"{r['ms_per_step']:.3f}", f"{r['cublas_ms']:.3f}",
+          f"{r['rest_ms']:.3f}", f"{r['vs_floor']:.2f}x", f"{r['tflops']:.2f}") for r in rows])
 
 
 # --- on paper: what an H100 would do with these steps ---------------------------------------------
@@ -91,8 +89,7 @@ def launches_per_step(config):
 def paper(cpu_rows):
     """Markdown: per configuration and dtype, FLOPs and bytes per step, the H100 floor, the launch
     cost, and the batch size from which the GPU step beats the measured CPU (numba) step."""
-    lines = ["| config | dtype | GFLOP / step | MB / step | H100 floor (µs) | launches x 5-20 µs | "
-             "measured CPU step | GPU faster from m ≈ |", "|---|---|---|---|---|---|---|---|"]
+    rows = []
     for config in bench.CONFIGS:
         for dtype in ("float32", "float64"):
             cpu = next((r for r in cpu_rows if r["config"] == config.name and r["dtype"] == dtype
@@ -107,10 +104,12 @@ def paper(cpu_rows):
                 per_example_gpu = floor / config.m
                 m_star = [t / (per_example_cpu - per_example_gpu) for t in launch]
                 crossover = f"{m_star[0]:,.0f} – {m_star[1]:,.0f}"
-            lines.append(f"| {config.name} {config.layer_dims} m={config.m} | {dtype} | {flops / 1e9:.3f} | "
-                         f"{nbytes / 1e6:.2f} | {floor * 1e6:.1f} | {launch[0] * 1e6:.0f}–{launch[1] * 1e6:.0f} µs | "
-                         f"{bench._fmt_time(cpu['median_s']) if cpu else '—'} | {crossover} |")
-    return "\n".join(lines)
+            rows.append((f"{config.name} {config.layer_dims} m={config.m}", dtype, f"{flops / 1e9:.3f}",
+                         f"{nbytes / 1e6:.2f}", f"{floor * 1e6:.1f}",
+                         f"{launch[0] * 1e6:.0f}–{launch[1] * 1e6:.0f} µs",
+                         bench._fmt_time(cpu["median_s"]) if cpu else "—", crossover))
+    return bench.markdown_table(["config", "dtype", "GFLOP / step", "MB / step", "H100 floor (µs)",
+                                 "launches x 5-20 µs", "measured CPU step", "GPU faster from m ≈"], rows)
 
 
 if __name__ == "__main__":       # python -m fastdnn.gpu_bench > benchmarks/GPU_ON_PAPER.md

@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from ._layout import flat_layout  # noqa: F401  (the scalar loops' θ layout, re-exported)
+
 
 def per_example_step(parameters, X, Y, activations, loss, learning_rate):
     """One step, one example at a time: X (n0, m), Y (nL, m) one-hot/0-1/targets; returns J."""
@@ -129,9 +131,3 @@ def scalar_step(hidden, output, loss, compiled=False):
         return njit(_scalar_step_source(*map(jitable, functions), softmax, output.name == loss.canonical))
     return _scalar_step_source(*functions, softmax, output.name == loss.canonical)
 
-
-def flat_layout(layer_dims):
-    """(dims, pofs): int64 layer sizes and the offset of each layer's W in the flat θ."""
-    dims = np.asarray(layer_dims, dtype=np.int64)
-    pofs = np.concatenate([[0], np.cumsum(dims[1:] * dims[:-1] + dims[1:])]).astype(np.int64)
-    return dims, pofs

@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from . import _checks
+from ._layout import flat_layout, workspace_offsets
 from ._xp import array_namespace
 from .activations import get_activation
 from .backends import get_backend
@@ -32,10 +33,10 @@ class _Workspace:
         self.m, self.fused = m, fused
         self.D = {l: backend.empty((layer_dims[l], m), dtype) for l in dropout_layers}
         self.Ad = {l: backend.empty((layer_dims[l], m), dtype) for l in dropout_layers}
-        self.offsets = np.concatenate([[0], np.cumsum([n * m for n in layer_dims[1:]])])
-        self.Zf, self.Af, self.dAf = (backend.empty((int(self.offsets[-1]),), dtype) for _ in range(3))
+        offsets = workspace_offsets(layer_dims, m)
+        self.Zf, self.Af, self.dAf = (backend.empty((int(offsets[-1]),), dtype) for _ in range(3))
         self.Z, self.A, self.dA = ([None] + [flat[o:o + n * m].reshape(n, m)
-                                             for o, n in zip(self.offsets, layer_dims[1:])]
+                                             for o, n in zip(offsets, layer_dims[1:])]
                                    for flat in (self.Zf, self.Af, self.dAf))
 
 
@@ -117,13 +118,9 @@ class Network:
 
     def _views(self, flat):
         """[(W1, b1), ..., (WL, bL)] as views of a flat buffer laid out W1, b1, W2, b2, ..."""
-        views, off = [], 0
-        for n_prev, n in zip(self.layer_dims[:-1], self.layer_dims[1:]):
-            W = flat[off:off + n * n_prev].reshape(n, n_prev)
-            off += n * n_prev
-            views.append((W, flat[off:off + n].reshape(n, 1)))
-            off += n
-        return views
+        dims, pofs = flat_layout(self.layer_dims)
+        return [(flat[o:o + n * k].reshape(n, k), flat[o + n * k:o + n * k + n].reshape(n, 1))
+                for o, k, n in zip(pofs, dims[:-1], dims[1:])]
 
     def _set_parameters(self, parameters):
         chunks = []

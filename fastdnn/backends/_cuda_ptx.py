@@ -105,12 +105,11 @@ def report():
 
 
 def markdown(rows):
-    lines = ["| kernel | dtype | arch | registers / thread | spill stores / loads (B) | stack (B) | f64 instructions |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['kernel']} | {r['dtype']} | {r['arch']} | {r['registers']} | "
-                     f"{r['spill_stores']} / {r['spill_loads']} | {r['stack']} | {r['float64_ops']} |")
-    return "\n".join(lines)
+    from ..bench import markdown_table
+    return markdown_table(
+        ["kernel", "dtype", "arch", "registers / thread", "spill stores / loads (B)", "stack (B)", "f64 instructions"],
+        [(r["kernel"], r["dtype"], r["arch"], r["registers"], f"{r['spill_stores']} / {r['spill_loads']}",
+          r["stack"], r["float64_ops"]) for r in rows])
 
 
 if __name__ == "__main__":          # python -m fastdnn.backends._cuda_ptx > benchmarks/CUDA_KERNELS.md

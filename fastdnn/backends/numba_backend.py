@@ -4,7 +4,7 @@ and the parameter update."""
 import numpy as np
 
 from ..activations import Linear
-from ..loops import flat_layout
+from .._layout import flat_layout, workspace_offsets
 from . import _numba_kernels as K
 from .base import Backend
 
@@ -77,7 +77,7 @@ class NumbaBackend(Backend):
         step = K.whole_step(hidden[0], output, loss, np.dtype(dtype), updates)
         ftype = np.dtype(dtype).type
         dims, pofs = flat_layout(layer_dims)
-        wofs = np.concatenate([[0], np.cumsum(dims[1:] * m)])
+        wofs = workspace_offsets(layer_dims, m)
         inv_m = ftype(1.0 / m)
 
         def run(X, Y, theta, theta_out, dtheta, Zf, Af, dAf, learning_rate):
