@@ -3,8 +3,8 @@
 ``import fastdnn`` imports NumPy only; numba and cupy are imported when a backend needs them.
 """
 from .backends import available_backends, get_backend
-from .errors import (BackendUnavailableError, DeviceFallbackWarning, FastDNNError, ModelFileError,
-                     ShapeError, TrainingDivergedError)
+from .errors import (BackendUnavailableError, DeviceFallbackWarning, DistributedError, FastDNNError,
+                     ModelFileError, ShapeError, TrainingDivergedError)
 from .gradcheck import gradient_check
 from .history import History
 from .io import load
@@ -14,4 +14,4 @@ __version__ = "0.1.0"
 
 __all__ = ["Network", "History", "load", "get_backend", "available_backends", "gradient_check",
            "FastDNNError", "ShapeError", "BackendUnavailableError", "DeviceFallbackWarning",
-           "TrainingDivergedError", "ModelFileError", "__version__"]
+           "TrainingDivergedError", "ModelFileError", "DistributedError", "__version__"]

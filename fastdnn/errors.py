@@ -26,6 +26,11 @@ class TrainingDivergedError(FastDNNError, FloatingPointError):
                          "(last finite cost). Try a smaller learning rate or check the input scale.")
 
 
+class DistributedError(FastDNNError, RuntimeError):
+    """A data-parallel job cannot go on: another rank failed (the message names it and its error),
+    or the ranks' networks or data do not fit together."""
+
+
 class ModelFileError(FastDNNError, ValueError):
     """A model file is truncated, corrupted, from another program or of an unknown format version."""
 

@@ -34,4 +34,4 @@ def gradient_check(net, X, Y, epsilon=1e-7, max_checks=None, seed=0):
 
 def _cost(net, Xd, Yd):
     ws = net._workspace(Xd.shape[1])
-    return net.backend.scalar(net._forward_cost_delta(Xd, Yd, ws))
+    return net.backend.scalar(net._l2_cost(net._forward_cost_delta(Xd, Yd, ws), ws.m))

@@ -94,6 +94,7 @@ class Network:
         self.regularize(l2, keep_prob)
         self.iteration = 0          # optimizer steps taken
         self.epoch = 0              # mini-batch epochs completed (each epoch's order depends on it)
+        self._parallel = None       # a distributed.DataParallel while fit(comm=...) runs
 
     @classmethod
     def from_parameters(cls, parameters, hidden_activation="relu", output_activation=None, loss=None,
@@ -136,7 +137,9 @@ class Network:
         spare = self.backend.empty(flat.shape, self.dtype)
         spare[...] = flat
         self._slots.append((spare, self._views(spare)))
-        self._dtheta = self.backend.zeros(flat.shape, self.dtype)
+        # dθ, and one more entry for the cost: data-parallel training sums both in one all-reduce
+        self._gbuf = self.backend.zeros((flat.shape[0] + 1,), self.dtype)
+        self._dtheta = self._gbuf[:-1]
         self._grads = self._views(self._dtheta)
         self._has_previous = False
         self._set_optimizer(getattr(self, "optimizer", None) or GradientDescent(), reset=True)
@@ -202,8 +205,10 @@ class Network:
             if len(self._workspaces) >= 2:    # full batch + a last partial one
                 self._workspaces.pop(next(iter(self._workspaces)))
             dropout = [l for l, p in enumerate(self.keep_prob, start=1) if p < 1]
+            # data-parallel steps update after the all-reduce, never inside the fused call
+            optimizer = None if self._parallel else self.optimizer
             fused = None if dropout or self.l2 else self.backend.fused_step(
-                self.activations, self.loss, self.layer_dims, m, self.dtype, self.optimizer)
+                self.activations, self.loss, self.layer_dims, m, self.dtype, optimizer)
             try:
                 ws = self._workspaces[m] = _Workspace(self.backend, self.layer_dims, m, self.dtype, fused,
                                                       dropout)
@@ -226,8 +231,8 @@ class Network:
         return A
 
     def _backward(self, X, ws, train=False):
-        """dW[l], db[l] for l = L..1 into the gradient buffer, from dZ[L] in ws.dA[L]; with dropout
-        dA[l] is masked like A[l] was, and L2 adds (λ/m) W[l] to dW[l]."""
+        """dW[l], db[l] for l = L..1 of the data term of J into the gradient buffer, from dZ[L] in
+        ws.dA[L]; with dropout dA[l] is masked like A[l] was."""
         be, params, L = self.backend, self._slots[0][1], self.L
         for l in range(L, 0, -1):
             W, (dW, db) = params[l - 1][0], self._grads[l - 1]
@@ -241,37 +246,50 @@ class Network:
                                               A_prev, W, dW, db, dA_prev, need_dA_prev=l > 1)
             if dropped:
                 be.multiply(ws.dA[l - 1], ws.D[l - 1], out=ws.dA[l - 1])
-            if self.l2:
-                be.add_scaled(dW, W, self.l2 / ws.m)
 
     def _forward_cost_delta(self, X, Y, ws, train=False):
-        """Forward, then the cost J (0-d, on the backend; with its L2 term) and dZ[L] into the
+        """Forward, then the data term of the cost J (0-d, on the backend) and dZ[L] into the
         workspace."""
         self._forward(X, ws, train)
         L = self.L
-        cost = self.backend.output_layer(self.loss, self.activations[-1], ws.Z[L], ws.A[L], Y, ws.dA[L])
-        return cost + self._l2_cost(ws.m) if self.l2 else cost
+        return self.backend.output_layer(self.loss, self.activations[-1], ws.Z[L], ws.A[L], Y, ws.dA[L])
 
-    def _l2_cost(self, m):
-        """(λ/2m) Σ_l ||W[l]||²."""
-        return self.l2 / (2 * m) * sum(self.backend.sum_squares(W) for W, _ in self._slots[0][1])
+    def _l2_cost(self, cost, m):
+        """J + (λ/2m) Σ_l ||W[l]||² (J itself without L2)."""
+        if not self.l2:
+            return cost
+        return cost + self.l2 / (2 * m) * sum(self.backend.sum_squares(W) for W, _ in self._slots[0][1])
 
-    def _train_step(self, X, Y, learning_rate, iteration, check):
+    def _add_l2(self, cost, m):
+        """The L2 terms for m examples: dW[l] += (λ/m) W[l]; returns J + (λ/2m) Σ_l ||W[l]||²."""
+        if self.l2:
+            for (W, _), (dW, _) in zip(self._slots[0][1], self._grads):
+                self.backend.add_scaled(dW, W, self.l2 / m)
+        return self._l2_cost(cost, m)
+
+    def _train_step(self, X, Y, learning_rate, iteration, check, m_total=None):
         """One step θ_out = optimizer(θ, dθ), then the two parameter buffers swap roles.
-        With check (always for a fused step), a non-finite cost stops before the update."""
+        With check (always for a fused or data-parallel step), a non-finite cost stops before the
+        update. Data-parallel: X holds this rank's m of the batch's m_total examples (default: all
+        the ranks' examples), and dθ and J become the sums over the ranks of (m/m_total)·dθ, J."""
         ws = self._workspace(X.shape[1])
         theta, theta_out = self._slots[0][0], self._slots[1][0]
+        updated = False
         if ws.fused is not None:      # the whole step in one call; no update on a non-finite cost
             cost = ws.fused(X, Y, theta, theta_out, self._dtheta, ws.Zf, ws.Af, ws.dAf, learning_rate)
-            self._check_finite(cost, iteration)
-            if not ws.fused.updates:
-                self._update(learning_rate)
+            updated = ws.fused.updates
         else:
             cost = self._forward_cost_delta(X, Y, ws, train=True)
-            if check:                      # read back once; the caller reuses the float
-                cost = self.backend.scalar(cost)
-                self._check_finite(cost, iteration)
             self._backward(X, ws, train=True)
+        m = ws.m
+        if self._parallel is not None:
+            m = m_total or self._parallel.m_total
+            cost = self._parallel.all_reduce(self._gbuf, cost, ws.m / m)
+        cost = self._add_l2(cost, m)
+        if check or ws.fused is not None or self._parallel is not None:
+            cost = self.backend.scalar(cost)   # read back once; the caller reuses the float
+            self._check_finite(cost, iteration)
+        if not updated:
             self._update(learning_rate)
         self._t += 1
         self._slots.reverse()
@@ -327,7 +345,7 @@ class Network:
         L = self.L
         self._forward(Xd, ws)
         cost = self.backend.loss_cost(self.loss, ws.Z[L], ws.A[L], Yd)
-        return self.backend.scalar(cost + self._l2_cost(ws.m) if self.l2 else cost)
+        return self.backend.scalar(self._l2_cost(cost, ws.m))
 
     def gradients(self, X, Y):
         """{'dW1': (n1, n0), 'db1': (n1, 1), ...} = ∂J/∂W[l], ∂J/∂b[l], as host NumPy arrays."""
@@ -335,6 +353,7 @@ class Network:
         ws = _Workspace(self.backend, self.layer_dims, Xd.shape[1], self.dtype)
         self._forward_cost_delta(Xd, Yd, ws)
         self._backward(Xd, ws)
+        self._add_l2(0.0, ws.m)
         return {f"d{p}{l}": self.backend.to_numpy(a) for l, dWb in enumerate(self._grads, 1)
                 for p, a in zip("Wb", dWb)}
 
@@ -349,7 +368,7 @@ class Network:
 
     def fit(self, X, Y, *, learning_rate=None, iterations=None, epochs=None, batch_size=None,
             shuffle=True, seed=None, optimizer=None, l2=None, keep_prob=None, schedule=None,
-            validation_data=None, patience=None, report_every=None, verbose=None):
+            validation_data=None, patience=None, report_every=None, verbose=None, comm=None):
         """Train; returns a History.
 
         Full batch (the course's first part): ``iterations`` steps (default 3000); the History has J at
@@ -367,7 +386,33 @@ class Network:
         with ``patience``, training stops after that many records without a better validation cost
         and the parameters of the best one are restored.
         ``verbose``: None = a progress bar when stderr is a terminal, 0 = silent, 1 = progress bar,
-        2 = the course's "Cost after iteration i" lines."""
+        2 = the course's "Cost after iteration i" lines.
+        ``comm``: an MPI communicator (mpi4py) for data-parallel training: X, Y (and validation_data)
+        are this rank's examples, every step uses the gradient over all ranks' examples, and
+        ``batch_size`` is the global batch (see fastdnn.distributed)."""
+        options = dict(learning_rate=learning_rate, iterations=iterations, epochs=epochs,
+                       batch_size=batch_size, shuffle=shuffle, seed=seed, optimizer=optimizer, l2=l2,
+                       keep_prob=keep_prob, schedule=schedule, validation_data=validation_data,
+                       patience=patience, report_every=report_every, verbose=verbose)
+        if comm is None:
+            return self._training_loop(X, Y, **options).run()
+        from .distributed import DataParallel
+        dp = DataParallel(comm, self)
+        if dp.rank:
+            options["verbose"] = 0
+        loop = dp.agree(lambda: self._training_loop(X, Y, **options))
+        dp.start(loop.Xd.shape[1])
+        loop.seed = comm.bcast(loop.seed, root=0)
+        self._parallel, self._workspaces = dp, {}
+        try:
+            return dp.run(loop)
+        finally:
+            self._parallel, self._workspaces = None, {}
+
+    def _training_loop(self, X, Y, *, learning_rate, iterations, epochs, batch_size, shuffle, seed,
+                       optimizer, l2, keep_prob, schedule, validation_data, patience, report_every,
+                       verbose):
+        """fit's arguments checked, its data prepared, its settings applied: a TrainingLoop."""
         if optimizer is not None:
             self._set_optimizer(optimizer)
         if l2 is not None or keep_prob is not None:
@@ -385,10 +430,10 @@ class Network:
             if iterations is not None:
                 raise ValueError("give iterations (full-batch steps) or epochs, not both")
             count, unit, every = _count("epochs", epochs), "epoch", 1
-            batch_size = min(_count("batch_size", _default(batch_size, Xd.shape[1])), Xd.shape[1])
-        loop = TrainingLoop(self, Xd, Yd, unit, batch_size, shuffle, seed)
-        return loop.run(count, learning_rate, get_schedule(schedule), validation, patience,
-                        _count("report_every", _default(report_every, every)), verbose)
+            batch_size = None if batch_size is None else _count("batch_size", batch_size)   # None: all
+        return TrainingLoop(self, Xd, Yd, unit, batch_size, shuffle, seed, count, learning_rate,
+                            get_schedule(schedule), validation, patience,
+                            _count("report_every", _default(report_every, every)), verbose)
 
     def _rate(self, learning_rate):
         return _check_rate(learning_rate if learning_rate is not None
@@ -400,12 +445,17 @@ class Network:
     def _epoch(self, Xd, Yd, learning_rate, batch_size, shuffle, seed, buffers):
         """One pass over the examples in mini-batches gathered into preallocated contiguous buffers
         (so the steps allocate nothing); returns the epoch's mean cost (0-d, on the backend)."""
-        xp, m = self.backend.xp, Xd.shape[1]
-        order = np.random.RandomState([seed, self.epoch]).permutation(m) if shuffle else np.arange(m)
+        xp, m, dp = self.backend.xp, Xd.shape[1], self._parallel
+        key = [seed, self.epoch] if dp is None else [seed, self.epoch, dp.rank]
+        order = np.random.RandomState(key).permutation(m) if shuffle else np.arange(m)
         order = self.backend.asarray(order)
         total = 0.0
-        for k in range(0, m, batch_size):
-            index = order[k:k + batch_size]
+        if dp is None:
+            batches, m_all = _batches(m, batch_size or m), m
+        else:
+            batches, m_all = dp.batches(batch_size or dp.m_total), dp.m_total
+        for start, stop, m_batch in batches:
+            index = order[start:stop]
             size = index.shape[0]
             if size not in buffers:
                 buffers[size] = (self.backend.empty((Xd.shape[0], size), self.dtype),
@@ -413,8 +463,9 @@ class Network:
             Xb, Yb = buffers[size]
             xp.take(Xd, index, axis=1, out=Xb, mode="clip")    # mode="raise" would buffer
             xp.take(Yd, index, axis=1, out=Yb, mode="clip")
-            cost = self._train_step(Xb, Yb, learning_rate, self.iteration, check=self._check_every_step())
-            total = total + cost * (size / m)
+            cost = self._train_step(Xb, Yb, learning_rate, self.iteration, check=self._check_every_step(),
+                                    m_total=m_batch)
+            total = total + cost * (m_batch / m_all)
         self.epoch += 1
         return total
 
@@ -423,18 +474,20 @@ class Network:
         return _Workspace(self.backend, self.layer_dims, m, self.dtype)
 
     def _evaluate(self, Xd, Yd, ws):
-        """(J, accuracy or None) on prepared data, without dropout, as Python floats."""
+        """(J, accuracy or None) on prepared data, without dropout, as Python floats; data-parallel,
+        over every rank's data."""
         A, L = self._forward(Xd, ws), self.L
-        cost = self.backend.loss_cost(self.loss, ws.Z[L], A, Yd)
-        cost = self.backend.scalar(cost + self._l2_cost(ws.m) if self.l2 else cost)
+        cost = self.backend.scalar(self.backend.loss_cost(self.loss, ws.Z[L], A, Yd))
         name, xp = self.activations[-1].name, self.backend.xp
+        correct = None
         if name == "sigmoid":
-            correct = xp.mean((A > 0.5) == (Yd > 0.5))
+            correct = self.backend.scalar(xp.mean((A > 0.5) == (Yd > 0.5)))
         elif name == "softmax":
-            correct = xp.mean(xp.argmax(A, axis=0) == xp.argmax(Yd, axis=0))
-        else:
-            return cost, None
-        return cost, self.backend.scalar(correct)
+            correct = self.backend.scalar(xp.mean(xp.argmax(A, axis=0) == xp.argmax(Yd, axis=0)))
+        m = ws.m
+        if self._parallel is not None:
+            (cost, correct), m = self._parallel.mean((cost, correct), m)
+        return self.backend.scalar(self._l2_cost(cost, m)), correct
 
     def predict(self, X):
         """Class predictions: (A > 0.5) as 0/1 (nL, m) for sigmoid, argmax ids (1, m) for softmax;
@@ -460,6 +513,11 @@ class Network:
         if name == "softmax":
             Y1 = np.argmax(Y1, axis=0).reshape(1, -1)
         return float(np.mean(p == Y1))
+
+
+def _batches(m, batch_size):
+    """[(start, stop, size)] of consecutive batches of batch_size over m examples, the last smaller."""
+    return [(k, min(k + batch_size, m), min(batch_size, m - k)) for k in range(0, m, batch_size)]
 
 
 def _default(value, default):

@@ -12,10 +12,14 @@ class TrainingLoop:
     """The training loop of ``Network.fit``: steps or epochs, reports, validation, early stopping,
     progress."""
 
-    def __init__(self, net, Xd, Yd, unit, batch_size, shuffle, seed):
+    def __init__(self, net, Xd, Yd, unit, batch_size, shuffle, seed, count, learning_rate, schedule,
+                 validation, patience, report_every, verbose):
         self.net, self.Xd, self.Yd, self.unit = net, Xd, Yd, unit
         self.batch_size, self.shuffle, self.buffers = batch_size, shuffle, {}
         self.seed = np.random.randint(2**31) if seed is None else seed
+        self.count, self.lr0, self.schedule = count, learning_rate, schedule
+        self.validation, self.patience = validation, patience
+        self.report_every, self.verbose = report_every, verbose
 
     def step(self, i, learning_rate, report):
         net = self.net
@@ -24,8 +28,10 @@ class TrainingLoop:
         return net._epoch(self.Xd, self.Yd, learning_rate, self.batch_size, self.shuffle, self.seed,
                           self.buffers)
 
-    def run(self, count, lr0, schedule, validation, patience, report_every, verbose):
+    def run(self):
         net, history, start = self.net, History(self.unit), time.perf_counter()
+        count, lr0, schedule, validation = self.count, self.lr0, self.schedule, self.validation
+        patience, report_every, verbose = self.patience, self.report_every, self.verbose
         ws_val = validation and net._new_workspace(validation[0].shape[1])
         best = None                             # (val_cost, record index, θ copy)
         bar = _progress_bar(count, self.unit, verbose)

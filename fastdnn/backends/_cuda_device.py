@@ -43,6 +43,24 @@ def to_host(x):
     return cupy().asnumpy(x)
 
 
+def pinned_empty(shape, dtype):
+    """An uninitialized NumPy array in page-locked host memory (fast, asynchronous-capable copies)."""
+    import numpy as np
+    count = int(np.prod(shape))
+    memory = cupy().cuda.alloc_pinned_memory(count * np.dtype(dtype).itemsize)
+    return np.frombuffer(memory, dtype, count).reshape(shape)
+
+
+def copy_to_host(x, host):
+    """host[...] = x for a CuPy array x (waits for the copy)."""
+    x.get(out=host)
+
+
+def copy_from_host(host, x):
+    """x[...] = host for a CuPy array x, queued on the current stream."""
+    x.set(host)
+
+
 def synchronize():
     """Wait for the work queued on CuPy's current stream."""
     cupy().cuda.get_current_stream().synchronize()

@@ -35,6 +35,18 @@ class Backend:
     def zeros(self, shape, dtype):
         return self.xp.zeros(shape, dtype=dtype)
 
+    def host_buffer(self, shape, dtype):
+        """A host NumPy array for copies to and from the device (page-locked on GPUs)."""
+        return np.empty(shape, dtype=dtype)
+
+    def copy_to_host(self, x, host):
+        """host[...] = x, a device-to-host copy into an existing host array."""
+        host[...] = x
+
+    def copy_from_host(self, host, x):
+        """x[...] = host, a host-to-device copy into an existing device array."""
+        x[...] = host
+
     def is_native(self, x):
         """Whether x is an array this backend computes on without a copy."""
         return isinstance(x, self.xp.ndarray)
@@ -142,7 +154,8 @@ class Backend:
     def fused_step(self, activations, loss, layer_dims, m, dtype, optimizer):
         """A callable doing a whole training step in one call for this network and batch size,
         step(X, Y, θ, θ_out, dθ, Zf, Af, dAf, α) -> J, or None to use the ops one by one. Its
-        ``updates`` attribute says whether it also applied the optimizer's update."""
+        ``updates`` attribute says whether it also applied the optimizer's update (never when
+        optimizer is None)."""
         return None
 
     def update(self, optimizer, theta, dtheta, states, learning_rate, t, out):

@@ -43,6 +43,16 @@ class CupyBackend(Backend):
     def empty(self, shape, dtype):
         return _cuda_device.empty(shape, dtype) if self._real else super().empty(shape, dtype)
 
+    def host_buffer(self, shape, dtype):
+        return _cuda_device.pinned_empty(shape, dtype) if self._real else super().host_buffer(shape, dtype)
+
+    def copy_to_host(self, x, host):
+        self.counters["sync"] += 1
+        return _cuda_device.copy_to_host(x, host) if self._real else super().copy_to_host(x, host)
+
+    def copy_from_host(self, host, x):
+        return _cuda_device.copy_from_host(host, x) if self._real else super().copy_from_host(host, x)
+
     def synchronize(self):
         if self._real:
             _cuda_device.synchronize()

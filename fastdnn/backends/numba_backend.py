@@ -73,7 +73,7 @@ class NumbaBackend(Backend):
         if work > WHOLE_STEP_MAX_WORK or len(set(hidden)) > 1 or \
                 (output.name == "softmax" and loss.name != "ce"):
             return None
-        updates = optimizer.name == "gd"
+        updates = optimizer is not None and optimizer.name == "gd"
         step = K.whole_step(hidden[0], output, loss, np.dtype(dtype), updates)
         ftype = np.dtype(dtype).type
         dims, pofs = flat_layout(layer_dims)

@@ -1,0 +1,171 @@
+"""Data-parallel training over MPI (mpi4py): each rank holds a shard of the examples (columns).
+
+Rank r computes the gradient of its own mean cost J_r over its m_r examples of a batch of M; one
+all-reduce per step sums [(m_r/M) dθ_r, (m_r/M) J_r] over the ranks, which is exactly the batch's
+dθ and J, so every rank applies the same update to the same parameters (broadcast from rank 0 when
+training starts). L2 terms are added after the sum, with M. The all-reduced buffer is the flat
+gradient plus one entry: (P + 1) · itemsize bytes per step.
+
+CuPy buffers go to MPI directly when the MPI library is CUDA-aware (see ``cuda_aware``), and through
+a pinned host buffer otherwise.
+"""
+import os
+import sys
+import traceback
+
+import numpy as np
+
+from .errors import DistributedError, TrainingDivergedError
+
+# Environment settings that switch on the GPU support of common MPI libraries (their documentation):
+# Open MPI, HPE Cray MPICH, MVAPICH2, Intel MPI.
+CUDA_AWARE_SETTINGS = {"OMPI_MCA_opal_cuda_support": "true", "MPICH_GPU_SUPPORT_ENABLED": "1",
+                       "MV2_USE_CUDA": "1", "I_MPI_OFFLOAD": "1"}
+
+
+def cuda_aware(environ=os.environ):
+    """Whether device buffers may go to MPI directly: FASTDNN_MPI_CUDA_AWARE=1/0 decides; otherwise
+    yes when one of CUDA_AWARE_SETTINGS is set as given, as the MPI library then takes GPU buffers."""
+    forced = environ.get("FASTDNN_MPI_CUDA_AWARE")
+    if forced is not None:
+        return forced.strip().lower() in ("1", "true", "yes")
+    return any(environ.get(k, "").strip().lower() == v for k, v in CUDA_AWARE_SETTINGS.items())
+
+
+def shard(X, Y, comm):
+    """This rank's columns of X (n0, M) and Y (nL, M): near-equal consecutive shards, as
+    np.array_split makes them (for data that every rank can read whole)."""
+    bounds = np.cumsum([0] + _split_sizes(X.shape[1], comm.Get_size()))
+    r = comm.Get_rank()
+    return X[:, bounds[r]:bounds[r + 1]], Y[..., bounds[r]:bounds[r + 1]]
+
+
+def local_rank(comm):
+    """This rank's index among the ranks on its node (to pick its GPU: device=f"cuda:{i % gpus}")."""
+    from mpi4py import MPI
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return node.Get_rank()
+    finally:
+        node.Free()
+
+
+def _split_sizes(m, parts):
+    """Sizes of np.array_split(range(m), parts): the first m % parts get one more."""
+    return [m // parts + (1 if i < m % parts else 0) for i in range(parts)]
+
+
+def _describe(exc):
+    return f"{type(exc).__name__}: {exc}"
+
+
+class DataParallel:
+    """The MPI side of ``Network.fit(..., comm=)``: agreement on errors, shard sizes, the broadcast
+    of the parameters, the per-step all-reduce, and aborting the job when one rank fails alone."""
+
+    def __init__(self, comm, net):
+        from mpi4py import MPI
+        self.MPI, self.comm, self.net = MPI, comm, net
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.staged = net.device.startswith("cuda") and not cuda_aware()
+        self.host = None          # pinned host copy of the reduced buffer when staged
+        self.m_total = self.shard_sizes = None
+
+    # --- collective agreement ----------------------------------------------------------------
+    def agree(self, fn):
+        """fn() on every rank; when it raises on any rank, every rank raises: that rank's own error
+        there, DistributedError naming the first failing rank elsewhere (no rank is left waiting)."""
+        try:
+            result, error = fn(), None
+        except Exception as exc:
+            result, error = None, exc
+        failed = [(r, e) for r, e in enumerate(self.comm.allgather(None if error is None else _describe(error))) if e]
+        if error is not None:
+            raise error
+        if failed:
+            r, message = failed[0]
+            raise DistributedError(f"rank {r} of {self.size} failed: {message}")
+        return result
+
+    def start(self, m_local):
+        """Check that every rank trains the same network, gather the shard sizes, and copy rank 0's
+        parameters, optimizer state and counters to every rank."""
+        net = self.net
+        signature = repr((net.layer_dims, [a.name for a in net.activations], net.loss.name, net.dtype.name,
+                          net.optimizer, net.l2, net.keep_prob))
+        gathered = self.comm.allgather((signature, m_local))
+        for r, (other, _) in enumerate(gathered):
+            if other != signature:
+                raise DistributedError(f"rank {r}'s network differs from rank {self.rank}'s:\n"
+                                       f"  rank {r}: {other}\n  rank {self.rank}: {signature}")
+        self.shard_sizes = [m for _, m in gathered]
+        self.m_total = sum(self.shard_sizes)
+        for buffer in [net._slots[0][0], *net._states]:
+            self._collective(buffer, lambda b: self.comm.Bcast(b, root=0))
+        net._t, net.iteration, net.epoch = self.comm.bcast((net._t, net.iteration, net.epoch), root=0)
+        if self.rank:                 # dropout masks: one independent stream per rank
+            net._rng = np.random.Generator(net._rng.bit_generator.jumped(self.rank))
+
+    def batches(self, batch_size):
+        """[(start, stop, M_k)]: batch k of ceil(M / batch_size) global batches takes piece k of this
+        rank's (permuted) examples, split like np.array_split; M_k sums the pieces over the ranks."""
+        n = -(-self.m_total // batch_size)
+        if min(self.shard_sizes) < n:
+            r = int(np.argmin(self.shard_sizes))
+            raise DistributedError(f"batch_size {batch_size} over {self.m_total} examples makes {n} "
+                                   f"batches, but rank {r} holds only {self.shard_sizes[r]} examples; "
+                                   "each rank needs one per batch (use a larger batch_size)")
+        pieces = [_split_sizes(m, n) for m in self.shard_sizes]
+        mine, bounds = pieces[self.rank], np.cumsum([0] + pieces[self.rank])
+        return [(int(bounds[k]), int(bounds[k + 1]), sum(p[k] for p in pieces)) for k in range(n)]
+
+    # --- per step -----------------------------------------------------------------------------
+    def all_reduce(self, buffer, cost, share):
+        """buffer = Σ_ranks share_r · [dθ_r, J_r] in place, in one MPI call; returns the summed J."""
+        buffer[-1] = cost
+        buffer *= share
+        self._collective(buffer, lambda b: self.comm.Allreduce(self.MPI.IN_PLACE, b, op=self.MPI.SUM))
+        return self.net.backend.scalar(buffer[-1])
+
+    def mean(self, values, m):
+        """The mean over every rank's examples of per-rank means (None stays None), and the total m."""
+        present = [v for v in values if v is not None]
+        sums = self.comm.allreduce(np.array([m * v for v in present] + [m], dtype=np.float64))
+        means = iter(sums[:-1] / sums[-1])
+        return [None if v is None else float(next(means)) for v in values], int(sums[-1])
+
+    def _collective(self, buffer, call):
+        """call(buffer) on the device buffer itself (host arrays, CUDA-aware MPI) or on a pinned
+        host copy of it, copied back afterwards."""
+        backend = self.net.backend
+        if not self.staged:
+            backend.synchronize()     # MPI reads device memory outside the stream's order
+            call(buffer)
+            return
+        if self.host is None or self.host.shape != buffer.shape or self.host.dtype != buffer.dtype:
+            self.host = backend.host_buffer(buffer.shape, buffer.dtype)
+        backend.copy_to_host(buffer, self.host)
+        call(self.host)
+        backend.copy_from_host(self.host, buffer)
+
+    # --- failures -----------------------------------------------------------------------------
+    def run(self, loop):
+        """loop.run(); an error on this rank alone (anything but the all-reduced cost's
+        divergence or a DistributedError, which every rank raises alike) aborts the whole job
+        after printing it."""
+        try:
+            return loop.run()
+        except (TrainingDivergedError, DistributedError):      # raised on every rank alike
+            raise
+        except BaseException as exc:
+            if self.size > 1:
+                self.abort(exc)
+            raise
+
+    def abort(self, exc):
+        """Print this rank's error and end every rank of the job (MPI_Abort), so none waits forever."""
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        sys.stderr.write(f"fastdnn: rank {self.rank} of {self.size} failed during data-parallel "
+                         f"training; aborting the MPI job.\n{text}")
+        sys.stderr.flush()
+        self.comm.Abort(1)
