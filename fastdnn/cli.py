@@ -1,5 +1,7 @@
-"""The ``fastdnn`` command: ``demo`` trains a network, ``bench`` benchmarks, ``backends`` lists them."""
+"""The ``fastdnn`` command: ``demo`` trains a network, ``train`` and ``sweep`` train on a data set,
+``bench`` benchmarks, ``backends`` lists them."""
 import argparse
+import os
 import shlex
 import sys
 import warnings
@@ -87,6 +89,38 @@ def _train(args):
     return 0
 
 
+def _sweep(args):
+    import json
+    from . import sweep
+    X, Y, Xv, Yv = _train_data(args)
+    if Xv is None:                         # generated sets: a second sample as validation data
+        from . import datasets
+        Xv, Yv = datasets.GENERATED[args.dataset](m=args.m, seed=args.seed + 1)
+    fixed = dict(epochs=args.epochs, init=args.init, seed=args.seed, dtype=args.dtype, device=args.device)
+    axes = {k: getattr(args, k) for k in sweep.AXES}
+    if args.random:
+        if len(axes["learning_rate"]) == 2:        # a range, drawn log-uniformly
+            axes["learning_rate"] = tuple(axes["learning_rate"])
+        configs = sweep.random_search(args.random, seed=args.seed, **axes, **fixed)
+    else:
+        configs = sweep.grid(**axes, **fixed)
+    configs += [{**fixed, **json.loads(extra)} for extra in args.add]
+    comm = sweep.mpi_world()
+    leader = comm is None or comm.Get_rank() == 0
+    if leader:
+        where = (f"{comm.Get_size()} MPI ranks" if comm else f"{args.processes} local process(es)")
+        print(f"sweep: {len(configs)} configurations on {args.dataset} (X {X.shape}, validation "
+              f"{Xv.shape[1]} examples) over {where}", flush=True)
+    rows = sweep.run(configs, (X, Y, Xv, Yv), comm=comm, processes=args.processes,
+                     progress=leader and sys.stderr.isatty())
+    if leader:
+        print(sweep.table(rows, args.top))
+        failed = sum(r["status"] != "ok" for r in rows)
+        paths = sweep.write(rows, args.out)
+        print(f"{len(rows) - failed} finished, {failed} failed; wrote " + ", ".join(paths.values()))
+    return 0
+
+
 def _bench(args):
     from . import bench
     if args.gpu:
@@ -166,6 +200,35 @@ def main(argv=None):
     train.add_argument("--boundary", help="write the decision boundary (2-D data) to this PNG file")
     train.add_argument("--verbose", type=int, default=None, choices=[0, 1, 2])
     train.set_defaults(run=_train)
+    sweep = sub.add_parser("sweep", help="train one network per hyper-parameter configuration over MPI "
+                                         "ranks (under mpiexec) or local processes; write the ranked "
+                                         "table (CSV, JSON) and a plot")
+    sweep.add_argument("--dataset", default="moons",
+                       choices=["flower", "moons", "circles", "spirals", "cats", "course2"])
+    sweep.add_argument("--data", help="the cat images' directory (cats) or data.mat (course2)")
+    sweep.add_argument("--m", type=int, default=300, help="examples to generate (and as many for validation)")
+    sweep.add_argument("--learning-rate", dest="learning_rate", type=float, nargs="+", default=[0.01])
+    sweep.add_argument("--depth", type=int, nargs="+", default=[2], help="hidden layers")
+    sweep.add_argument("--width", type=int, nargs="+", default=[8], help="units per hidden layer")
+    sweep.add_argument("--activation", nargs="+", default=["relu"])
+    sweep.add_argument("--optimizer", nargs="+", default=["adam"])
+    sweep.add_argument("--l2", type=float, nargs="+", default=[0.0])
+    sweep.add_argument("--keep-prob", dest="keep_prob", type=float, nargs="+", default=[1.0])
+    sweep.add_argument("--batch-size", dest="batch_size", type=int, nargs="+", default=[64])
+    sweep.add_argument("--epochs", type=int, default=100)
+    sweep.add_argument("--init", default="he")
+    sweep.add_argument("--seed", type=int, default=1)
+    sweep.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    sweep.add_argument("--device", default="auto")
+    sweep.add_argument("--random", type=int, metavar="N", help="draw N configurations at random from the "
+                       "values given (two learning rates: a log-uniform range) instead of the full grid")
+    sweep.add_argument("--add", action="append", default=[], metavar="JSON",
+                       help="one more configuration, e.g. '{\"activation\": \"tanh\", \"depth\": 3}'")
+    sweep.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+                       help="local processes when not run under mpiexec (default: the cores)")
+    sweep.add_argument("--top", type=int, help="print only the best N rows")
+    sweep.add_argument("--out", default="fastdnn-sweep", help="directory for sweep.csv, sweep.json, sweep.png")
+    sweep.set_defaults(run=_sweep)
     bench = sub.add_parser("bench", help="time a training step: loops, vectorized, fused, the GEMM "
                                          "floor and PyTorch (if installed)")
     mode = bench.add_mutually_exclusive_group()

@@ -116,7 +116,7 @@ class DataParallel:
                                    f"batches, but rank {r} holds only {self.shard_sizes[r]} examples; "
                                    "each rank needs one per batch (use a larger batch_size)")
         pieces = [_split_sizes(m, n) for m in self.shard_sizes]
-        mine, bounds = pieces[self.rank], np.cumsum([0] + pieces[self.rank])
+        bounds = np.cumsum([0] + pieces[self.rank])
         return [(int(bounds[k]), int(bounds[k + 1]), sum(p[k] for p in pieces)) for k in range(n)]
 
     # --- per step -----------------------------------------------------------------------------
