@@ -53,14 +53,19 @@ def _train_data(args):
 
 def _train(args):
     import fastdnn
+    from . import distributed
     X, Y, Xt, Yt = _train_data(args)
+    comm = distributed.mpi_world()              # under mpiexec: data-parallel, rank 0 reports
+    leader = comm is None or comm.Get_rank() == 0
+    say = print if leader else (lambda *a, **k: None)
     classes = int(Y.max()) + 1
     output = "sigmoid" if classes == 2 else "softmax"
     net = fastdnn.Network([X.shape[0], *args.hidden, 1 if classes == 2 else classes], args.activation,
                           output, init=args.init, device=args.device, dtype=args.dtype, seed=args.seed,
                           l2=args.l2, keep_prob=args.keep_prob)
-    print(f"{args.dataset}: X {X.shape}; network {net.layer_dims} ({args.activation} -> {output}), "
-          f"{net.dtype.name}, backend {net.backend.name!r} on {net.device}, optimizer {args.optimizer}")
+    say(f"{args.dataset}: X {X.shape}; network {net.layer_dims} ({args.activation} -> {output}), "
+        f"{net.dtype.name}, backend {net.backend.name!r} on {net.device}, optimizer {args.optimizer}"
+        + (f"; data-parallel over {comm.Get_size()} MPI ranks" if comm else ""))
     how = dict(epochs=args.epochs, batch_size=args.batch_size) if args.epochs else dict(iterations=args.iterations)
     from .optimizers import OPTIMIZERS
     hyper = {k: getattr(args, k) for k in ("beta", "beta1", "beta2", "epsilon")
@@ -70,8 +75,11 @@ def _train(args):
     except TypeError:
         raise SystemExit(f"fastdnn train: optimizer {args.optimizer!r} takes none of "
                          f"{', '.join('--' + k for k in hyper)}")
-    history = net.fit(X, Y, learning_rate=args.learning_rate, optimizer=optimizer, seed=args.seed,
-                      verbose=args.verbose, **how)
+    Xr, Yr = distributed.shard(X, Y, comm) if comm else (X, Y)
+    history = net.fit(Xr, Yr, learning_rate=args.learning_rate, optimizer=optimizer, seed=args.seed,
+                      verbose=args.verbose, comm=comm, **how)
+    if not leader:
+        return 0
     last = history[-1]
     print(f"cost {history[0].cost:.6f} -> {last.cost:.6f} in {last.seconds:.2f} s; "
           f"training accuracy {100 * net.accuracy(X, Y):.2f} %"
@@ -105,7 +113,8 @@ def _sweep(args):
     else:
         configs = sweep.grid(**axes, **fixed)
     configs += [{**fixed, **json.loads(extra)} for extra in args.add]
-    comm = sweep.mpi_world()
+    from .distributed import mpi_world
+    comm = mpi_world()
     leader = comm is None or comm.Get_rank() == 0
     if leader:
         where = (f"{comm.Get_size()} MPI ranks" if comm else f"{args.processes} local process(es)")

@@ -21,6 +21,20 @@ from .errors import DistributedError, TrainingDivergedError
 # Open MPI, HPE Cray MPICH, MVAPICH2, Intel MPI.
 CUDA_AWARE_SETTINGS = {"OMPI_MCA_opal_cuda_support": "true", "MPICH_GPU_SUPPORT_ENABLED": "1",
                        "MV2_USE_CUDA": "1", "I_MPI_OFFLOAD": "1"}
+# set by mpiexec (MPICH's Hydra, Open MPI, PMIx launchers) in every rank's environment
+MPI_LAUNCH_VARIABLES = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
+
+
+def mpi_world():
+    """MPI.COMM_WORLD when this process was started by an MPI launcher with more than one rank and
+    mpi4py works; None otherwise (MPI is not initialized then)."""
+    if not any(v in os.environ for v in MPI_LAUNCH_VARIABLES):
+        return None
+    try:
+        from mpi4py import MPI
+    except Exception:                 # no mpi4py, or no MPI library for it
+        return None
+    return MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
 
 
 def cuda_aware(environ=os.environ):
@@ -107,17 +121,20 @@ class DataParallel:
             net._rng = np.random.Generator(net._rng.bit_generator.jumped(self.rank))
 
     def batches(self, batch_size):
-        """[(start, stop, M_k)]: batch k of ceil(M / batch_size) global batches takes piece k of this
-        rank's (permuted) examples, split like np.array_split; M_k sums the pieces over the ranks."""
-        n = -(-self.m_total // batch_size)
-        if min(self.shard_sizes) < n:
-            r = int(np.argmin(self.shard_sizes))
-            raise DistributedError(f"batch_size {batch_size} over {self.m_total} examples makes {n} "
-                                   f"batches, but rank {r} holds only {self.shard_sizes[r]} examples; "
-                                   "each rank needs one per batch (use a larger batch_size)")
-        pieces = [_split_sizes(m, n) for m in self.shard_sizes]
-        bounds = np.cumsum([0] + pieces[self.rank])
-        return [(int(bounds[k]), int(bounds[k + 1]), sum(p[k] for p in pieces)) for k in range(n)]
+        """[(start, stop, M_k)] of this rank's (permuted) examples for each global batch k: batch k
+        covers positions [k B, min((k+1) B, M)) of all M examples, and rank r takes the same
+        fraction of its m_r, [⌊k B m_r / M⌋, ⌊min((k+1) B, M) m_r / M⌋); M_k sums those over the
+        ranks. On one rank these are plain consecutive batches of B."""
+        M, B = self.m_total, batch_size
+        bounds = [(k, min(k + B, M)) for k in range(0, M, B)]
+        pieces = [[e * m // M - s * m // M for s, e in bounds] for m in self.shard_sizes]
+        for r, sizes in enumerate(pieces):
+            if 0 in sizes:
+                raise DistributedError(f"rank {r} holds {self.shard_sizes[r]} of the {M} examples: its "
+                                       f"part of some batches of {B} would be empty (use a larger "
+                                       "batch_size or shards closer in size)")
+        m = self.shard_sizes[self.rank]
+        return [(s * m // M, e * m // M, sum(p[k] for p in pieces)) for k, (s, e) in enumerate(bounds)]
 
     # --- per step -----------------------------------------------------------------------------
     def all_reduce(self, buffer, cost, share):

@@ -446,7 +446,7 @@ class Network:
         """One pass over the examples in mini-batches gathered into preallocated contiguous buffers
         (so the steps allocate nothing); returns the epoch's mean cost (0-d, on the backend)."""
         xp, m, dp = self.backend.xp, Xd.shape[1], self._parallel
-        key = [seed, self.epoch] if dp is None else [seed, self.epoch, dp.rank]
+        key = [seed, self.epoch] + ([dp.rank] if dp is not None and dp.rank else [])   # rank 0: as one process
         order = np.random.RandomState(key).permutation(m) if shuffle else np.arange(m)
         order = self.backend.asarray(order)
         total = 0.0

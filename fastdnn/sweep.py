@@ -21,8 +21,6 @@ DEFAULTS = dict(learning_rate=0.01, depth=2, width=8, activation="relu", optimiz
                 keep_prob=1.0, batch_size=64, epochs=100, init="he", seed=1, dtype="float32",
                 device="auto")
 METRICS = ("val_accuracy", "train_accuracy", "val_cost", "cost", "seconds")
-# set by mpiexec / Open MPI / PMIx launchers in every rank's environment
-MPI_LAUNCH_VARIABLES = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
 
 
 def grid(**axes):
@@ -83,18 +81,6 @@ def _train(c, X, Y, val):
                       validation_data=tuple(val) if val else None, report_every=c["epochs"])
     return dict(cost=history[-1].cost, train_accuracy=net.accuracy(X, Y),
                 val_cost=history[-1].val_cost, val_accuracy=history[-1].val_accuracy)
-
-
-def mpi_world():
-    """MPI.COMM_WORLD when this process was started by an MPI launcher with more than one rank and
-    mpi4py works; None otherwise (MPI is not initialized then)."""
-    if not any(v in os.environ for v in MPI_LAUNCH_VARIABLES):
-        return None
-    try:
-        from mpi4py import MPI
-    except Exception:                 # no mpi4py, or no MPI library for it
-        return None
-    return MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
 
 
 def run(configs, data, *, comm=None, processes=1, progress=False):

@@ -89,22 +89,22 @@ def test_full_batch_data_parallel_equals_one_process(shards, tmp_path):
 
 
 def test_minibatches_split_across_unequal_shards_equal_one_process(tmp_path):
-    """A global batch of 64 takes piece k of every rank's examples: the same steps in one process
-    on the concatenated pieces give the same parameters (Adam, 4 epochs of 5 batches)."""
+    """Global batch k of 64 takes the same fraction of every rank's examples: the same steps in one
+    process on the concatenated pieces give the same parameters (Adam, 4 epochs of 5 batches)."""
     shards, batch, epochs = [50, 120, 130], 64, 4
     fit = dict(epochs=epochs, batch_size=batch, shuffle=False, optimizer="adam", learning_rate=0.01)
     scenarios = [dict(name=f"mini_{b}", backend=b, fit=fit) for b in BACKENDS]
     proc, results = launch(shards, scenarios, tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     X, Y, _, _ = mpi_worker.data()
-    n_batches = -(-sum(shards) // batch)
-    pieces = [np.array_split(np.arange(300)[mpi_worker.my_columns(shards, r)], n_batches)
-              for r in range(len(shards))]
+    M = sum(shards)
+    offsets = np.cumsum([0] + shards)
     for s in scenarios:
         net = fastdnn.Network([2, 5, 3, 1], "relu", device=s["backend"], dtype="float64", seed=1)
         for _ in range(epochs):
-            for k in range(n_batches):
-                cols = np.concatenate([p[k] for p in pieces])
+            for k in range(0, M, batch):          # rank r's part: positions [k m_r / M, (k + B) m_r / M)
+                cols = np.concatenate([np.arange(o + k * m // M, o + min(k + batch, M) * m // M)
+                                       for o, m in zip(offsets, shards)])
                 net.step(X[:, cols], Y[:, cols], learning_rate=0.01, optimizer="adam")
         assert_same_parameters(results[s["name"]], net.parameters)
 
@@ -142,7 +142,7 @@ def test_a_rank_failing_midway_aborts_the_job_instead_of_hanging(tmp_path):
     assert "injected failure on rank 1 at iteration 5" in proc.stderr
 
 
-def test_batches_and_shards_follow_array_split():
+def test_shards_follow_array_split_and_batches_take_each_ranks_fraction():
     class Comm:
         def __init__(self, rank, size):
             self.rank, self.size = rank, size
@@ -159,10 +159,13 @@ def test_batches_and_shards_follow_array_split():
     np.testing.assert_array_equal(np.concatenate([p[1] for p in parts], axis=1), Y)
     dp = distributed.DataParallel.__new__(distributed.DataParallel)
     dp.rank, dp.shard_sizes, dp.m_total = 1, [50, 120, 130], 300
-    assert dp.batches(64) == [(0, 24, 60), (24, 48, 60), (48, 72, 60), (72, 96, 60), (96, 120, 60)]
+    assert dp.batches(64) == [(0, 25, 62), (25, 51, 65), (51, 76, 64), (76, 102, 63), (102, 120, 46)]
     assert dp.batches(300) == [(0, 120, 300)]
-    with pytest.raises(fastdnn.DistributedError, match="rank 0 holds only 50"):
-        dp.batches(5)
+    dp.rank, dp.shard_sizes = 0, [300]
+    assert dp.batches(64) == [(0, 64, 64), (64, 128, 64), (128, 192, 64), (192, 256, 64), (256, 300, 44)]
+    dp.shard_sizes = [5, 295]
+    with pytest.raises(fastdnn.DistributedError, match="rank 0 holds 5 of the 300"):
+        dp.batches(30)
 
 
 def test_cuda_aware_detection():
@@ -194,3 +197,31 @@ def test_device_buffers_go_through_the_host_unless_mpi_is_cuda_aware(aware, monk
     # staged: θ and Adam's two states broadcast once, then one (P + 1) all-reduce per step
     assert staged == ([] if aware == "1" else [(P,)] * 3 + [(P + 1,)] * 20)
     assert_same_parameters([net.parameters], ref.parameters)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_rank_trains_exactly_like_no_communicator(backend):
+    """On MPI.COMM_SELF (rank 0 of 1) a data-parallel fit is the plain fit: same batches, dropout
+    masks, L2, Adam state and History."""
+    from mpi4py import MPI
+    X, Y, Xv, Yv = mpi_worker.data()
+    runs = []
+    for comm in (None, MPI.COMM_SELF):
+        net = fastdnn.Network([2, 5, 3, 1], device=backend, dtype="float64", seed=1, l2=0.2, keep_prob=0.8)
+        history = net.fit(X, Y, epochs=3, batch_size=64, optimizer="adam", learning_rate=0.01, seed=4,
+                          validation_data=(Xv, Yv), verbose=0, comm=comm)
+        runs.append((net.parameters, [(h.cost, h.val_cost, h.val_accuracy) for h in history]))
+    assert_same_parameters([runs[1][0]], runs[0][0])
+    np.testing.assert_allclose(runs[1][1], runs[0][1], rtol=RTOL)
+    assert distributed.local_rank(MPI.COMM_SELF) == 0
+
+
+def test_cli_train_under_mpiexec_is_data_parallel(tmp_path):
+    model = tmp_path / "moons.npz"
+    cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "fastdnn", "train", "--epochs", "30", "--device", "numpy",
+           "--save", str(model)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("data-parallel over 2 MPI ranks") == 1 and proc.stdout.count("saved") == 1
+    assert fastdnn.load(model).layer_dims == [2, 5, 2, 1]

@@ -101,3 +101,32 @@ def test_kernels_are_cached_on_disk(tmp_path):
     runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                            check=True).stdout.split() for _ in range(2)]
     assert runs[0] == ["0", "1"] and runs[1] == ["1", "0"]
+
+
+def test_every_kernel_variant_has_its_own_compiled_name():
+    """Numba names compiled symbols after the qualified name and a per-process counter; same-named
+    closures with different bodies cached by different processes then clash when one process loads
+    both (numba issue #10486). Each factory-made kernel is named after its variant instead, the
+    same in every process."""
+    from fastdnn.activations import LeakyReLU, get_activation
+    from fastdnn.backends import _numba_kernels as K
+    from fastdnn.losses import get_loss
+    from fastdnn.optimizers import get_optimizer
+    f64, relu, lin = np.dtype("float64"), get_activation("relu"), get_activation("linear")
+    sig = get_activation("sigmoid")
+    bce = get_loss("bce", sig)
+    names = [K._bias_activation(relu, f64).__qualname__, K._bias_activation(lin, f64).__qualname__,
+             K._bias_activation(LeakyReLU(slope=0.2), f64).__qualname__,
+             K._bias_activation(LeakyReLU(slope=0.3), f64).__qualname__,
+             K._delta_row_sum(relu, f64).__qualname__, K._delta_row_sum(lin, f64).__qualname__,
+             K.optimizer_update(get_optimizer("adam"), f64).py_func.__qualname__,
+             K.optimizer_update(get_optimizer("momentum"), f64).py_func.__qualname__,
+             K.whole_step(relu, sig, bce, f64, True).py_func.__qualname__,
+             K.whole_step(relu, sig, bce, f64, False).py_func.__qualname__,
+             K.whole_step(lin, sig, bce, f64, True).py_func.__qualname__]
+    assert len(set(names)) == len(names)
+    code = ("import numpy as np; from fastdnn.backends import _numba_kernels as K; "
+            "from fastdnn.activations import get_activation as g; "
+            "print(K._bias_activation(g('relu'), np.dtype('float64')).__qualname__)")
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert other.stdout.strip() == names[0]

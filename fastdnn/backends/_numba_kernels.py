@@ -9,8 +9,15 @@ Building blocks are plain Python functions registered with ``register_jitable`` 
 the kernels' closures; Numba hashes closure contents (and the globals they use) into its cache
 key, and plain functions, unlike dispatchers, hash the same in every process — so ``cache=True``
 works for every kernel as long as no closure-captured block refers to a dispatcher.
+
+Every function made by a factory is named after what its body depends on (``variant``): Numba
+names compiled symbols from the qualified name and a per-process counter, so two same-named
+closures with different bodies, compiled and cached by different processes, can get the same
+symbol, and a process that loads both from the cache runs one body for both (numba issue #10486;
+seen here: a linear network stepping with a ReLU network's cached kernel).
 """
 import functools
+import hashlib
 
 import numba
 import numpy as np
@@ -19,9 +26,15 @@ from numba.extending import register_jitable
 _FLAGS = dict(nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
 
 
-def jitable(fn):
-    """fn, made callable from compiled code (compiled with _FLAGS where it is called)."""
-    return register_jitable(**_FLAGS)(fn)
+def variant(fn, *key):
+    """fn renamed after key (the arguments its body depends on; their reprs hold every parameter)."""
+    fn.__qualname__ += "." + hashlib.sha256(repr(key).encode()).hexdigest()[:16]
+    return fn
+
+
+def jitable(fn, *key):
+    """fn, named after key, made callable from compiled code (compiled with _FLAGS where it is called)."""
+    return register_jitable(**_FLAGS)(variant(fn, *key))
 
 
 njit = functools.partial(numba.njit, cache=True, **_FLAGS)
@@ -30,12 +43,13 @@ njit = functools.partial(numba.njit, cache=True, **_FLAGS)
 @functools.lru_cache(maxsize=None)
 def _scalar(activation, dtype):
     g, dg = activation.scalar(np.dtype(dtype).type)
-    return jitable(g), jitable(dg)
+    return jitable(g, activation, dtype), jitable(dg, activation, dtype)
 
 
 # --- fused passes: plain (jitable) versions, composed by whole_step --------------------------
 @functools.lru_cache(maxsize=None)
 def _bias_activation(activation, dtype):
+    key = (activation, dtype)
     g, _ = _scalar(activation, dtype)
 
     def kernel(Z, b, A):
@@ -47,11 +61,12 @@ def _bias_activation(activation, dtype):
                 Z[i, j] = z
                 A[i, j] = g(z)
 
-    return jitable(kernel)
+    return jitable(kernel, *key)
 
 
 @functools.lru_cache(maxsize=None)
 def _bias_softmax(dtype):
+    key = (dtype,)
     zero = np.dtype(dtype).type(0.0)
 
     def kernel(Z, b, A):
@@ -70,11 +85,12 @@ def _bias_softmax(dtype):
             for i in range(n):
                 A[i, j] /= s
 
-    return jitable(kernel)
+    return jitable(kernel, *key)
 
 
 @functools.lru_cache(maxsize=None)
 def _delta_row_sum(activation, dtype):
+    key = (activation, dtype)
     _, dg = _scalar(activation, dtype)
 
     def kernel(dA, Z, A, db):
@@ -87,12 +103,13 @@ def _delta_row_sum(activation, dtype):
                 s += d
             db[i, 0] = s
 
-    return jitable(kernel)
+    return jitable(kernel, *key)
 
 
 @functools.lru_cache(maxsize=None)
 def _output_elementwise(loss, activation, dtype):
-    cost = jitable(loss.scalar(np.dtype(dtype).type))
+    key = (loss, activation, dtype)
+    cost = jitable(loss.scalar(np.dtype(dtype).type), loss, dtype)
     canonical = activation.name == loss.canonical
     _, dg = _scalar(activation, dtype)
 
@@ -109,11 +126,12 @@ def _output_elementwise(loss, activation, dtype):
                 dZ[i, j] = d * inv_m
         return total * inv_m
 
-    return jitable(kernel)
+    return jitable(kernel, *key)
 
 
 @functools.lru_cache(maxsize=None)
 def _output_softmax_ce(dtype):
+    key = (dtype,)
     tiny = np.dtype(dtype).type(1e-30)
 
     def kernel(Z, A, Y, dZ, inv_m):
@@ -130,7 +148,7 @@ def _output_softmax_ce(dtype):
                     total -= y * (np.log(np.float64(a)) if a > tiny else _log_softmax(Z, i, j))
         return total * inv_m
 
-    return jitable(kernel)
+    return jitable(kernel, *key)
 
 
 @jitable
@@ -192,7 +210,7 @@ def add_bias(Z, b, out):
 def optimizer_update(optimizer, dtype):
     """out = θ' and the state buffers updated in place, one pass over the flat buffers: the
     optimizer's scalar update per parameter. s1, s2: state buffers (any (P,) array if unused)."""
-    step, n_state = jitable(optimizer.scalar(np.dtype(dtype).type)), optimizer.n_state
+    step, n_state = jitable(optimizer.scalar(np.dtype(dtype).type), optimizer, dtype), optimizer.n_state
 
     def kernel(theta, dtheta, s1, s2, lr, c1, c2, out):
         for p in range(theta.shape[0]):
@@ -203,7 +221,7 @@ def optimizer_update(optimizer, dtype):
             if n_state >= 2:
                 s2[p] = b
 
-    return njit(kernel)
+    return njit(variant(kernel, optimizer, dtype))
 
 
 @njit
@@ -320,4 +338,4 @@ def whole_step(hidden, output, loss, dtype, with_update):
             sgd_update(theta, dtheta, lr, theta_out)
         return cost
 
-    return njit(step)
+    return njit(variant(step, hidden, output, loss, dtype, with_update))
