@@ -101,16 +101,17 @@ class DataParallel:
             raise DistributedError(f"rank {r} of {self.size} failed: {message}")
         return result
 
-    def start(self, m_local):
-        """Check that every rank trains the same network, gather the shard sizes, and copy rank 0's
+    def start(self, m_local, plan):
+        """Check that every rank trains the same network with the same plan (steps, batches, reports;
+        otherwise some rank would wait forever), gather the shard sizes, and copy rank 0's
         parameters, optimizer state and counters to every rank."""
         net = self.net
         signature = repr((net.layer_dims, [a.name for a in net.activations], net.loss.name, net.dtype.name,
-                          net.optimizer, net.l2, net.keep_prob))
+                          net.optimizer, net.l2, net.keep_prob, plan))
         gathered = self.comm.allgather((signature, m_local))
         for r, (other, _) in enumerate(gathered):
             if other != signature:
-                raise DistributedError(f"rank {r}'s network differs from rank {self.rank}'s:\n"
+                raise DistributedError(f"rank {r}'s network or fit arguments differ from rank {self.rank}'s:\n"
                                        f"  rank {r}: {other}\n  rank {self.rank}: {signature}")
         self.shard_sizes = [m for _, m in gathered]
         self.m_total = sum(self.shard_sizes)

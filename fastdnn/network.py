@@ -401,7 +401,7 @@ class Network:
         if dp.rank:
             options["verbose"] = 0
         loop = dp.agree(lambda: self._training_loop(X, Y, **options))
-        dp.start(loop.Xd.shape[1])
+        dp.start(loop.Xd.shape[1], loop.plan())
         loop.seed = comm.bcast(loop.seed, root=0)
         self._parallel, self._workspaces = dp, {}
         try:

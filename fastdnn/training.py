@@ -21,6 +21,13 @@ class TrainingLoop:
         self.validation, self.patience = validation, patience
         self.report_every, self.verbose = report_every, verbose
 
+    def plan(self):
+        """What every rank of a data-parallel fit must agree on (the steps and reports to take)."""
+        schedule = self.schedule and (type(self.schedule).__qualname__, sorted(vars(self.schedule).items())
+                                      if hasattr(self.schedule, "__dict__") else None)
+        return (self.unit, self.count, self.batch_size, self.lr0, schedule, self.report_every,
+                self.validation is not None, self.patience)
+
     def step(self, i, learning_rate, report):
         net = self.net
         if self.unit == "iteration":

@@ -125,13 +125,16 @@ def test_divergence_stops_every_rank_at_the_same_iteration(tmp_path):
     assert_same_parameters(results["diverge"], net.parameters)
 
 
-def test_a_rank_with_bad_data_stops_every_rank_with_its_error(tmp_path):
-    scenarios = [dict(name="bad", backend="numpy", fit=dict(iterations=5), fail="shape")]
+def test_a_rank_with_bad_data_or_other_fit_arguments_stops_every_rank_with_an_error(tmp_path):
+    scenarios = [dict(name="bad", backend="numpy", fit=dict(iterations=5), fail="shape"),
+                 dict(name="plan", backend="numpy", fit=dict(iterations=5), fail="plan")]
     proc, results = launch([150, 150], scenarios, tmp_path, timeout=60)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rank0, rank1 = (str(r["error"]) for r in results["bad"])
     assert rank1.startswith("ShapeError") and "X" in rank1
     assert rank0.startswith("DistributedError: rank 1 of 2 failed: ShapeError")
+    for r in results["plan"]:
+        assert str(r["error"]).startswith("DistributedError: rank ") and "fit arguments differ" in str(r["error"])
 
 
 def test_a_rank_failing_midway_aborts_the_job_instead_of_hanging(tmp_path):
