@@ -53,3 +53,30 @@ def test_fit_reads_the_cost_back_only_when_reporting():
     history = net.fit(X, Y, learning_rate=0.1, iterations=7, report_every=3, verbose=0)
     assert history.iterations == [0, 3, 6]
     assert be.counters["sync"] == len(history)          # one read-back per reported cost
+
+
+def test_data_parallel_fit_through_the_kernels(monkeypatch):
+    """fit(comm=MPI.COMM_SELF) through the cupy-numba kernels (Adam, mini-batches, L2): the same
+    parameters as the numpy backend in one process; one all-reduce per step, through the host only
+    as the MPI library is not CUDA-aware (tests/test_distributed.py checks the CUDA-aware path)."""
+    MPI = pytest.importorskip("mpi4py.MPI")
+    monkeypatch.setenv("FASTDNN_MPI_CUDA_AWARE", "0")
+    X, Y = problem(1, "sigmoid", m=40)
+    be = CupyNumbaBackend("cuda:0", xp=np)
+    net = Network([4, 6, 5, 1], device=be, dtype="float64", seed=0, l2=0.1)
+    ref = Network([4, 6, 5, 1], device="numpy", dtype="float64", seed=0, l2=0.1)
+    fit = dict(epochs=2, batch_size=16, optimizer="adam", learning_rate=0.01, seed=2, verbose=0)
+    ref.fit(X, Y, **fit)
+    reduces = []
+    original = MPI.COMM_SELF.Allreduce
+    comm = type("Comm", (), {"__getattr__": lambda self, name: getattr(MPI.COMM_SELF, name),
+                             "Allreduce": lambda self, *a, **k: (reduces.append(1), original(*a, **k))})()
+    copies = []
+    be.copy_to_host = lambda x, host: (copies.append(x.shape), np.copyto(host, x))
+    net.fit(X, Y, comm=comm, **fit)
+    steps, P = 2 * 3, net._dtheta.shape[0]
+    assert len(reduces) == steps
+    # staged: θ and Adam's two states broadcast once, then the (P + 1) buffer every step
+    assert copies == [(P,)] * 3 + [(P + 1,)] * steps
+    for key, value in ref.parameters.items():
+        np.testing.assert_allclose(net.parameters[key], value, rtol=1e-10, atol=1e-12)
