@@ -9,9 +9,11 @@ gradient plus one entry: (P + 1) · itemsize bytes per step.
 CuPy buffers go to MPI directly when the MPI library is CUDA-aware (see ``cuda_aware``), and through
 a pinned host buffer otherwise.
 """
+import hashlib
 import os
 import sys
 import traceback
+import warnings
 
 import numpy as np
 
@@ -172,13 +174,29 @@ class DataParallel:
         divergence or a DistributedError, which every rank raises alike) aborts the whole job
         after printing it."""
         try:
-            return loop.run()
+            history = loop.run()
+            self.check_same_parameters()
+            return history
         except (TrainingDivergedError, DistributedError):      # raised on every rank alike
             raise
         except BaseException as exc:
             if self.size > 1:
                 self.abort(exc)
             raise
+
+    def check_same_parameters(self):
+        """Every rank should end with the same parameters, bit for bit; MPI does not promise an
+        all-reduce gives every rank the same bits, so compare digests once and, if they differ,
+        warn and give every rank rank 0's parameters."""
+        theta = self.net._slots[0][0]
+        digest = hashlib.sha256(self.net.backend.to_numpy(theta).tobytes()).hexdigest()
+        digests = self.comm.allgather(digest)
+        if len(set(digests)) > 1:
+            differ = [r for r, d in enumerate(digests) if d != digests[0]]
+            warnings.warn(f"parameters of rank(s) {differ} drifted from rank 0's during data-parallel "
+                          "training (the MPI all-reduce did not give every rank the same bits); every "
+                          "rank now has rank 0's", RuntimeWarning, stacklevel=4)
+            self._collective(theta, lambda b: self.comm.Bcast(b, root=0))
 
     def abort(self, exc):
         """Print this rank's error and end every rank of the job (MPI_Abort), so none waits forever."""

@@ -7,6 +7,7 @@ with its final parameters, History costs and validation costs (or the error it r
 """
 import json
 import sys
+import warnings
 
 import numpy as np
 from mpi4py import MPI
@@ -43,6 +44,14 @@ def run(scenario, shards, comm, out):
         fit["iterations"] += 1                      # rank 1 would take one step more
     net = fastdnn.Network([2, 5, 3, 1], device=scenario["backend"], dtype="float64", seed=1,
                           **{"hidden_activation": "relu", **scenario.get("network", {})})
+    if fail == "drift" and rank == 1:                   # rank 1's parameters move off by one ulp
+        step = net._train_step
+
+        def drifting(*args, **kwargs):
+            if net.iteration == 3:
+                net._slots[0][0][0] = np.nextafter(net._slots[0][0][0], np.inf)
+            return step(*args, **kwargs)
+        net._train_step = drifting
     if fail == "midway" and rank == 1:
         original = net._train_step
 
@@ -53,7 +62,10 @@ def run(scenario, shards, comm, out):
         net._train_step = failing
     result = {}
     try:
-        history = net.fit(X, Y, verbose=0, comm=comm, **fit)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            history = net.fit(X, Y, verbose=0, comm=comm, **fit)
+        result.update(warnings=[str(w.message) for w in caught])
         result.update(cost=[r.cost for r in history],
                       val_cost=[np.nan if r.val_cost is None else r.val_cost for r in history])
     except fastdnn.FastDNNError as exc:

@@ -137,6 +137,17 @@ def test_a_rank_with_bad_data_or_other_fit_arguments_stops_every_rank_with_an_er
         assert str(r["error"]).startswith("DistributedError: rank ") and "fit arguments differ" in str(r["error"])
 
 
+def test_parameters_that_drift_apart_are_reported_and_reset_to_rank_0s(tmp_path):
+    scenarios = [dict(name="drift", backend="numpy", fit=dict(iterations=6), fail="drift"),
+                 dict(name="same", backend="numpy", fit=dict(iterations=6))]
+    proc, results = launch([150, 150], scenarios, tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for r in results["drift"]:
+        assert any("rank(s) [1] drifted from rank 0's" in w for w in r["warnings"])
+    np.testing.assert_array_equal(results["drift"][0]["W1"], results["drift"][1]["W1"])
+    assert all(len(r["warnings"]) == 0 for r in results["same"])
+
+
 def test_a_rank_failing_midway_aborts_the_job_instead_of_hanging(tmp_path):
     scenarios = [dict(name="midway", backend="numpy", fit=dict(iterations=1000), fail="midway")]
     proc, _ = launch([150, 150], scenarios, tmp_path, timeout=60)
