@@ -66,6 +66,23 @@ def local_rank(comm):
         node.Free()
 
 
+def batches(shard_sizes, rank, batch_size):
+    """[(start, stop, M_k)] of rank's (permuted) examples for each global batch k: batch k covers
+    positions [k B, min((k+1) B, M)) of all M examples, and rank r takes the same fraction of its
+    m_r, [⌊k B m_r / M⌋, ⌊min((k+1) B, M) m_r / M⌋); M_k sums those over the ranks. On one rank
+    these are plain consecutive batches of B, the last smaller."""
+    M, B = sum(shard_sizes), batch_size
+    bounds = [(k, min(k + B, M)) for k in range(0, M, B)]
+    pieces = [[e * m // M - s * m // M for s, e in bounds] for m in shard_sizes]
+    for r, sizes in enumerate(pieces):
+        if 0 in sizes:
+            raise DistributedError(f"rank {r} holds {shard_sizes[r]} of the {M} examples: its part of "
+                                   f"some batches of {B} would be empty (use a larger batch_size or "
+                                   "shards closer in size)")
+    m = shard_sizes[rank]
+    return [(s * m // M, e * m // M, sum(p[k] for p in pieces)) for k, (s, e) in enumerate(bounds)]
+
+
 def _split_sizes(m, parts):
     """Sizes of np.array_split(range(m), parts): the first m % parts get one more."""
     return [m // parts + (1 if i < m % parts else 0) for i in range(parts)]
@@ -124,20 +141,8 @@ class DataParallel:
             net._rng = np.random.Generator(net._rng.bit_generator.jumped(self.rank))
 
     def batches(self, batch_size):
-        """[(start, stop, M_k)] of this rank's (permuted) examples for each global batch k: batch k
-        covers positions [k B, min((k+1) B, M)) of all M examples, and rank r takes the same
-        fraction of its m_r, [⌊k B m_r / M⌋, ⌊min((k+1) B, M) m_r / M⌋); M_k sums those over the
-        ranks. On one rank these are plain consecutive batches of B."""
-        M, B = self.m_total, batch_size
-        bounds = [(k, min(k + B, M)) for k in range(0, M, B)]
-        pieces = [[e * m // M - s * m // M for s, e in bounds] for m in self.shard_sizes]
-        for r, sizes in enumerate(pieces):
-            if 0 in sizes:
-                raise DistributedError(f"rank {r} holds {self.shard_sizes[r]} of the {M} examples: its "
-                                       f"part of some batches of {B} would be empty (use a larger "
-                                       "batch_size or shards closer in size)")
-        m = self.shard_sizes[self.rank]
-        return [(s * m // M, e * m // M, sum(p[k] for p in pieces)) for k, (s, e) in enumerate(bounds)]
+        """This rank's parts of the global batches (see ``batches``)."""
+        return batches(self.shard_sizes, self.rank, batch_size)
 
     # --- per step -----------------------------------------------------------------------------
     def all_reduce(self, buffer, cost, share):

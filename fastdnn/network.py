@@ -14,6 +14,7 @@ from ._layout import flat_layout, workspace_offsets
 from ._xp import array_namespace
 from .activations import get_activation
 from .backends import get_backend
+from .distributed import DataParallel, batches
 from .errors import TrainingDivergedError
 from .initializers import initialize
 from .losses import get_loss
@@ -396,7 +397,6 @@ class Network:
                        patience=patience, report_every=report_every, verbose=verbose)
         if comm is None:
             return self._training_loop(X, Y, **options).run()
-        from .distributed import DataParallel
         dp = DataParallel(comm, self)
         if dp.rank:
             options["verbose"] = 0
@@ -450,11 +450,9 @@ class Network:
         order = np.random.RandomState(key).permutation(m) if shuffle else np.arange(m)
         order = self.backend.asarray(order)
         total = 0.0
-        if dp is None:
-            batches, m_all = _batches(m, batch_size or m), m
-        else:
-            batches, m_all = dp.batches(batch_size or dp.m_total), dp.m_total
-        for start, stop, m_batch in batches:
+        shards, rank = ([m], 0) if dp is None else (dp.shard_sizes, dp.rank)
+        m_all = sum(shards)
+        for start, stop, m_batch in batches(shards, rank, batch_size or m_all):
             index = order[start:stop]
             size = index.shape[0]
             if size not in buffers:
@@ -513,11 +511,6 @@ class Network:
         if name == "softmax":
             Y1 = np.argmax(Y1, axis=0).reshape(1, -1)
         return float(np.mean(p == Y1))
-
-
-def _batches(m, batch_size):
-    """[(start, stop, size)] of consecutive batches of batch_size over m examples, the last smaller."""
-    return [(k, min(k + batch_size, m), min(batch_size, m - k)) for k in range(0, m, batch_size)]
 
 
 def _default(value, default):

@@ -56,7 +56,7 @@ def train_one(config, data):
     configuration (defaults filled in), status "ok" or "failed", error, final cost, accuracies,
     validation cost and seconds. Never raises for a failing configuration."""
     c = {**DEFAULTS, **config}
-    row = {**c, "status": "ok", "error": "", **{k: None for k in METRICS}, "worker": f"pid {os.getpid()}"}
+    row = _row(c, "ok", "", f"pid {os.getpid()}")
     X, Y, *val = data
     start = time.perf_counter()
     try:
@@ -66,6 +66,11 @@ def train_one(config, data):
         row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
     row["seconds"] = time.perf_counter() - start
     return row
+
+
+def _row(config, status, error, worker):
+    """A result row: the configuration, its status and error, the metrics still empty."""
+    return {**config, "status": status, "error": error, **{k: None for k in METRICS}, "worker": worker}
 
 
 def _train(c, X, Y, val):
@@ -113,8 +118,7 @@ def _in_processes(configs, data, processes, progress):
             try:
                 rows.append(future.result())
             except Exception as exc:    # the worker process itself died
-                rows.append({**DEFAULTS, **config, "status": "failed", "worker": "",
-                             "error": f"{type(exc).__name__}: {exc}", **{k: None for k in METRICS}})
+                rows.append(_row({**DEFAULTS, **config}, "failed", f"{type(exc).__name__}: {exc}", ""))
     return rows
 
 
