@@ -215,6 +215,7 @@ def test_top_level_exports():
 def test_a_step_makes_3L_minus_1_gemms_and_never_computes_dA0(name, depth, monkeypatch):
     import fastdnn.backends.numba_backend as nb
     monkeypatch.setattr(nb, "WHOLE_STEP_MAX_WORK", 0)        # the per-op path, which calls GEMMs
+    monkeypatch.setattr(nb, "BLAS_WHOLE_STEP", False)
     net = net_for(depth, "relu", "sigmoid", "bce", backend=name)
     X, Y = problem(1, "bce", m=300)
     Xd, Yd = net._prepare(X, Y)

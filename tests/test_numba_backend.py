@@ -15,14 +15,6 @@ from support import ACTIVATIONS, BACKENDS, OUTPUTS
 pytestmark = pytest.mark.skipif("numba" not in BACKENDS, reason="numba is not installed")
 
 
-@pytest.fixture(params=["whole-step", "per-op"])
-def path(request, monkeypatch):
-    """The compiled whole-step path (small networks) or the per-op path with BLAS GEMMs."""
-    import fastdnn.backends.numba_backend as nb
-    monkeypatch.setattr(nb, "WHOLE_STEP_MAX_WORK", 10**12 if request.param == "whole-step" else 0)
-    return request.param
-
-
 def data(output, loss, n_out, m=37):
     rng = np.random.RandomState(3)
     X = rng.randn(4, m)
@@ -39,20 +31,25 @@ def test_100_steps_match_numpy_in_float64(path, hidden, output, loss):
     X, Y = data(output, loss, n_out)
     nets = [Network(dims, hidden, output, device=d, dtype="float64", seed=2) for d in ("numpy", "numba")]
     histories = [net.fit(X, Y, learning_rate=0.05, iterations=100, report_every=10) for net in nets]
-    assert (nets[1]._workspaces[X.shape[1]].fused is not None) == (path == "whole-step")
+    assert (nets[1]._workspaces[X.shape[1]].fused is not None) == (path != "per-op")
     np.testing.assert_allclose(histories[1].costs, histories[0].costs, rtol=1e-10)
     for key, value in nets[0].parameters.items():
         np.testing.assert_allclose(nets[1].parameters[key], value, rtol=1e-10, atol=1e-14)
 
 
-@pytest.mark.parametrize("dims,m,hidden,output", [
-    ([2, 4, 1], 400, "relu", "sigmoid"),
-    ([30, 64, 32, 10], 300, "relu", "softmax"),
-    ([30, 64, 32, 1], 300, "tanh", "sigmoid"),
-    ([30, 64, 32, 2], 300, "leaky_relu", "linear"),
-], ids=["small-whole-step", "relu-softmax", "tanh-sigmoid", "leaky-linear"])
+@pytest.mark.parametrize("dims,m,hidden,output,blas", [
+    ([2, 4, 1], 400, "relu", "sigmoid", True),
+    ([2, 4, 1], 400, "relu", "sigmoid", False),
+    ([30, 64, 32, 10], 300, "relu", "softmax", True),
+    ([30, 64, 32, 1], 300, "tanh", "sigmoid", True),
+    ([30, 64, 32, 2], 300, "leaky_relu", "linear", True),
+    ([30, 64, 32, 2], 300, "leaky_relu", "linear", False),
+], ids=["small-blas-step", "small-loops-step", "relu-softmax-blas-step", "tanh-sigmoid-per-op",
+        "leaky-linear-blas-step", "leaky-linear-per-op"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_training_step_allocates_nothing_after_the_first(dims, m, hidden, output, dtype):
+def test_training_step_allocates_nothing_after_the_first(dims, m, hidden, output, blas, dtype, monkeypatch):
+    import fastdnn.backends.numba_backend as nb
+    monkeypatch.setattr(nb, "BLAS_WHOLE_STEP", blas)
     rng = np.random.RandomState(0)
     X = rng.randn(dims[0], m)
     Y = rng.randint(0, dims[-1], m) if output == "softmax" else rng.randint(0, 2, (dims[-1], m))
@@ -88,19 +85,79 @@ def test_numpy_backend_step_does_allocate():
 
 
 def test_kernels_are_cached_on_disk(tmp_path):
+    """Both whole steps — GEMMs through BLAS and as loops — are compiled by the first process and
+    loaded from the disk cache by the second."""
     code = ("import numpy as np, fastdnn\n"
-            "from fastdnn.backends import _numba_kernels as K\n"
-            "net = fastdnn.Network([3, 5, 2], 'relu', 'softmax', device='numba', seed=0)\n"
-            "X = np.random.RandomState(0).randn(3, 20); Y = np.arange(20) % 2\n"
-            "net.step(X, Y, 0.1)\n"
+            "from fastdnn.backends import _numba_kernels as K, _blas, numba_backend\n"
             "from fastdnn.activations import get_activation as g\n"
             "from fastdnn.losses import get_loss\n"
-            "d = K.whole_step(g('relu'), g('softmax'), get_loss('ce', g('softmax')), np.dtype('float32'), True)\n"
-            "print(sum(d.stats.cache_hits.values()), sum(d.stats.cache_misses.values()))\n")
+            "ce = get_loss('ce', g('softmax'))\n"
+            "for dims, m, bits in [([3, 5, 2], 20, None), ([30, 64, 32, 10], 300, _blas.int_bits())]:\n"
+            "    numba_backend.BLAS_WHOLE_STEP = bits is not None\n"
+            "    net = fastdnn.Network(dims, 'relu', 'softmax', device='numba', seed=0)\n"
+            "    X = np.random.RandomState(0).randn(dims[0], m); Y = np.arange(m) % 2\n"
+            "    net.step(X, Y, 0.1)\n"
+            "    d = K.whole_step(g('relu'), g('softmax'), ce, np.dtype('float32'), True, bits)\n"
+            "    print(sum(d.stats.cache_hits.values()), sum(d.stats.cache_misses.values()))\n")
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
     runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                            check=True).stdout.split() for _ in range(2)]
-    assert runs[0] == ["0", "1"] and runs[1] == ["1", "0"]
+    assert runs[0] == ["0", "1"] * 2 and runs[1] == ["1", "0"] * 2
+
+
+def test_numpys_openblas_is_found_for_the_blas_whole_step():
+    from threadpoolctl import threadpool_info
+    from fastdnn.backends import _blas
+    if not any(i.get("internal_api") == "openblas" for i in threadpool_info()):
+        pytest.skip("NumPy here does not use OpenBLAS")
+    assert _blas.int_bits() in (32, 64)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("trans", [(False, False), (True, False), (False, True)], ids=["NN", "TN", "NT"])
+@pytest.mark.parametrize("nkm", [(1, 1, 1), (3, 5, 1), (1, 7, 4), (33, 17, 67)], ids=str)
+def test_compiled_code_calls_blas_gemm_like_the_oracle(dtype, trans, nkm):
+    """C = op(A) · op(B) as the BLAS whole step calls it, on views whose rows are wider than their
+    row length (column slices), against the float64 product; C's parent outside the view is untouched."""
+    import numba
+    from fastdnn.backends import _blas
+    from fastdnn.backends import _numba_kernels as K
+    from support import assert_close, rounded
+    bits = _blas.int_bits()
+    if bits is None:
+        pytest.skip("no BLAS callable from compiled code here")
+    gemm = K.blas_gemm(np.dtype(dtype), bits)
+    call = numba.njit(lambda ta, tb, A, B, C: gemm(ta, tb, A, B, C))
+    (n, k, m), (ta, tb) = nkm, trans
+    rng = np.random.RandomState(5)
+    A = rng.randn(*((k, n + 2) if ta else (n, k + 2))).astype(dtype)
+    B = rng.randn(*((m, k + 3) if tb else (k, m + 3))).astype(dtype)
+    A, B = A[:, :n] if ta else A[:, :k], B[:, :k] if tb else B[:, :m]
+    parent = np.full((n, m + 4), np.nan, dtype)
+    call(ta, tb, A, B, parent[:, :m])
+    A64, B64 = rounded(A, dtype), rounded(B, dtype)
+    expected = (A64.T if ta else A64) @ (B64.T if tb else B64)
+    assert_close(parent[:, :m], expected, dtype, scale=np.sqrt(k) * 3)
+    assert np.isnan(parent[:, m:]).all()
+
+
+def test_large_steps_run_whole_through_blas_unless_numpy_simd_or_blas_is_missing(monkeypatch):
+    """[30, 64, 32, 10] at m = 300 (3.9M multiply-adds) runs as one compiled call with BLAS GEMMs;
+    with tanh hidden layers it goes op by op (NumPy's SIMD tanh), and also when no BLAS can be
+    called from compiled code. All three train like the numpy backend."""
+    from fastdnn.backends import _blas
+    rng = np.random.RandomState(0)
+    X, Y = rng.randn(30, 300), rng.randint(0, 10, 300)
+    for hidden, no_blas, fused in [("relu", False, True), ("tanh", False, False), ("relu", True, False)]:
+        if no_blas:
+            monkeypatch.setattr(_blas, "int_bits", lambda: None)
+        nets = [Network([30, 64, 32, 10], hidden, "softmax", device=d, dtype="float64", seed=1)
+                for d in ("numpy", "numba")]
+        costs = [net.fit(X, Y, learning_rate=0.1, iterations=20, report_every=5).costs for net in nets]
+        assert (nets[1]._workspaces[300].fused is not None) == fused
+        np.testing.assert_allclose(costs[1], costs[0], rtol=1e-10)
+        for key, value in nets[0].parameters.items():
+            np.testing.assert_allclose(nets[1].parameters[key], value, rtol=1e-10, atol=1e-14)
 
 
 def test_every_kernel_variant_has_its_own_compiled_name():
@@ -123,7 +180,8 @@ def test_every_kernel_variant_has_its_own_compiled_name():
              K.optimizer_update(get_optimizer("momentum"), f64).py_func.__qualname__,
              K.whole_step(relu, sig, bce, f64, True).py_func.__qualname__,
              K.whole_step(relu, sig, bce, f64, False).py_func.__qualname__,
-             K.whole_step(lin, sig, bce, f64, True).py_func.__qualname__]
+             K.whole_step(lin, sig, bce, f64, True).py_func.__qualname__,
+             K.whole_step(relu, sig, bce, f64, True, 64).py_func.__qualname__]
     assert len(set(names)) == len(names)
     code = ("import numpy as np; from fastdnn.backends import _numba_kernels as K; "
             "from fastdnn.activations import get_activation as g; "

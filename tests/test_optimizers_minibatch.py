@@ -52,14 +52,6 @@ def test_bad_optimizer_arguments():
         Adam(learning_rate=0)
 
 
-@pytest.fixture(params=["whole-step", "per-op"])
-def path(request, monkeypatch):
-    if "numba" in BACKENDS:
-        import fastdnn.backends.numba_backend as nb
-        monkeypatch.setattr(nb, "WHOLE_STEP_MAX_WORK", 10**12 if request.param == "whole-step" else 0)
-    return request.param
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_every_backend_trains_the_same_with_every_optimizer(path, name):
     X, Y = datasets.moons(m=90, seed=1)

@@ -239,11 +239,11 @@ def sgd_update(theta, dtheta, learning_rate, out):
         out[p] = theta[p] - learning_rate * dtheta[p]
 
 
-# --- small networks: the whole step in one compiled call --------------------------------------
-# GEMMs as loops whose inner loop runs along the m contiguous columns; for a few thousand
-# multiply-adds this beats calling BLAS, whose per-call cost is microseconds.
+# --- the whole step in one compiled call -------------------------------------------------------
+# Small networks: GEMMs as loops whose inner loop runs along the m contiguous columns; for a few
+# thousand multiply-adds this beats calling BLAS, whose per-call cost is microseconds.
 
-@njit
+@register_jitable(**_FLAGS)
 def gemm_nn(W, A, Z):
     """Z = W · A. W (n, k), A (k, m) -> Z (n, m)."""
     n, k = W.shape
@@ -255,7 +255,7 @@ def gemm_nn(W, A, Z):
                 Z[i, j] += w * A[p, j]
 
 
-@njit
+@register_jitable(**_FLAGS)
 def gemm_nt(dZ, A, dW):
     """dW = dZ · Aᵀ. dZ (n, m), A (k, m) -> dW (n, k)."""
     for i in range(dZ.shape[0]):
@@ -266,7 +266,7 @@ def gemm_nt(dZ, A, dW):
             dW[i, p] = s
 
 
-@njit
+@register_jitable(**_FLAGS)
 def gemm_tn(W, dZ, dA):
     """dA = Wᵀ · dZ. W (n, k), dZ (n, m) -> dA (k, m)."""
     n, k = W.shape
@@ -276,6 +276,51 @@ def gemm_tn(W, dZ, dA):
             w = W[i, p]
             for j in range(dZ.shape[1]):
                 dA[p, j] += w * dZ[i, j]
+
+
+@register_jitable(**_FLAGS)
+def loop_gemm(trans_a, trans_b, A, B, C):
+    """C = op(A) · op(B) as loops (op = transpose where asked; never both)."""
+    if trans_a:
+        gemm_tn(A, B, C)
+    elif trans_b:
+        gemm_nt(A, B, C)
+    else:
+        gemm_nn(A, B, C)
+
+
+@functools.lru_cache(maxsize=None)
+def blas_gemm(dtype, bits):
+    """C = op(A) · op(B) through NumPy's BLAS as registered by ``_blas`` (``bits``: its integer
+    width), for 2-D arrays with contiguous rows. (n, k) · (k, m) -> (n, m)."""
+    from numba import types
+    from ._blas import NO_TRANS, ROW_MAJOR, TRANS, registered_name
+    ftype = np.dtype(dtype).type
+    real, integer = numba.from_dtype(np.dtype(dtype)), types.int64 if bits == 64 else types.int32
+    cblas_gemm = types.ExternalFunction(registered_name("s" if ftype is np.float32 else "d", bits), types.void(
+        types.int32, types.int32, types.int32, integer, integer, integer, real, types.intp, integer,
+        types.intp, integer, real, types.intp, integer))
+    size, one, zero = np.dtype(dtype).itemsize, ftype(1.0), ftype(0.0)
+
+    def gemm(trans_a, trans_b, A, B, C):
+        n, m = C.shape
+        k = A.shape[0] if trans_a else A.shape[1]
+        cblas_gemm(ROW_MAJOR, TRANS if trans_a else NO_TRANS, TRANS if trans_b else NO_TRANS, n, m, k, one,
+                   A.ctypes.data, _leading(A, size), B.ctypes.data, _leading(B, size), zero,
+                   C.ctypes.data, _leading(C, size))
+
+    # A module attribute under its own name: kernels capturing it hash it by reference in their cache
+    # key (by value, the ExternalFunction would hash differently in every process: no cache hits).
+    gemm.__name__ = gemm.__qualname__ = f"blas_gemm_{np.dtype(dtype).name}_i{bits}"
+    globals()[gemm.__name__] = gemm
+    return register_jitable(**_FLAGS)(gemm)
+
+
+@register_jitable
+def _leading(A, size):
+    """BLAS's leading dimension of a row-major A: its row stride in elements (any value >= its row
+    length for one row, whose stride NumPy may leave at 0)."""
+    return A.strides[0] // size if A.shape[0] > 1 else max(A.shape[1], 1)
 
 
 @njit
@@ -288,13 +333,15 @@ def _row_sum(dZ, db):
 
 
 @functools.lru_cache(maxsize=None)
-def whole_step(hidden, output, loss, dtype, with_update):
-    """One training step of a network whose hidden layers all use ``hidden``, in one call.
+def whole_step(hidden, output, loss, dtype, with_update, blas_bits=None):
+    """One training step of a network whose hidden layers all use ``hidden``, in one call; GEMMs as
+    loops, or through NumPy's BLAS when ``blas_bits`` (its integer width) is given.
 
     step(X, Y, theta, theta_out, dtheta, dims, pofs, wofs, Zf, Af, dAf, lr, inv_m) -> J: parameters
     are read from the flat θ (W[l] at pofs[l-1], b[l] after it), Z, A, dA from flat work buffers
     (layer l at wofs[l-1]); dθ is written; with_update, θ_out = θ - α dθ is written too, only when J
     is finite."""
+    gemm = loop_gemm if blas_bits is None else blas_gemm(dtype, blas_bits)
     forward_hidden = _bias_activation(hidden, dtype)
     delta_hidden = _delta_row_sum(hidden, dtype)
     if output.name == "softmax":
@@ -310,7 +357,7 @@ def whole_step(hidden, output, loss, dtype, with_update):
             W = theta[po:po + n * k].reshape((n, k))
             b = theta[po + n * k:po + n * k + n].reshape((n, 1))
             Z, A = Zf[wo:wo + n * m].reshape((n, m)), Af[wo:wo + n * m].reshape((n, m))
-            gemm_nn(W, A_prev, Z)
+            gemm(False, False, W, A_prev, Z)
             if l < L:
                 forward_hidden(Z, b, A)
             else:
@@ -330,12 +377,12 @@ def whole_step(hidden, output, loss, dtype, with_update):
             else:
                 _row_sum(dZ, db)
             A_prev = X if l == 1 else Af[wofs[l - 2]:wofs[l - 2] + k * m].reshape((k, m))
-            gemm_nt(dZ, A_prev, dtheta[po:po + n * k].reshape((n, k)))
+            gemm(False, True, dZ, A_prev, dtheta[po:po + n * k].reshape((n, k)))
             if l > 1:
-                gemm_tn(theta[po:po + n * k].reshape((n, k)), dZ,
-                        dAf[wofs[l - 2]:wofs[l - 2] + k * m].reshape((k, m)))
+                gemm(True, False, theta[po:po + n * k].reshape((n, k)), dZ,
+                     dAf[wofs[l - 2]:wofs[l - 2] + k * m].reshape((k, m)))
         if with_update:
             sgd_update(theta, dtheta, lr, theta_out)
         return cost
 
-    return njit(variant(step, hidden, output, loss, dtype, with_update))
+    return njit(variant(step, hidden, output, loss, dtype, with_update, blas_bits))

@@ -1,16 +1,22 @@
 """The ``numba`` backend: BLAS GEMMs (np.matmul into preallocated ``out``, transposes as views)
 and Numba-fused passes for everything else — bias + activation, dZ + db, loss + output delta,
-and the parameter update."""
+and the parameter update. Where it can, the whole step is one compiled call instead, calling NumPy's
+BLAS from the compiled code (or, where that BLAS cannot be found, GEMMs as loops for small networks)."""
 import numpy as np
 
 from ..activations import Linear
 from .._layout import flat_layout, workspace_offsets
+from . import _blas
 from . import _numba_kernels as K
 from .base import Backend
 
-# Below this many multiply-adds per step (3 m Σ n_l n_{l-1}), the whole step runs as loops in one
-# compiled call: BLAS and Python cost microseconds per call, which dominates such small steps.
-# Measured crossover (relu, float32): 1.3M: one call 64 µs vs per op 71 µs; 4.2M: 158 vs 143 µs.
+# The whole step's GEMMs call NumPy's BLAS from the compiled code where that BLAS can be found (see
+# _blas): measured faster than GEMMs as loops at every size, from [2, 4, 1] m = 400 (7.7 vs 8.1 µs)
+# to 0.7M multiply-adds (20.5 vs 38.3 µs) and up.
+BLAS_WHOLE_STEP = True
+# Without it, steps of up to this many multiply-adds (3 m Σ n_l n_{l-1}) run with GEMMs as loops,
+# larger ones op by op. Measured crossover (relu, float32): 1.3M: loops 64 µs vs per op 71 µs;
+# 4.2M: 158 vs 143 µs. Above it, hidden layers with exp/tanh also go op by op (NumPy's SIMD).
 WHOLE_STEP_MAX_WORK = 2_000_000
 # From this many entries on, NumPy's SIMD exp/tanh beat a compiled scalar loop (~3 ns an entry).
 SIMD_MIN_SIZE = 4096
@@ -65,22 +71,28 @@ class NumbaBackend(Backend):
         return K.output_elementwise(loss, activation, Z.dtype)(Z, A, Y, dZ, inv_m)
 
     def fused_step(self, activations, loss, layer_dims, m, dtype, optimizer):
-        """The whole step in one compiled call for small networks whose hidden layers share one
-        elementwise activation; None otherwise. It applies plain gradient descent itself; other
-        optimizers follow as one fused update pass."""
+        """The whole step in one compiled call for networks whose hidden layers share one
+        elementwise activation (GEMMs through BLAS, else as loops for small networks); None
+        otherwise. It applies plain gradient descent itself; other optimizers follow as one fused
+        update pass."""
         hidden, output = activations[:-1] or [Linear()], activations[-1]
-        work = 3 * m * sum(a * b for a, b in zip(layer_dims[:-1], layer_dims[1:]))
-        if work > WHOLE_STEP_MAX_WORK or len(set(hidden)) > 1 or \
-                (output.name == "softmax" and loss.name != "ce"):
+        if len(set(hidden)) > 1 or (output.name == "softmax" and loss.name != "ce"):
+            return None
+        large = 3 * m * sum(a * b for a, b in zip(layer_dims[:-1], layer_dims[1:])) > WHOLE_STEP_MAX_WORK
+        blas_bits = _blas.int_bits() if BLAS_WHOLE_STEP else None
+        simd = hidden[0].transcendental and max(layer_dims[1:-1], default=0) * m >= SIMD_MIN_SIZE
+        if large and (simd or blas_bits is None):
             return None
         updates = optimizer is not None and optimizer.name == "gd"
-        step = K.whole_step(hidden[0], output, loss, np.dtype(dtype), updates)
+        step = K.whole_step(hidden[0], output, loss, np.dtype(dtype), updates, blas_bits)
         ftype = np.dtype(dtype).type
         dims, pofs = flat_layout(layer_dims)
         wofs = workspace_offsets(layer_dims, m)
         inv_m = ftype(1.0 / m)
 
         def run(X, Y, theta, theta_out, dtheta, Zf, Af, dAf, learning_rate):
+            if blas_bits is not None and X.strides[1] != X.itemsize:
+                X = np.ascontiguousarray(X)          # BLAS needs contiguous rows
             return step(X, Y, theta, theta_out, dtheta, dims, pofs, wofs, Zf, Af, dAf,
                         ftype(learning_rate), inv_m)
 
