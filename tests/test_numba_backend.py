@@ -113,6 +113,22 @@ def test_numpys_openblas_is_found_for_the_blas_whole_step():
     assert _blas.int_bits() in (32, 64)
 
 
+@pytest.mark.parametrize("libraries", [
+    [{"internal_api": "mkl", "filepath": "/opt/lib/libmkl_rt.so"}],
+    [{"internal_api": "openblas", "filepath": "/nonexistent/libopenblas.so"}],
+    [{"internal_api": "openblas", "filepath": np.__file__}],        # a file that is no library
+], ids=["not-openblas", "missing", "not-a-library"])
+def test_no_usable_blas_is_none_not_an_error(libraries, monkeypatch):
+    import threadpoolctl
+    from fastdnn.backends import _blas
+    monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: libraries)
+    _blas.int_bits.cache_clear()
+    try:
+        assert _blas.int_bits() is None
+    finally:
+        _blas.int_bits.cache_clear()
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("trans", [(False, False), (True, False), (False, True)], ids=["NN", "TN", "NT"])
 @pytest.mark.parametrize("nkm", [(1, 1, 1), (3, 5, 1), (1, 7, 4), (33, 17, 67)], ids=str)

@@ -1,13 +1,15 @@
 """NumPy's own BLAS, callable from Numba-compiled code: a whole training step can then run its GEMMs
 without returning to Python between them.
 
-The library is the one NumPy loaded (found with threadpoolctl); only OpenBLAS is used — the BLAS of
-NumPy's wheels — whose CBLAS ``?gemm`` takes 64-bit integers when its symbols end in ``64_``. The
-two functions are registered with LLVM under fixed names (``fastdnn_cblas_sgemm_i64``, ...), so
-compiled code refers to them by name and stays cacheable on disk whichever build provides them.
+The library is the one NumPy loaded (found with threadpoolctl; another loaded OpenBLAS, SciPy's say,
+only if NumPy's is not one); only OpenBLAS is used — the BLAS of NumPy's wheels — whose CBLAS
+``?gemm`` takes 64-bit integers when its symbols end in ``64_``. The two functions are registered
+with LLVM under fixed names (``fastdnn_cblas_sgemm_i64``, ...), so compiled code refers to them by
+name and stays cacheable on disk whichever build provides them.
 """
 import ctypes
 import functools
+import os
 
 import numpy as np
 
@@ -25,16 +27,20 @@ def registered_name(char, bits):
 @functools.lru_cache(maxsize=None)
 def int_bits():
     """64 or 32 after registering NumPy's CBLAS sgemm/dgemm (the width of their integers), or None
-    when there is no usable one: not OpenBLAS, threadpoolctl missing, symbols not found, or a
-    check product that came out wrong."""
+    when there is no usable one: not OpenBLAS, threadpoolctl missing, the library or its symbols
+    not found, or a check product that came out wrong."""
     try:
         from threadpoolctl import threadpool_info
     except ImportError:
         return None
-    for info in threadpool_info():
+    numpy_dir = os.path.dirname(np.__file__)           # its libraries: numpy.libs/, numpy/.dylibs/
+    for info in sorted(threadpool_info(), key=lambda i: not i["filepath"].startswith(numpy_dir)):
         if info.get("internal_api") != "openblas":
             continue
-        lib = ctypes.CDLL(info["filepath"])
+        try:
+            lib = ctypes.CDLL(info["filepath"])
+        except OSError:
+            continue
         for pattern, bits in _SYMBOLS:
             fns = {c: getattr(lib, pattern.format(c), None) for c in "sd"}
             if None not in fns.values() and all(_checks_out(fn, c, bits) for c, fn in fns.items()):

@@ -240,8 +240,9 @@ def sgd_update(theta, dtheta, learning_rate, out):
 
 
 # --- the whole step in one compiled call -------------------------------------------------------
-# Small networks: GEMMs as loops whose inner loop runs along the m contiguous columns; for a few
-# thousand multiply-adds this beats calling BLAS, whose per-call cost is microseconds.
+# GEMMs through NumPy's BLAS, called from the compiled code (blas_gemm), or, where no BLAS can be
+# called so, as loops whose inner loop runs along the m contiguous columns: for a few thousand
+# multiply-adds those beat calling BLAS from Python, which costs microseconds per call.
 
 @register_jitable(**_FLAGS)
 def gemm_nn(W, A, Z):
@@ -316,7 +317,7 @@ def blas_gemm(dtype, bits):
     return register_jitable(**_FLAGS)(gemm)
 
 
-@register_jitable
+@register_jitable(**_FLAGS)
 def _leading(A, size):
     """BLAS's leading dimension of a row-major A: its row stride in elements (any value >= its row
     length for one row, whose stride NumPy may leave at 0)."""
