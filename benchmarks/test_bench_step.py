@@ -9,7 +9,8 @@ from fastdnn import bench
 from fastdnn.backends import available_backends
 
 BACKENDS = [b.name for b in available_backends() if b.available]
-IMPLS = ["floor", *BACKENDS, "loop-examples", "loop-scalar", "loop-numba", "torch-autograd", "torch-hand"]
+IMPLS = ["floor", *BACKENDS, "numba-without-update", "loop-examples", "loop-scalar", "loop-numba",
+         "torch-autograd", "torch-hand"]
 
 
 def build(impl, config, dtype):
@@ -23,9 +24,11 @@ def build(impl, config, dtype):
         if sum(a * b for a, b in zip(config.layer_dims, config.layer_dims[1:])) > 1000:
             pytest.skip("scalar Python loops: small sizes only")
         return bench.scalar_loop(config, dtype, 0.05, compiled=False)
+    if impl in ("loop-numba", "numba-without-update") and "numba" not in BACKENDS:
+        pytest.skip("numba is not installed")
+    if impl == "numba-without-update":
+        return bench.network_step(config, dtype, "numba", update=False)
     if impl == "loop-numba":
-        if "numba" not in BACKENDS:
-            pytest.skip("numba is not installed")
         return bench.scalar_loop(config, dtype, 0.05, compiled=True)
     pytest.importorskip("torch", reason="PyTorch rows need the 'bench' extra")
     return (bench.torch_autograd if impl == "torch-autograd" else bench.torch_by_hand)(config, dtype)

@@ -41,6 +41,7 @@ class Candidate:
     device: str = "cpu"
     scale: float = 1.0
     times: list = field(default_factory=list)
+    net: object = None        # the fastdnn Network it steps, if any
 
 
 def problem(config, dtype, seed=0):
@@ -84,19 +85,32 @@ def flops_per_step(config):
     return 2 * (2 * macs + sum(n * k * m for k, n in zip(dims[1:-1], dims[2:])))
 
 
-def network_step(config, dtype, backend):
-    """A fastdnn Network's training step on data already on its device."""
+def network_step(config, dtype, backend, update=True):
+    """A fastdnn Network's training step on data already on its device; without ``update``, all of
+    it but the parameter update (forward, cost, backward): the difference is what the update costs."""
     from . import Network
     X, Y = problem(config, dtype)
     net = Network(config.layer_dims, config.hidden, config.output, device=backend, dtype=dtype, seed=0)
     Xd, Yd = net._prepare(X, Y)
-    sync = net.backend.synchronize
+    sync, ws = net.backend.synchronize, net._workspace(Xd.shape[1])
+    fused = net.backend.fused_step(net.activations, net.loss, net.layer_dims, ws.m, net.dtype, None)
+    theta, theta_out = (slot[0] for slot in net._slots)
 
     def run():
         net._train_step(Xd, Yd, 1e-3, 0, check=True)
         sync()
+
+    def run_without_update():
+        if fused is None:
+            net._forward_cost_delta(Xd, Yd, ws, train=True)
+            net._backward(Xd, ws, train=True)
+        else:
+            fused(Xd, Yd, theta, theta_out, net._dtheta, ws.Zf, ws.Af, ws.dAf, 1e-3)
+        sync()
     kind = "fused" if backend in ("numba", "cupy-numba") else "vectorized"
-    return Candidate(f"fastdnn {net.backend.name}", kind, "numpy", run, net.backend.name, net.device)
+    name = f"fastdnn {net.backend.name}" + ("" if update else " without the update")
+    return Candidate(name, kind, "numpy", run if update else run_without_update, net.backend.name, net.device,
+                     net=net)
 
 
 def per_example_loop(config, dtype, budget_s):
@@ -201,6 +215,8 @@ def candidates(config, dtype, loop_budget_s=0.05, backends=None):
     found = [gemm_floor(config, dtype)]
     names = backends or [b.name for b in available_backends() if b.available]
     found += [network_step(config, dtype, name) for name in names]
+    if "numba" in names:
+        found.append(network_step(config, dtype, "numba", update=False))
     found.append(per_example_loop(config, dtype, loop_budget_s))
     if sum(a * b for a, b in zip(config.layer_dims, config.layer_dims[1:])) <= 1000:
         found.append(scalar_loop(config, dtype, loop_budget_s, compiled=False))   # small sizes only

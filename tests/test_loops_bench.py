@@ -6,8 +6,9 @@ import sys
 import numpy as np
 import pytest
 
-from fastdnn import Network, loops
+from fastdnn import Network, bench, loops
 
+import oracle
 from support import BACKENDS
 
 CASES = [("relu", "sigmoid", "bce", 1), ("tanh", "softmax", "ce", 3), ("leaky_relu", "tanh", "mse", 2),
@@ -49,6 +50,24 @@ def test_scalar_loop_equals_the_vectorized_step(hidden, output, loss, n_out, com
     dims, pofs = loops.flat_layout(net.layer_dims)
     assert step(X, Y, theta, np.zeros_like(theta), dims, pofs, z, a, dz, 0.1) == pytest.approx(cost, rel=1e-12)
     np.testing.assert_allclose(theta, flat(net.parameters), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bench_step_without_the_update_leaves_the_parameters_and_computes_the_gradient(backend):
+    """The 'without the update' row times forward + cost + backward: dθ right, θ untouched; the
+    full step's row moves θ."""
+    config = bench.Config("t", [4, 6, 5, 3], 11, "relu", "softmax")
+    X, Y = bench.problem(config, "float64")
+    for update in (False, True):
+        candidate = bench.network_step(config, "float64", backend, update=update)
+        net = candidate.net
+        before = net.parameters
+        candidate.run()
+        moved = [not np.array_equal(net.parameters[k], v) for k, v in before.items()]
+        assert all(moved) if update else not any(moved)
+        expected = oracle.network_gradients(before, X, Y, ["relu", "relu", "softmax"], "ce")
+        np.testing.assert_allclose(net.backend.to_numpy(net._dtheta), flat({k[1:]: v for k, v in expected.items()}),
+                                   rtol=1e-10, atol=1e-14)
 
 
 def test_bench_command_prints_tables_and_writes_reports(tmp_path):
