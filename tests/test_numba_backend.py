@@ -37,17 +37,18 @@ def test_100_steps_match_numpy_in_float64(path, hidden, output, loss):
         np.testing.assert_allclose(nets[1].parameters[key], value, rtol=1e-10, atol=1e-14)
 
 
-@pytest.mark.parametrize("dims,m,hidden,output,blas", [
-    ([2, 4, 1], 400, "relu", "sigmoid", True),
-    ([2, 4, 1], 400, "relu", "sigmoid", False),
-    ([30, 64, 32, 10], 300, "relu", "softmax", True),
-    ([30, 64, 32, 1], 300, "tanh", "sigmoid", True),
-    ([30, 64, 32, 2], 300, "leaky_relu", "linear", True),
-    ([30, 64, 32, 2], 300, "leaky_relu", "linear", False),
+@pytest.mark.parametrize("dims,m,hidden,output,blas,fused", [
+    ([2, 4, 1], 400, "relu", "sigmoid", True, True),
+    ([2, 4, 1], 400, "relu", "sigmoid", False, True),
+    ([30, 64, 32, 10], 300, "relu", "softmax", True, True),
+    ([30, 64, 32, 1], 300, "tanh", "sigmoid", True, False),
+    ([30, 64, 32, 2], 300, "leaky_relu", "linear", True, True),
+    ([30, 64, 32, 2], 300, "leaky_relu", "linear", False, False),
 ], ids=["small-blas-step", "small-loops-step", "relu-softmax-blas-step", "tanh-sigmoid-per-op",
         "leaky-linear-blas-step", "leaky-linear-per-op"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_training_step_allocates_nothing_after_the_first(dims, m, hidden, output, blas, dtype, monkeypatch):
+def test_training_step_allocates_nothing_after_the_first(dims, m, hidden, output, blas, fused, dtype,
+                                                         monkeypatch):
     import fastdnn.backends.numba_backend as nb
     monkeypatch.setattr(nb, "BLAS_WHOLE_STEP", blas)
     rng = np.random.RandomState(0)
@@ -56,6 +57,7 @@ def test_training_step_allocates_nothing_after_the_first(dims, m, hidden, output
     net = Network(dims, hidden, output, device="numba", dtype=dtype, seed=0)
     Xd, Yd = net._prepare(X, Y)
     net._train_step(Xd, Yd, 0.01, 0, check=True)            # first step: workspace, JIT
+    assert (net._workspaces[m].fused is not None) == fused
     tracemalloc.start()
     try:
         before = tracemalloc.take_snapshot()
