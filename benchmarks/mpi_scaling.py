@@ -61,7 +61,7 @@ def measure(comm, config, dtype):
     per_step = min(timed(comm, steps(3), 2)) / 3
     n = comm.bcast(max(3, int(TARGET_S / per_step)), root=0)
     step_s = [t / n for t in timed(comm, steps(n))]
-    buffer = net._gbuf.copy()
+    buffer = net.engine.gradient_buffer.copy()
     reps = comm.bcast(max(10, min(2000, n * 4)), root=0)
 
     def reduces():

@@ -91,24 +91,18 @@ def network_step(config, dtype, backend, update=True):
     from . import Network
     X, Y = problem(config, dtype)
     net = Network(config.layer_dims, config.hidden, config.output, device=backend, dtype=dtype, seed=0)
-    Xd, Yd = net._prepare(X, Y)
-    sync = net.backend.synchronize
+    Xd, Yd = net.prepare(X, Y)
+    engine, sync = net.engine, net.backend.synchronize
 
     if update:
         def run():
-            net._train_step(Xd, Yd, 1e-3, 0, check=True)
+            engine.train_step(Xd, Yd, 1e-3, 0, check=True)
             sync()
     else:
-        ws = net._workspace(Xd.shape[1])
-        fused = net.backend.fused_step(net.activations, net.loss, net.layer_dims, ws.m, net.dtype, None)
-        theta, theta_out = (slot[0] for slot in net._slots)
+        fused = net.backend.fused_step(net.activations, net.loss, net.layer_dims, Xd.shape[1], net.dtype, None)
 
         def run():
-            if fused is None:
-                net._forward_cost_delta(Xd, Yd, ws, train=True)
-                net._backward(Xd, ws, train=True)
-            else:
-                fused(Xd, Yd, theta, theta_out, net._dtheta, ws.Zf, ws.Af, ws.dAf, 1e-3)
+            engine.backprop(Xd, Yd, fused)
             sync()
     kind = "fused" if backend in ("numba", "cupy-numba") else "vectorized"
     name = f"fastdnn {net.backend.name}" + ("" if update else " without the update")

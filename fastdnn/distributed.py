@@ -96,11 +96,11 @@ class DataParallel:
     """The MPI side of ``Network.fit(..., comm=)``: agreement on errors, shard sizes, the broadcast
     of the parameters, the per-step all-reduce, and aborting the job when one rank fails alone."""
 
-    def __init__(self, comm, net):
+    def __init__(self, comm, engine):
         from mpi4py import MPI
-        self.MPI, self.comm, self.net = MPI, comm, net
+        self.MPI, self.comm, self.engine = MPI, comm, engine
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
-        self.staged = net.device.startswith("cuda") and not cuda_aware()
+        self.staged = engine.backend.device.startswith("cuda") and not cuda_aware()
         self.host = None          # pinned host copy of the reduced buffer when staged
         self.m_total = self.shard_sizes = None
 
@@ -124,9 +124,9 @@ class DataParallel:
         """Check that every rank trains the same network with the same plan (steps, batches, reports;
         otherwise some rank would wait forever), gather the shard sizes, and copy rank 0's
         parameters, optimizer state and counters to every rank."""
-        net = self.net
-        signature = repr((net.layer_dims, [a.name for a in net.activations], net.loss.name, net.dtype.name,
-                          net.optimizer, net.l2, net.keep_prob, plan))
+        engine = self.engine
+        signature = repr((engine.layer_dims, [a.name for a in engine.activations], engine.loss.name,
+                          engine.dtype.name, engine.optimizer, engine.l2, engine.keep_prob, plan))
         gathered = self.comm.allgather((signature, m_local))
         for r, (other, _) in enumerate(gathered):
             if other != signature:
@@ -134,11 +134,12 @@ class DataParallel:
                                        f"  rank {r}: {other}\n  rank {self.rank}: {signature}")
         self.shard_sizes = [m for _, m in gathered]
         self.m_total = sum(self.shard_sizes)
-        for buffer in [net._slots[0][0], *net._states]:
+        for buffer in [engine.theta, *engine.states]:
             self._collective(buffer, lambda b: self.comm.Bcast(b, root=0))
-        net._t, net.iteration, net.epoch = self.comm.bcast((net._t, net.iteration, net.epoch), root=0)
+        engine.t, engine.iteration, engine.epoch = self.comm.bcast((engine.t, engine.iteration, engine.epoch),
+                                                                   root=0)
         if self.rank:                 # dropout masks: one independent stream per rank
-            net._rng = np.random.Generator(net._rng.bit_generator.jumped(self.rank))
+            engine.rng = np.random.Generator(engine.rng.bit_generator.jumped(self.rank))
 
     def batches(self, batch_size):
         """This rank's parts of the global batches (see ``batches``)."""
@@ -150,7 +151,7 @@ class DataParallel:
         buffer[-1] = cost
         buffer *= share
         self._collective(buffer, lambda b: self.comm.Allreduce(self.MPI.IN_PLACE, b, op=self.MPI.SUM))
-        return self.net.backend.scalar(buffer[-1])
+        return self.engine.backend.scalar(buffer[-1])
 
     def mean(self, values, m):
         """The mean over every rank's examples of per-rank means (None stays None), and the total m."""
@@ -162,7 +163,7 @@ class DataParallel:
     def _collective(self, buffer, call):
         """call(buffer) on the device buffer itself (host arrays, CUDA-aware MPI) or on a pinned
         host copy of it, copied back afterwards."""
-        backend = self.net.backend
+        backend = self.engine.backend
         if not self.staged:
             backend.synchronize()     # MPI reads device memory outside the stream's order
             call(buffer)
@@ -177,7 +178,8 @@ class DataParallel:
     def run(self, loop):
         """loop.run(); an error on this rank alone (anything but the all-reduced cost's
         divergence or a DistributedError, which every rank raises alike) aborts the whole job
-        after printing it."""
+        after printing it. The engine steps data-parallel only while it runs."""
+        self.engine.set_parallel(self)
         try:
             history = loop.run()
             self.check_same_parameters()
@@ -188,13 +190,15 @@ class DataParallel:
             if self.size > 1:
                 self.abort(exc)
             raise
+        finally:
+            self.engine.set_parallel(None)
 
     def check_same_parameters(self):
         """Every rank should end with the same parameters, bit for bit; MPI does not promise an
         all-reduce gives every rank the same bits, so compare digests once and, if they differ,
         warn and give every rank rank 0's parameters."""
-        theta = self.net._slots[0][0]
-        digest = hashlib.sha256(self.net.backend.to_numpy(theta).tobytes()).hexdigest()
+        theta = self.engine.theta
+        digest = hashlib.sha256(self.engine.backend.to_numpy(theta).tobytes()).hexdigest()
         digests = self.comm.allgather(digest)
         if len(set(digests)) > 1:
             differ = [r for r, d in enumerate(digests) if d != digests[0]]

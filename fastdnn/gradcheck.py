@@ -13,8 +13,8 @@ def gradient_check(net, X, Y, epsilon=1e-7, max_checks=None, seed=0):
     g = np.concatenate([grads[f"d{p}{l}"].ravel() for l in range(1, net.L + 1) for p in "Wb"])
     ref = Network.from_parameters(net.parameters, net.activations[:-1], net.activations[-1], net.loss,
                                   device=net.backend, dtype=np.float64).regularize(l2=net.l2)
-    Xd, Yd = ref._prepare(X, Y)
-    theta = ref._slots[0][0]
+    Xd, Yd = ref.prepare(X, Y)
+    theta = ref.engine.theta
     index = np.arange(g.size)
     if max_checks is not None and max_checks < g.size:
         index = np.sort(np.random.RandomState(seed).choice(g.size, max_checks, replace=False))
@@ -22,16 +22,12 @@ def gradient_check(net, X, Y, epsilon=1e-7, max_checks=None, seed=0):
     for k, i in enumerate(index):
         original = float(theta[i])
         theta[i] = original + epsilon
-        plus = _cost(ref, Xd, Yd)
+        plus = ref.engine.cost(Xd, Yd)
         theta[i] = original - epsilon
-        minus = _cost(ref, Xd, Yd)
+        minus = ref.engine.cost(Xd, Yd)
         theta[i] = original
         approx[k] = (plus - minus) / (2 * epsilon)
     g = g[index].astype(np.float64)
     denominator = np.linalg.norm(g) + np.linalg.norm(approx)
     return float(np.linalg.norm(g - approx) / denominator) if denominator else 0.0
 
-
-def _cost(net, Xd, Yd):
-    ws = net._workspace(Xd.shape[1])
-    return net.backend.scalar(net._l2_cost(net._forward_cost_delta(Xd, Yd, ws), ws.m))

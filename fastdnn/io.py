@@ -21,14 +21,15 @@ VERSION = 1
 def save(net, path):
     """Write net to path (.npz) atomically: a temporary file in the same folder, fsync, rename.
     An interrupted save leaves any earlier file at path untouched and no temporary behind."""
+    engine = net.engine
     header = dict(format=FORMAT, version=VERSION, layer_dims=net.layer_dims,
                   activations=[list(a.key) for a in net.activations], loss=net.loss.name,
                   dtype=net.dtype.name, optimizer=net.optimizer.name,
                   optimizer_args={k: v for k, v in vars(net.optimizer).items()},
-                  optimizer_step=net._t, iteration=net.iteration, epoch=net.epoch, l2=net.l2,
-                  keep_prob=list(net.keep_prob), rng=net._rng.bit_generator.state)
+                  optimizer_step=engine.t, iteration=engine.iteration, epoch=engine.epoch, l2=net.l2,
+                  keep_prob=list(net.keep_prob), rng=engine.rng.bit_generator.state)
     arrays = dict(net.parameters)
-    arrays.update({f"state{i}": net.backend.to_numpy(s) for i, s in enumerate(net._states)})
+    arrays.update({f"state{i}": net.backend.to_numpy(s) for i, s in enumerate(engine.states)})
     arrays["header"] = np.array(json.dumps(header))
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".fastdnn-", suffix=".npz.tmp", dir=directory)
@@ -62,17 +63,18 @@ def load(path, device="auto"):
         parameters = {k: arrays[k] for k in arrays if k[0] in "Wb" and k[1:].isdigit()}
         net = Network(header["layer_dims"], activations, None, header["loss"], init=parameters,
                       device=device, dtype=header["dtype"])
-        net._set_optimizer(OPTIMIZERS[header["optimizer"]](**header["optimizer_args"]))
+        engine = net.engine
+        engine.set_optimizer(OPTIMIZERS[header["optimizer"]](**header["optimizer_args"]))
         states = [arrays[f"state{i}"] for i in range(net.optimizer.n_state)]
         for i, s in enumerate(states):
-            if s.shape != net._states[i].shape:
-                raise ValueError(f"state{i} has shape {s.shape}, expected {net._states[i].shape}")
-            net._states[i][...] = net.backend.asarray(s, dtype=net.dtype)
+            if s.shape != engine.states[i].shape:
+                raise ValueError(f"state{i} has shape {s.shape}, expected {engine.states[i].shape}")
+            engine.states[i][...] = net.backend.asarray(s, dtype=net.dtype)
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(f"{path} is damaged or inconsistent: {type(exc).__name__}: {exc}") from exc
-    net._t, net.iteration, net.epoch = (int(header[k]) for k in ("optimizer_step", "iteration", "epoch"))
+    engine.t, engine.iteration, engine.epoch = (int(header[k]) for k in ("optimizer_step", "iteration", "epoch"))
     net.regularize(header["l2"], header["keep_prob"])
-    net._rng.bit_generator.state = header["rng"]
+    engine.rng.bit_generator.state = header["rng"]
     return net
 
 

@@ -1,44 +1,24 @@
-"""Network: the deep L-layer network of the course on any backend.
+"""Network: the deep L-layer network of the course on any backend, its public face.
 
 X = A[0] (n[0], m); Z[l] = W[l] · A[l-1] + b[l]; A[l] = g[l](Z[l]); A[L] = ŷ; J = (1/m) Σ L(ŷ, y).
-Parameters live in one flat buffer (W[l], b[l] are views), gradients in another, and a
-workspace per batch size holds Z, A and dA (overwritten by dZ) for every layer, so a step
-writes into preallocated arrays. The network knows a Backend, never which library runs it.
+The network checks the user's arguments and data and holds an ``Engine`` (fastdnn.engine), which owns
+the flat buffers and computes; the network knows a Backend, never which library runs it.
 """
 import math
 
 import numpy as np
 
 from . import _checks
-from ._layout import flat_layout, workspace_offsets
-from ._xp import array_namespace
 from .activations import get_activation
 from .backends import get_backend
-from .distributed import DataParallel, batches
-from .errors import TrainingDivergedError
+from .distributed import DataParallel
+from .engine import Engine
 from .initializers import initialize
 from .losses import get_loss
-from .optimizers import GradientDescent, get_optimizer
 from .schedules import get_schedule
 from .training import TrainingLoop
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-class _Workspace:
-    """Z[l], A[l], dA[l] (n_l, m) for l = 1..L as views of three flat buffers (Zf, Af, dAf) on the
-    backend; index 0 is unused. For each hidden layer l with dropout, D[l] holds the step's mask
-    scaled by 1/keep_prob and Ad[l] = A[l] * D[l]. ``fused`` is the backend's whole-step callable."""
-
-    def __init__(self, backend, layer_dims, m, dtype, fused=None, dropout_layers=()):
-        self.m, self.fused = m, fused
-        self.D = {l: backend.empty((layer_dims[l], m), dtype) for l in dropout_layers}
-        self.Ad = {l: backend.empty((layer_dims[l], m), dtype) for l in dropout_layers}
-        offsets = workspace_offsets(layer_dims, m)
-        self.Zf, self.Af, self.dAf = (backend.empty((int(offsets[-1]),), dtype) for _ in range(3))
-        self.Z, self.A, self.dA = ([None] + [flat[o:o + n * m].reshape(n, m)
-                                             for o, n in zip(offsets, layer_dims[1:])]
-                                   for flat in (self.Zf, self.Af, self.dAf))
 
 
 def _layer_activations(hidden, output, L):
@@ -82,7 +62,7 @@ class Network:
         self.activations = _layer_activations(hidden_activation, output_activation, self.L)
         self.loss = get_loss(loss, self.activations[-1])
         self.dtype = _check_dtype(dtype)
-        self.backend = get_backend(device, _stacklevel=3)
+        backend = get_backend(device, _stacklevel=3)
         if isinstance(init, dict):
             dims = _checks.parameter_shapes(init, self.activations)
             if dims != self.layer_dims:
@@ -90,12 +70,9 @@ class Network:
             parameters = init
         else:
             parameters = initialize(self.layer_dims, init, seed)
-        self._set_parameters(parameters)
-        self._rng = np.random.default_rng(seed)     # dropout masks
+        self.engine = Engine(backend, self.layer_dims, self.activations, self.loss, self.dtype, parameters,
+                             seed)
         self.regularize(l2, keep_prob)
-        self.iteration = 0          # optimizer steps taken
-        self.epoch = 0              # mini-batch epochs completed (each epoch's order depends on it)
-        self._parallel = None       # a distributed.DataParallel while fit(comm=...) runs
 
     @classmethod
     def from_parameters(cls, parameters, hidden_activation="relu", output_activation=None, loss=None,
@@ -109,41 +86,45 @@ class Network:
         return cls(dims, hidden_activation, output_activation, loss, init=parameters, device=device,
                    dtype=dtype)
 
-    # --- parameters ------------------------------------------------------------------------
+    # --- state -----------------------------------------------------------------------------
     @property
     def L(self):
         return len(self.layer_dims) - 1
 
     @property
+    def backend(self):
+        return self.engine.backend
+
+    @property
     def device(self):
-        return self.backend.device
+        return self.engine.backend.device
 
-    def _views(self, flat):
-        """[(W1, b1), ..., (WL, bL)] as views of a flat buffer laid out W1, b1, W2, b2, ..."""
-        dims, pofs = flat_layout(self.layer_dims)
-        return [(flat[o:o + n * k].reshape(n, k), flat[o + n * k:o + n * k + n].reshape(n, 1))
-                for o, k, n in zip(pofs, dims[:-1], dims[1:])]
+    @property
+    def optimizer(self):
+        return self.engine.optimizer
 
-    def _set_parameters(self, parameters):
-        chunks = []
-        for l in range(1, self.L + 1):
-            for name in (f"W{l}", f"b{l}"):
-                a = parameters[name]
-                host = np.asarray(a.get() if array_namespace(a) is not np else a)
-                if host.dtype.kind not in "biuf" or not np.isfinite(host).all():
-                    raise ValueError(f"{name} must be finite numbers")
-                chunks.append(host.reshape(-1))
-        flat = self.backend.asarray(np.concatenate(chunks), dtype=self.dtype)
-        self._slots = [(flat, self._views(flat))]
-        spare = self.backend.empty(flat.shape, self.dtype)
-        spare[...] = flat
-        self._slots.append((spare, self._views(spare)))
-        # dθ, and one more entry for the cost: data-parallel training sums both in one all-reduce
-        self._gbuf = self.backend.zeros((flat.shape[0] + 1,), self.dtype)
-        self._dtheta = self._gbuf[:-1]
-        self._grads = self._views(self._dtheta)
-        self._has_previous = False
-        self._set_optimizer(getattr(self, "optimizer", None) or GradientDescent(), reset=True)
+    @property
+    def l2(self):
+        return self.engine.l2
+
+    @property
+    def keep_prob(self):
+        return self.engine.keep_prob
+
+    @property
+    def iteration(self):
+        """Optimizer steps taken so far (over every fit/step call)."""
+        return self.engine.iteration
+
+    @property
+    def epoch(self):
+        """Mini-batch epochs completed so far (each epoch's order depends on it)."""
+        return self.engine.epoch
+
+    @property
+    def parameters(self):
+        """Host NumPy copies {'W1': (n1, n0), 'b1': (n1, 1), ...} in the network's dtype."""
+        return self.engine.parameters()
 
     def regularize(self, l2=None, keep_prob=None):
         """Set L2 (J += λ/(2m) Σ ||W[l]||², dW[l] += (λ/m) W[l]) and inverted dropout on the hidden
@@ -152,40 +133,19 @@ class Network:
             l2 = float(l2)
             if not (math.isfinite(l2) and l2 >= 0):
                 raise ValueError(f"l2 must be a finite number >= 0; got {l2}")
-            self.l2 = l2
         if keep_prob is not None:
             probs = list(keep_prob) if isinstance(keep_prob, (list, tuple)) else [keep_prob] * (self.L - 1)
             if len(probs) != self.L - 1 or not all(0 < float(p) <= 1 for p in probs):
                 raise ValueError(f"keep_prob must be in (0, 1], one value or one per hidden layer "
                                  f"({self.L - 1}); got {keep_prob}")
-            self.keep_prob = tuple(float(p) for p in probs)
-        self._workspaces = {}
+            keep_prob = tuple(float(p) for p in probs)
+        self.engine.regularize(self.l2 if l2 is None else l2, self.keep_prob if keep_prob is None else keep_prob)
         return self
-
-    def _set_optimizer(self, spec, reset=False):
-        """Use this optimizer; its state starts at zero unless it is the one already in use."""
-        optimizer = get_optimizer(spec)
-        if reset or optimizer != getattr(self, "optimizer", None):
-            P = self._dtheta.shape
-            self._states = [self.backend.zeros(P, self.dtype) for _ in range(optimizer.n_state)]
-            self._t = 0
-            self._workspaces = {}
-        self.optimizer = optimizer
-
-    @property
-    def parameters(self):
-        """Host NumPy copies {'W1': (n1, n0), 'b1': (n1, 1), ...} in the network's dtype."""
-        return {f"{p}{l}": self.backend.to_numpy(a) for l, Wb in enumerate(self._slots[0][1], 1)
-                for p, a in zip("Wb", Wb)}
 
     def to(self, device):
         """Move the parameters and the optimizer state to another device or backend (in place);
         returns self."""
-        parameters, t = self.parameters, self._t
-        states = [self.backend.to_numpy(s) for s in self._states]
-        self.backend = get_backend(device, _stacklevel=3)
-        self._set_parameters(parameters)
-        self._states, self._t = [self.backend.asarray(s) for s in states], t
+        self.engine.to(get_backend(device, _stacklevel=3))
         return self
 
     def save(self, path):
@@ -199,125 +159,13 @@ class Network:
         return (f"Network({self.layer_dims}, activations={acts}, loss={self.loss.name!r}, "
                 f"backend={self.backend.name!r} on {self.device}, dtype={self.dtype.name})")
 
-    # --- the step --------------------------------------------------------------------------
-    def _workspace(self, m):
-        ws = self._workspaces.get(m)
-        if ws is None:
-            if len(self._workspaces) >= 2:    # full batch + a last partial one
-                self._workspaces.pop(next(iter(self._workspaces)))
-            dropout = [l for l, p in enumerate(self.keep_prob, start=1) if p < 1]
-            # data-parallel steps update after the all-reduce, never inside the fused call
-            optimizer = None if self._parallel else self.optimizer
-            fused = None if dropout or self.l2 else self.backend.fused_step(
-                self.activations, self.loss, self.layer_dims, m, self.dtype, optimizer)
-            try:
-                ws = self._workspaces[m] = _Workspace(self.backend, self.layer_dims, m, self.dtype, fused,
-                                                      dropout)
-            except MemoryError as exc:
-                arrays = 3 * sum(self.layer_dims[1:]) + 2 * sum(self.layer_dims[l] for l in dropout)
-                need = arrays * m * self.dtype.itemsize
-                raise MemoryError(f"the {self.backend.name} workspace for batches of {m} needs {need} bytes "
-                                  f"({need / 2**20:.1f} MiB): {exc}") from exc
-        return ws
-
-    def _forward(self, X, ws, train=False):
-        """Z[l], A[l] for l = 1..L into the workspace; returns A[L] (n_L, m). In training, hidden
-        layers with dropout pass on Ad[l] = A[l] * D[l] with a fresh mask D[l]."""
-        A = X
-        for l, ((W, b), act) in enumerate(zip(self._slots[0][1], self.activations), start=1):
-            _, A = self.backend.linear_activation_forward(act, A, W, b, Z=ws.Z[l], A=ws.A[l])
-            if train and l in ws.D:
-                self.backend.dropout_mask(ws.D[l], self.keep_prob[l - 1], self._rng)
-                A = self.backend.multiply(A, ws.D[l], out=ws.Ad[l])
-        return A
-
-    def _backward(self, X, ws, train=False):
-        """dW[l], db[l] for l = L..1 of the data term of J into the gradient buffer, from dZ[L] in
-        ws.dA[L]; with dropout dA[l] is masked like A[l] was."""
-        be, params, L = self.backend, self._slots[0][1], self.L
-        for l in range(L, 0, -1):
-            W, (dW, db) = params[l - 1][0], self._grads[l - 1]
-            dropped = train and (l - 1) in ws.D
-            A_prev, dA_prev = (X, None) if l == 1 else (ws.Ad[l - 1] if dropped else ws.A[l - 1],
-                                                        ws.dA[l - 1])
-            if l == L:
-                be.linear_backward(ws.dA[L], A_prev, W, dW, db, dA_prev, need_dA_prev=l > 1)
-            else:
-                be.linear_activation_backward(self.activations[l - 1], ws.dA[l], ws.Z[l], ws.A[l],
-                                              A_prev, W, dW, db, dA_prev, need_dA_prev=l > 1)
-            if dropped:
-                be.multiply(ws.dA[l - 1], ws.D[l - 1], out=ws.dA[l - 1])
-
-    def _forward_cost_delta(self, X, Y, ws, train=False):
-        """Forward, then the data term of the cost J (0-d, on the backend) and dZ[L] into the
-        workspace."""
-        self._forward(X, ws, train)
-        L = self.L
-        return self.backend.output_layer(self.loss, self.activations[-1], ws.Z[L], ws.A[L], Y, ws.dA[L])
-
-    def _l2_cost(self, cost, m):
-        """J + (λ/2m) Σ_l ||W[l]||² (J itself without L2)."""
-        if not self.l2:
-            return cost
-        return cost + self.l2 / (2 * m) * sum(self.backend.sum_squares(W) for W, _ in self._slots[0][1])
-
-    def _add_l2(self, cost, m):
-        """The L2 terms for m examples: dW[l] += (λ/m) W[l]; returns J + (λ/2m) Σ_l ||W[l]||²."""
-        if self.l2:
-            for (W, _), (dW, _) in zip(self._slots[0][1], self._grads):
-                self.backend.add_scaled(dW, W, self.l2 / m)
-        return self._l2_cost(cost, m)
-
-    def _train_step(self, X, Y, learning_rate, iteration, check, m_total=None):
-        """One step θ_out = optimizer(θ, dθ), then the two parameter buffers swap roles.
-        With check (always for a fused or data-parallel step), a non-finite cost stops before the
-        update. Data-parallel: X holds this rank's m of the batch's m_total examples (default: all
-        the ranks' examples), and dθ and J become the sums over the ranks of (m/m_total)·dθ, J."""
-        ws = self._workspace(X.shape[1])
-        theta, theta_out = self._slots[0][0], self._slots[1][0]
-        updated = False
-        if ws.fused is not None:      # the whole step in one call; no update on a non-finite cost
-            cost = ws.fused(X, Y, theta, theta_out, self._dtheta, ws.Zf, ws.Af, ws.dAf, learning_rate)
-            updated = ws.fused.updates
-        else:
-            cost = self._forward_cost_delta(X, Y, ws, train=True)
-            self._backward(X, ws, train=True)
-        m = ws.m
-        if self._parallel is not None:
-            m = m_total or self._parallel.m_total
-            cost = self._parallel.all_reduce(self._gbuf, cost, ws.m / m)
-        cost = self._add_l2(cost, m)
-        if check or ws.fused is not None or self._parallel is not None:
-            cost = self.backend.scalar(cost)   # read back once; the caller reuses the float
-            self._check_finite(cost, iteration)
-        if not updated:
-            self._update(learning_rate)
-        self._t += 1
-        self._slots.reverse()
-        self._has_previous = True
-        self.iteration += 1
-        return cost
-
-    def _update(self, learning_rate):
-        """θ_out from θ, dθ and the optimizer state, at optimizer step t = 1, 2, ..."""
-        self.backend.update(self.optimizer, self._slots[0][0], self._dtheta, self._states, learning_rate,
-                            self._t + 1, out=self._slots[1][0])
-
-    def _check_finite(self, cost, iteration):
-        """Raise TrainingDivergedError for a non-finite cost, restoring the previous parameters
-        (whose cost was finite) when there are any."""
-        if math.isfinite(cost):
-            return
-        restored = None
-        if self._has_previous:
-            self._slots.reverse()
-            self._has_previous, restored = False, iteration - 1
-        raise TrainingDivergedError(iteration, cost, restored)
-
     # --- public API ------------------------------------------------------------------------
-    def _prepare(self, X, Y=None):
+    def prepare(self, X, Y=None):
+        """X (n0, m) (and Y (nL, m), or class ids for softmax) checked, converted to the network's
+        dtype and moved to its backend: what every method does with its data first. Prepare data
+        once to call ``step`` many times without copying it again."""
         Xd = _checks.as_float_array(self.backend, X, "X", self.dtype)
-        _checks.check_X(Xd, self._slots[0][1][0][0].shape, self.L, self.activations[0])
+        _checks.check_X(Xd, self.engine.layers[0][0].shape, self.L, self.activations[0])
         _checks.check_finite(self.backend, Xd, "X")
         if Y is None:
             return Xd
@@ -333,39 +181,26 @@ class Network:
 
     def forward(self, X):
         """A[L] = ŷ for X (n0, m) -> (nL, m)."""
-        Xd = self._prepare(X)
-        ws = _Workspace(self.backend, self.layer_dims, Xd.shape[1], self.dtype)
-        return self._result(self._forward(Xd, ws), X)
+        return self._result(self.engine.forward(self.prepare(X)), X)
 
     predict_proba = forward
 
     def cost(self, X, Y):
         """J = (1/m) Σ L(ŷ, y) as a Python float."""
-        Xd, Yd = self._prepare(X, Y)
-        ws = _Workspace(self.backend, self.layer_dims, Xd.shape[1], self.dtype)
-        L = self.L
-        self._forward(Xd, ws)
-        cost = self.backend.loss_cost(self.loss, ws.Z[L], ws.A[L], Yd)
-        return self.backend.scalar(self._l2_cost(cost, ws.m))
+        return self.engine.cost(*self.prepare(X, Y))
 
     def gradients(self, X, Y):
         """{'dW1': (n1, n0), 'db1': (n1, 1), ...} = ∂J/∂W[l], ∂J/∂b[l], as host NumPy arrays."""
-        Xd, Yd = self._prepare(X, Y)
-        ws = _Workspace(self.backend, self.layer_dims, Xd.shape[1], self.dtype)
-        self._forward_cost_delta(Xd, Yd, ws)
-        self._backward(Xd, ws)
-        self._add_l2(0.0, ws.m)
-        return {f"d{p}{l}": self.backend.to_numpy(a) for l, dWb in enumerate(self._grads, 1)
-                for p, a in zip("Wb", dWb)}
+        return self.engine.gradients(*self.prepare(X, Y))
 
     def step(self, X, Y, learning_rate=None, optimizer=None):
         """One optimizer step on (X, Y) (plain gradient descent W[l] -= α dW[l] by default);
         returns J before the step."""
         if optimizer is not None:
-            self._set_optimizer(optimizer)
-        Xd, Yd = self._prepare(X, Y)
-        return self.backend.scalar(self._train_step(Xd, Yd, self._rate(learning_rate), self.iteration,
-                                                    check=True))
+            self.engine.set_optimizer(optimizer)
+        Xd, Yd = self.prepare(X, Y)
+        return self.backend.scalar(self.engine.train_step(Xd, Yd, self._rate(learning_rate), self.iteration,
+                                                          check=True))
 
     def fit(self, X, Y, *, learning_rate=None, iterations=None, epochs=None, batch_size=None,
             shuffle=True, seed=None, optimizer=None, l2=None, keep_prob=None, schedule=None,
@@ -397,29 +232,25 @@ class Network:
                        patience=patience, report_every=report_every, verbose=verbose)
         if comm is None:
             return self._training_loop(X, Y, **options).run()
-        dp = DataParallel(comm, self)
+        dp = DataParallel(comm, self.engine)
         if dp.rank:
             options["verbose"] = 0
         loop = dp.agree(lambda: self._training_loop(X, Y, **options))
         dp.start(loop.Xd.shape[1], loop.plan())
         loop.seed = comm.bcast(loop.seed, root=0)
-        self._parallel, self._workspaces = dp, {}
-        try:
-            return dp.run(loop)
-        finally:
-            self._parallel, self._workspaces = None, {}
+        return dp.run(loop)
 
     def _training_loop(self, X, Y, *, learning_rate, iterations, epochs, batch_size, shuffle, seed,
                        optimizer, l2, keep_prob, schedule, validation_data, patience, report_every,
                        verbose):
         """fit's arguments checked, its data prepared, its settings applied: a TrainingLoop."""
         if optimizer is not None:
-            self._set_optimizer(optimizer)
+            self.engine.set_optimizer(optimizer)
         if l2 is not None or keep_prob is not None:
             self.regularize(l2, keep_prob)
         learning_rate = self._rate(learning_rate)
-        Xd, Yd = self._prepare(X, Y)
-        validation = self._prepare(*validation_data) if validation_data is not None else None
+        Xd, Yd = self.prepare(X, Y)
+        validation = self.prepare(*validation_data) if validation_data is not None else None
         if patience is not None and (validation is None or _count("patience", patience) < 1):
             raise ValueError("patience needs validation_data=(X_val, Y_val)")
         if epochs is None:
@@ -431,61 +262,13 @@ class Network:
                 raise ValueError("give iterations (full-batch steps) or epochs, not both")
             count, unit, every = _count("epochs", epochs), "epoch", 1
             batch_size = None if batch_size is None else _count("batch_size", batch_size)   # None: all
-        return TrainingLoop(self, Xd, Yd, unit, batch_size, shuffle, seed, count, learning_rate,
+        return TrainingLoop(self.engine, Xd, Yd, unit, batch_size, shuffle, seed, count, learning_rate,
                             get_schedule(schedule), validation, patience,
                             _count("report_every", _default(report_every, every)), verbose)
 
     def _rate(self, learning_rate):
         return _check_rate(learning_rate if learning_rate is not None
                            else self.optimizer.learning_rate or 0.0075)
-
-    def _check_every_step(self):
-        return not self.device.startswith("cuda")          # no host sync per step on GPUs
-
-    def _epoch(self, Xd, Yd, learning_rate, batch_size, shuffle, seed, buffers):
-        """One pass over the examples in mini-batches gathered into preallocated contiguous buffers
-        (so the steps allocate nothing); returns the epoch's mean cost (0-d, on the backend)."""
-        xp, m, dp = self.backend.xp, Xd.shape[1], self._parallel
-        key = [seed, self.epoch] + ([dp.rank] if dp is not None and dp.rank else [])   # rank 0: as one process
-        order = np.random.RandomState(key).permutation(m) if shuffle else np.arange(m)
-        order = self.backend.asarray(order)
-        total = 0.0
-        shards, rank = ([m], 0) if dp is None else (dp.shard_sizes, dp.rank)
-        m_all = sum(shards)
-        for start, stop, m_batch in batches(shards, rank, batch_size or m_all):
-            index = order[start:stop]
-            size = index.shape[0]
-            if size not in buffers:
-                buffers[size] = (self.backend.empty((Xd.shape[0], size), self.dtype),
-                                 self.backend.empty((Yd.shape[0], size), self.dtype))
-            Xb, Yb = buffers[size]
-            xp.take(Xd, index, axis=1, out=Xb, mode="clip")    # mode="raise" would buffer
-            xp.take(Yd, index, axis=1, out=Yb, mode="clip")
-            cost = self._train_step(Xb, Yb, learning_rate, self.iteration, check=self._check_every_step(),
-                                    m_total=m_batch)
-            total = total + cost * (m_batch / m_all)
-        self.epoch += 1
-        return total
-
-    def _new_workspace(self, m):
-        """A workspace for m examples, outside the cached training ones (evaluation)."""
-        return _Workspace(self.backend, self.layer_dims, m, self.dtype)
-
-    def _evaluate(self, Xd, Yd, ws):
-        """(J, accuracy or None) on prepared data, without dropout, as Python floats; data-parallel,
-        over every rank's data."""
-        A, L = self._forward(Xd, ws), self.L
-        cost = self.backend.scalar(self.backend.loss_cost(self.loss, ws.Z[L], A, Yd))
-        name, xp = self.activations[-1].name, self.backend.xp
-        correct = None
-        if name == "sigmoid":
-            correct = self.backend.scalar(xp.mean((A > 0.5) == (Yd > 0.5)))
-        elif name == "softmax":
-            correct = self.backend.scalar(xp.mean(xp.argmax(A, axis=0) == xp.argmax(Yd, axis=0)))
-        m = ws.m
-        if self._parallel is not None:
-            (cost, correct), m = self._parallel.mean((cost, correct), m)
-        return self.backend.scalar(self._l2_cost(cost, m)), correct
 
     def predict(self, X):
         """Class predictions: (A > 0.5) as 0/1 (nL, m) for sigmoid, argmax ids (1, m) for softmax;
@@ -506,7 +289,7 @@ class Network:
             raise ValueError(f"accuracy needs a sigmoid or softmax output, not {name!r}; use cost()")
         p = self.predict(X)
         p = p if isinstance(p, np.ndarray) else self.backend.to_numpy(p)
-        Xd, Yd = self._prepare(X, Y)
+        Xd, Yd = self.prepare(X, Y)
         Y1 = self.backend.to_numpy(Yd)
         if name == "softmax":
             Y1 = np.argmax(Y1, axis=0).reshape(1, -1)

@@ -12,9 +12,9 @@ class TrainingLoop:
     """The training loop of ``Network.fit``: steps or epochs, reports, validation, early stopping,
     progress."""
 
-    def __init__(self, net, Xd, Yd, unit, batch_size, shuffle, seed, count, learning_rate, schedule,
+    def __init__(self, engine, Xd, Yd, unit, batch_size, shuffle, seed, count, learning_rate, schedule,
                  validation, patience, report_every, verbose):
-        self.net, self.Xd, self.Yd, self.unit = net, Xd, Yd, unit
+        self.engine, self.Xd, self.Yd, self.unit = engine, Xd, Yd, unit
         self.batch_size, self.shuffle, self.buffers = batch_size, shuffle, {}
         self.seed = np.random.randint(2**31) if seed is None else seed
         self.count, self.lr0, self.schedule = count, learning_rate, schedule
@@ -29,17 +29,18 @@ class TrainingLoop:
                 self.validation is not None, self.patience)
 
     def step(self, i, learning_rate, report):
-        net = self.net
+        engine = self.engine
         if self.unit == "iteration":
-            return net._train_step(self.Xd, self.Yd, learning_rate, i, check=report or net._check_every_step())
-        return net._epoch(self.Xd, self.Yd, learning_rate, self.batch_size, self.shuffle, self.seed,
-                          self.buffers)
+            return engine.train_step(self.Xd, self.Yd, learning_rate, i,
+                                     check=report or engine.checks_every_step())
+        return engine.train_epoch(self.Xd, self.Yd, learning_rate, self.batch_size, self.shuffle, self.seed,
+                                  self.buffers)
 
     def run(self):
-        net, history, start = self.net, History(self.unit), time.perf_counter()
+        engine, history, start = self.engine, History(self.unit), time.perf_counter()
         count, lr0, schedule, validation = self.count, self.lr0, self.schedule, self.validation
         patience, report_every, verbose = self.patience, self.report_every, self.verbose
-        ws_val = validation and net._new_workspace(validation[0].shape[1])
+        ws_val = validation and engine.evaluation_workspace(validation[0].shape[1])
         best = None                             # (val_cost, record index, θ copy)
         bar = _progress_bar(count, self.unit, verbose)
         try:
@@ -48,12 +49,12 @@ class TrainingLoop:
                 report = i % report_every == 0 or i == count - 1
                 cost = self.step(i, learning_rate, report)
                 if report:
-                    val = net._evaluate(*validation, ws_val) if validation else (None, None)
-                    history.append(i, net.backend.scalar(cost), time.perf_counter() - start, learning_rate, *val)
+                    val = engine.evaluate(*validation, ws_val) if validation else (None, None)
+                    history.append(i, engine.backend.scalar(cost), time.perf_counter() - start, learning_rate, *val)
                     self.show(bar, history[-1], verbose)
                     if patience is not None:
                         if best is None or val[0] < best[0]:
-                            theta = net._slots[0][0]
+                            theta = engine.theta
                             best = (val[0], len(history) - 1, theta.copy() if best is None else _copy(best[2], theta))
                         elif len(history) - 1 - best[1] >= patience:
                             history.stopped_early = True
@@ -64,7 +65,7 @@ class TrainingLoop:
             if bar is not None:
                 bar.close()
         if best is not None:
-            net._slots[0][0][...] = best[2]
+            engine.theta[...] = best[2]
             history.best = history[best[1]]
         return history
 

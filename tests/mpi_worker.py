@@ -45,21 +45,21 @@ def run(scenario, shards, comm, out):
     net = fastdnn.Network([2, 5, 3, 1], device=scenario["backend"], dtype="float64", seed=1,
                           **{"hidden_activation": "relu", **scenario.get("network", {})})
     if fail == "drift" and rank == 1:                   # rank 1's parameters move off by one ulp
-        step = net._train_step
+        step = net.engine.train_step
 
         def drifting(*args, **kwargs):
             if net.iteration == 3:
-                net._slots[0][0][0] = np.nextafter(net._slots[0][0][0], np.inf)
+                net.engine.theta[0] = np.nextafter(net.engine.theta[0], np.inf)
             return step(*args, **kwargs)
-        net._train_step = drifting
+        net.engine.train_step = drifting
     if fail == "midway" and rank == 1:
-        original = net._train_step
+        original = net.engine.train_step
 
         def failing(*args, **kwargs):
             if net.iteration == 5:
                 raise RuntimeError("injected failure on rank 1 at iteration 5")
             return original(*args, **kwargs)
-        net._train_step = failing
+        net.engine.train_step = failing
     result = {}
     try:
         with warnings.catch_warnings(record=True) as caught:

@@ -66,7 +66,7 @@ def test_bench_step_without_the_update_leaves_the_parameters_and_computes_the_gr
         moved = [not np.array_equal(net.parameters[k], v) for k, v in before.items()]
         assert all(moved) if update else not any(moved)
         expected = oracle.network_gradients(before, X, Y, ["relu", "relu", "softmax"], "ce")
-        np.testing.assert_allclose(net.backend.to_numpy(net._dtheta), flat({k[1:]: v for k, v in expected.items()}),
+        np.testing.assert_allclose(net.backend.to_numpy(net.engine.dtheta), flat({k[1:]: v for k, v in expected.items()}),
                                    rtol=1e-10, atol=1e-14)
 
 

@@ -218,7 +218,7 @@ def test_a_step_makes_3L_minus_1_gemms_and_never_computes_dA0(name, depth, monke
     monkeypatch.setattr(nb, "BLAS_WHOLE_STEP", False)
     net = net_for(depth, "relu", "sigmoid", "bce", backend=name)
     X, Y = problem(1, "bce", m=300)
-    Xd, Yd = net._prepare(X, Y)
+    Xd, Yd = net.prepare(X, Y)
     before = net.backend.counters["gemm"]
-    net._train_step(Xd, Yd, 0.1, 0, check=True)
+    net.engine.train_step(Xd, Yd, 0.1, 0, check=True)
     assert net.backend.counters["gemm"] - before == 3 * depth - 1

@@ -31,7 +31,7 @@ def test_100_steps_match_numpy_in_float64(path, hidden, output, loss):
     X, Y = data(output, loss, n_out)
     nets = [Network(dims, hidden, output, device=d, dtype="float64", seed=2) for d in ("numpy", "numba")]
     histories = [net.fit(X, Y, learning_rate=0.05, iterations=100, report_every=10) for net in nets]
-    assert (nets[1]._workspaces[X.shape[1]].fused is not None) == (path != "per-op")
+    assert (nets[1].engine.workspace(X.shape[1]).fused is not None) == (path != "per-op")
     np.testing.assert_allclose(histories[1].costs, histories[0].costs, rtol=1e-10)
     for key, value in nets[0].parameters.items():
         np.testing.assert_allclose(nets[1].parameters[key], value, rtol=1e-10, atol=1e-14)
@@ -55,14 +55,14 @@ def test_training_step_allocates_nothing_after_the_first(dims, m, hidden, output
     X = rng.randn(dims[0], m)
     Y = rng.randint(0, dims[-1], m) if output == "softmax" else rng.randint(0, 2, (dims[-1], m))
     net = Network(dims, hidden, output, device="numba", dtype=dtype, seed=0)
-    Xd, Yd = net._prepare(X, Y)
-    net._train_step(Xd, Yd, 0.01, 0, check=True)            # first step: workspace, JIT
-    assert (net._workspaces[m].fused is not None) == fused
+    Xd, Yd = net.prepare(X, Y)
+    net.engine.train_step(Xd, Yd, 0.01, 0, check=True)            # first step: workspace, JIT
+    assert (net.engine.workspace(m).fused is not None) == fused
     tracemalloc.start()
     try:
         before = tracemalloc.take_snapshot()
         for i in range(1, 20):
-            net._train_step(Xd, Yd, 0.01, i, check=True)
+            net.engine.train_step(Xd, Yd, 0.01, i, check=True)
         after = tracemalloc.take_snapshot()
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -77,10 +77,10 @@ def test_numpy_backend_step_does_allocate():
     """The allocation test above can fail: the allocating reference backend shows up in it."""
     X, Y = datasets.moons(m=300)
     net = Network([2, 64, 1], "sigmoid", device="numpy", dtype="float64", seed=0)
-    Xd, Yd = net._prepare(X, Y)
-    net._train_step(Xd, Yd, 0.01, 0, check=True)
+    Xd, Yd = net.prepare(X, Y)
+    net.engine.train_step(Xd, Yd, 0.01, 0, check=True)
     tracemalloc.start()
-    net._train_step(Xd, Yd, 0.01, 1, check=True)
+    net.engine.train_step(Xd, Yd, 0.01, 1, check=True)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak > 64 * 300 * 8
@@ -172,7 +172,7 @@ def test_large_steps_run_whole_through_blas_unless_numpy_simd_or_blas_is_missing
         nets = [Network([30, 64, 32, 10], hidden, "softmax", device=d, dtype="float64", seed=1)
                 for d in ("numpy", "numba")]
         costs = [net.fit(X, Y, learning_rate=0.1, iterations=20, report_every=5).costs for net in nets]
-        assert (nets[1]._workspaces[300].fused is not None) == fused
+        assert (nets[1].engine.workspace(300).fused is not None) == fused
         np.testing.assert_allclose(costs[1], costs[0], rtol=1e-10)
         for key, value in nets[0].parameters.items():
             np.testing.assert_allclose(nets[1].parameters[key], value, rtol=1e-10, atol=1e-14)

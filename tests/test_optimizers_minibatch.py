@@ -74,7 +74,7 @@ def test_optimizer_state_carries_over_between_fits_and_resets_on_change(backend)
     for key, value in b.parameters.items():
         np.testing.assert_allclose(a.parameters[key], value, rtol=1e-12)
     a.fit(X, Y, learning_rate=0.01, iterations=1, optimizer="momentum")
-    assert a.optimizer.name == "momentum" and a._t == 1
+    assert a.optimizer.name == "momentum" and a.engine.t == 1
 
 
 def test_one_epoch_of_one_batch_is_one_full_batch_step(backend):

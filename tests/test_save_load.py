@@ -24,10 +24,10 @@ def test_round_trip_keeps_everything(tmp_path, name):
     back = fastdnn.load(path, device=name)
     assert back.layer_dims == net.layer_dims and back.dtype == net.dtype
     assert [a.key for a in back.activations] == [a.key for a in net.activations]
-    assert back.loss == net.loss and back.optimizer == net.optimizer and back._t == net._t
+    assert back.loss == net.loss and back.optimizer == net.optimizer and back.engine.t == net.engine.t
     for key, value in net.parameters.items():
         np.testing.assert_array_equal(back.parameters[key], value)
-    for a, b in zip(net._states, back._states):
+    for a, b in zip(net.engine.states, back.engine.states):
         np.testing.assert_array_equal(back.backend.to_numpy(b), net.backend.to_numpy(a))
     np.testing.assert_array_equal(back.predict_proba(X), net.predict_proba(X))
 

@@ -32,15 +32,15 @@ def test_training_steps_match_numpy_and_counts_are_pinned(hidden, output, n_out,
     be = CupyNumbaBackend("cuda:0", xp=np)
     net = Network(dims, hidden, output, device=be, dtype=dtype, seed=1)
     ref = Network(dims, hidden, output, device="numpy", dtype=dtype, seed=1)
-    Xd, Yd = net._prepare(X, Y)
-    Xr, Yr = ref._prepare(X, Y)
+    Xd, Yd = net.prepare(X, Y)
+    Xr, Yr = ref.prepare(X, Y)
     tol = dict(rtol=1e-10, atol=1e-12) if dtype == "float64" else dict(rtol=2e-5, atol=1e-6)
     for i in range(3):
         before = dict(be.counters)
-        cost = net._train_step(Xd, Yd, 0.1, i, check=False)          # a GPU step: no host check
+        cost = net.engine.train_step(Xd, Yd, 0.1, i, check=False)          # a GPU step: no host check
         used = {k: be.counters[k] - before[k] for k in be.counters}
         assert used["launch"] <= 5 * L + 2 and used["gemm"] == 3 * L - 1 and used["sync"] == 0
-        expected = ref._train_step(Xr, Yr, 0.1, i, check=True)
+        expected = ref.engine.train_step(Xr, Yr, 0.1, i, check=True)
         np.testing.assert_allclose(float(cost), float(expected), **tol)
     for key, value in ref.parameters.items():
         np.testing.assert_allclose(net.parameters[key], value, **tol)
@@ -74,7 +74,7 @@ def test_data_parallel_fit_through_the_kernels(monkeypatch):
     copies = []
     be.copy_to_host = lambda x, host: (copies.append(x.shape), np.copyto(host, x))
     net.fit(X, Y, comm=comm, **fit)
-    steps, P = 2 * 3, net._dtheta.shape[0]
+    steps, P = 2 * 3, net.engine.dtheta.shape[0]
     assert len(reduces) == steps
     # staged: θ and Adam's two states broadcast once, then the (P + 1) buffer every step
     assert copies == [(P,)] * 3 + [(P + 1,)] * steps
