@@ -75,7 +75,8 @@ def _check_opset(onnx, opset):
     if opset is None:
         return DEFAULT_OPSET
     newest = onnx.defs.onnx_opset_version()
-    if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)) or not MIN_OPSET <= opset <= newest:
+    integer = isinstance(opset, (int, np.integer)) and not isinstance(opset, bool)
+    if not (integer and MIN_OPSET <= opset <= newest):
         raise ValueError(f"opset must be an integer from {MIN_OPSET} to {newest} (the newest this onnx "
                          f"knows); got {opset!r}")
     return int(opset)

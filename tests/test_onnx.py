@@ -26,8 +26,8 @@ def onnx():
 
 @pytest.fixture
 def ort(onnx):
-    return pytest.importorskip("onnxruntime",
-                               reason="running exported graphs needs onnxruntime: pip install 'fastdnn[onnx]'")
+    return pytest.importorskip("onnxruntime", reason="running exported graphs needs onnxruntime: "
+                                                     "pip install 'fastdnn[onnx]'")
 
 
 def hidden_activation(name):
