@@ -154,6 +154,12 @@ class Network:
         from .io import save
         return save(self, path)
 
+    def to_onnx(self, path, opset=None):
+        """Write the network as an ONNX graph, X (batch, n0) -> probabilities (batch, nL) = forward(X.T).T
+        (fastdnn.onnx_export.to_onnx; needs the onnx extra); returns path."""
+        from .onnx_export import to_onnx
+        return to_onnx(self, path, opset)
+
     def __repr__(self):
         acts = "/".join(a.name for a in self.activations)
         return (f"Network({self.layer_dims}, activations={acts}, loss={self.loss.name!r}, "
