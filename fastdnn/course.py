@@ -31,7 +31,8 @@ def initialize_parameters(n_x, n_h, n_y, seed=1):
 
 
 def initialize_parameters_deep(layer_dims, seed=1, scale="sqrt"):
-    """W[l] (n_l, n_{l-1}) = randn / sqrt(n_{l-1}) or randn * scale, b[l] = 0 (n_l, 1), after np.random.seed(seed).
+    """W[l] (n_l, n_{l-1}) = randn / sqrt(n_{l-1}) or randn * scale, b[l] = 0 (n_l, 1), after
+    np.random.seed(seed).
 
     Two assignments define this name differently. The default, ``seed=1, scale="sqrt"``, is the
     "application" assignment's (the cat network; what ``L_layer_model`` uses): randn / sqrt(n[l-1]).
@@ -249,7 +250,7 @@ def initialize_parameters_zeros(layers_dims):
 
 
 def initialize_parameters_random(layers_dims, seed=3):
-    """W[l] = randn(n_l, n_{l-1}) * 10 (the assignment's "large" weights), b[l] = 0, after np.random.seed(3)."""
+    """W[l] = randn(n_l, n_{l-1}) * 10 (the assignment's "large" weights), b[l] = 0, np.random.seed(3)."""
     return initialize_parameters_deep(layers_dims, seed=seed, scale=10)
 
 
@@ -321,7 +322,7 @@ def _unpack(cache, per_hidden):
     return layers
 
 
-def _backward_3layer(X, Y, layers, lambd=0., keep_prob=None):
+def _relu_sigmoid_backward(X, Y, layers, lambd=0., keep_prob=None):
     """dZ[L] = A[L] - Y; dW[l] = (1/m) dZ[l] · A[l-1]ᵀ + (λ/m) W[l]; db[l] = (1/m) Σ_cols dZ[l];
     dA[l-1] = W[l]ᵀ · dZ[l] (times D[l-1] / keep_prob with dropout); dZ[l-1] = dA[l-1] * (A[l-1] > 0)."""
     xp = array_namespace(X, layers[-1]["A"])
@@ -350,10 +351,10 @@ def _backward_3layer(X, Y, layers, lambd=0., keep_prob=None):
 def backward_propagation_with_regularization(X, Y, cache, lambd):
     """Gradients of the L2-regularized cost: dW[l] = (1/m) dZ[l] · A[l-1]ᵀ + (λ/m) W[l], relu g'
     from A > 0. cache (Z1, A1, W1, b1, ...) -> {'dZ3', 'dW3', 'db3', 'dA2', 'dZ2', ..., 'db1'}."""
-    return _backward_3layer(X, Y, _unpack(cache, 4), lambd=lambd)
+    return _relu_sigmoid_backward(X, Y, _unpack(cache, 4), lambd=lambd)
 
 
-def _forward_3layer(X, parameters, keep_prob=None, seed=None):
+def _relu_sigmoid_forward(X, parameters, keep_prob=None, seed=None):
     """[LINEAR->RELU (-> dropout)]*(L-1) -> LINEAR->SIGMOID; returns A[L] and the flat cache.
 
     Dropout: np.random.seed(seed) unless None, then D[l] = rand(n_l, m) < keep_prob (drawn with
@@ -394,14 +395,14 @@ def forward_propagation_with_dropout(X, parameters, keep_prob=0.5, seed=1):
     draws on from NumPy's global generator), then D[l] = np.random.rand(n_l, m) < keep_prob per
     hidden layer, A[l] = A[l] * D[l] / keep_prob. D[l] is a boolean mask (the course's 0/1 values)."""
     _check_keep_prob(keep_prob)
-    return _forward_3layer(X, parameters, keep_prob, seed)
+    return _relu_sigmoid_forward(X, parameters, keep_prob, seed)
 
 
 def backward_propagation_with_dropout(X, Y, cache, keep_prob):
     """Gradients through the same masks: dA[l] = W[l+1]ᵀ · dZ[l+1] * D[l] / keep_prob, dZ[l] = dA[l] *
     (A[l] > 0); cache from forward_propagation_with_dropout -> {'dZ3', 'dW3', 'db3', 'dA2', ..., 'db1'}."""
     _check_keep_prob(keep_prob)
-    return _backward_3layer(X, Y, _unpack(cache, 5), keep_prob=keep_prob)
+    return _relu_sigmoid_backward(X, Y, _unpack(cache, 5), keep_prob=keep_prob)
 
 
 # --- week 1: gradient checking ------------------------------------------------------------------
@@ -452,7 +453,7 @@ def forward_propagation_n(X, Y, parameters):
     """cost = (1/m) Σ [-Y log A3 - (1-Y) log(1-A3)] of LINEAR->RELU->LINEAR->RELU->LINEAR->SIGMOID,
     and the cache (Z1, A1, W1, b1, Z2, A2, W2, b2, Z3, A3, W3, b3). X (n0, m); Y (1, m) or (m,)."""
     xp = array_namespace(X, parameters["W1"])
-    A3, cache = _forward_3layer(X, parameters)
+    A3, cache = _relu_sigmoid_forward(X, parameters)
     Y = _labels(Y, A3)
     log_probs = -xp.log(A3) * Y + -xp.log(1 - A3) * (1 - Y)
     return 1. / X.shape[1] * xp.sum(log_probs), cache
@@ -461,7 +462,7 @@ def forward_propagation_n(X, Y, parameters):
 def backward_propagation_n(X, Y, cache):
     """The gradients of forward_propagation_n's cost: {'dZ3', 'dW3', 'db3', 'dA2', 'dZ2', ..., 'db1'}
     (the assignment's version has two planted mistakes, in dW2 and db1; this one has none)."""
-    return _backward_3layer(X, Y, _unpack(cache, 4))
+    return _relu_sigmoid_backward(X, Y, _unpack(cache, 4))
 
 
 def dictionary_to_vector(parameters):
@@ -606,5 +607,5 @@ def update_lr(learning_rate0, epoch_num, decay_rate):
 
 
 def schedule_lr_decay(learning_rate0, epoch_num, decay_rate, time_interval=1000):
-    """α = 1 / (1 + decay_rate · ⌊epoch_num / time_interval⌋) · α0 (decay every time_interval epochs)."""
+    """α = 1 / (1 + decay_rate · ⌊epoch_num / time_interval⌋) · α0 (steps every time_interval epochs)."""
     return 1 / (1 + decay_rate * np.floor(epoch_num / time_interval)) * learning_rate0

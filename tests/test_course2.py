@@ -40,7 +40,8 @@ def oracle_cost(X, Y, params, lambd=0.0, masks=None, keep_prob=1.0):
     AL = oracle_activations(X, params, masks, keep_prob)[-1]
     m = X.shape[1]
     cross_entropy = -np.sum(Y * np.log(AL) + (1 - Y) * np.log(1 - AL)) / m
-    return cross_entropy + lambd / (2 * m) * sum(np.sum(params[f"W{l}"] ** 2) for l in range(1, len(params) // 2 + 1))
+    squares = sum(np.sum(params[f"W{l}"] ** 2) for l in range(1, len(params) // 2 + 1))
+    return cross_entropy + lambd / (2 * m) * squares
 
 
 def numeric_gradients(f, params, eps=1e-6):
@@ -145,14 +146,16 @@ def test_compute_cost_with_regularization_published():
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("dims", [[3, 4, 3, 1], [2, 5, 1], [4, 3, 5, 2, 1]], ids=lambda d: "x".join(map(str, d)))
+@pytest.mark.parametrize("dims", [[3, 4, 3, 1], [2, 5, 1], [4, 3, 5, 2, 1]],
+                         ids=lambda d: "x".join(map(str, d)))
 def test_compute_cost_with_regularization_matches_the_oracle(dims, dtype):
     X, Y, params = random_case(dims, 7, seed=len(dims))
     AL = oracle_activations(X, params)[-1]
     cost = course.compute_cost_with_regularization(AL.astype(dtype), Y,
                                                    {k: v.astype(dtype) for k, v in params.items()}, 0.7)
     assert cost.dtype == dtype
-    assert float(cost) == pytest.approx(oracle_cost(X, Y, params, lambd=0.7), rel=1e-12 if dtype == "float64" else 1e-5)
+    rel = 1e-12 if dtype == "float64" else 1e-5
+    assert float(cost) == pytest.approx(oracle_cost(X, Y, params, lambd=0.7), rel=rel)
 
 
 def test_backward_propagation_with_regularization_published():
@@ -223,7 +226,8 @@ def test_backward_propagation_with_dropout_published():
     X, Y, params = assignment_case()
     A3, cache = course.forward_propagation_with_dropout(X, params, keep_prob=0.5)
     published(A3, [[0.32266394, 0.49683389, 0.00348883, 0.49683389, 0.32266394]])
-    np.testing.assert_array_equal(cache[1], [[True, False, True, True, True], [True, True, True, True, False]])
+    np.testing.assert_array_equal(cache[1], [[True, False, True, True, True],
+                                             [True, True, True, True, False]])
     cache = tuple(c if c.dtype == bool else np.round(c, 8) for c in cache)
     grads = course.backward_propagation_with_dropout(X, Y, cache, keep_prob=0.8)
     assert sorted(grads) == GRADIENT_KEYS
@@ -248,7 +252,9 @@ def test_backward_propagation_with_dropout_is_the_gradient_through_its_masks(dim
     masks = [c for c in cache if c.dtype == bool]
     assert len(masks) == len(dims) - 2
     grads = course.backward_propagation_with_dropout(X, Y, cache, keep_prob=0.7)
-    check_gradients(grads, numeric_gradients(lambda p: oracle_cost(X, Y, p, masks=masks, keep_prob=0.7), params))
+    def cost(p):
+        return oracle_cost(X, Y, p, masks=masks, keep_prob=0.7)
+    check_gradients(grads, numeric_gradients(cost, params))
 
 
 def test_regularization_functions_keep_float32():
@@ -277,7 +283,7 @@ def test_regularization_input_errors():
     with pytest.raises(ShapeError, match=r"layer 1 of 3 \(relu\): X has shape \(5,\)"):
         course.forward_propagation_n(X[0], Y, params)
     _, cache = course.forward_propagation_n(X, Y, params)
-    with pytest.raises(ValueError, match=r"cache has 11 entries; expected the layout \(Z1, A1, W1, b1, \.\.\.\)"):
+    with pytest.raises(ValueError, match=r"cache has 11 entries; expected the layout \(Z1, A1, W1, b1, "):
         course.backward_propagation_with_regularization(X, Y, cache[:11], 0.7)
     with pytest.raises(ValueError, match=r"cache has 12 entries; expected the layout \(Z1, D1, A1, W1, b1"):
         course.backward_propagation_with_dropout(X, Y, cache, 0.7)
@@ -372,7 +378,8 @@ def test_parameters_and_vectors():
     small = course.vector_to_dictionary(np.arange(13.0).reshape(-1, 1), layer_dims=[2, 3, 1])
     np.testing.assert_array_equal(small["W1"], np.arange(6.0).reshape(3, 2))
     np.testing.assert_array_equal(small["b2"], [[12.0]])
-    with pytest.raises(ShapeError, match=r"theta has shape \(46, 1\), expected \(47, 1\) for layer_dims \(4, 5, 3, 1\)"):
+    with pytest.raises(ShapeError, match=r"theta has shape \(46, 1\), expected \(47, 1\) for "
+                                         r"layer_dims \(4, 5, 3, 1\)"):
         course.vector_to_dictionary(theta[:46])
     with pytest.raises(ShapeError, match="gradients hold 44 values, parameters 47"):
         course.gradient_check_n(params, dict(grads, dW3=grads["dW3"][:, :0]), X, Y)
@@ -397,8 +404,9 @@ def test_update_parameters_with_gd_published():
 def test_learning_rate_decay_published():
     assert course.update_lr(0.5, 2, 1) == 0.16666666666666666
     assert course.update_lr(1, 2, 1) == pytest.approx(1 / 3, rel=1e-15)
-    for args, expected in [((0.5, 100, 1, 100), 0.25), ((0.5, 10, 1, 100), 0.5), ((0.3, 1000, 0.25, 100), 0.3 / 3.5),
-                           ((0.3, 100, 0.25, 100), 0.24), ((0.5, 10, 0.3, 100), 0.5), ((0.5, 100, 0.3, 100), 0.5 / 1.3),
+    for args, expected in [((0.5, 100, 1, 100), 0.25), ((0.5, 10, 1, 100), 0.5),
+                           ((0.3, 1000, 0.25, 100), 0.3 / 3.5), ((0.3, 100, 0.25, 100), 0.24),
+                           ((0.5, 10, 0.3, 100), 0.5), ((0.5, 100, 0.3, 100), 0.5 / 1.3),
                            ((0.5, 999, 1), 0.5), ((0.5, 2000, 1), 0.5 / 3)]:
         assert course.schedule_lr_decay(*args) == pytest.approx(expected, rel=1e-14), args
 
@@ -442,7 +450,8 @@ def oracle_two_layer(X, Y, n_h, learning_rate, iterations):
 
 def test_two_layer_model_trains_on_circles(capsys):
     X, Y = datasets.circles(m=200, seed=2)
-    params, costs = course.two_layer_model(X, Y, (2, 8, 1), learning_rate=2.0, num_iterations=801, print_cost=True)
+    params, costs = course.two_layer_model(X, Y, (2, 8, 1), learning_rate=2.0, num_iterations=801,
+                                           print_cost=True)
     expected = oracle_two_layer(X, Y, 8, 2.0, 801)
     for key, value in expected.items():
         np.testing.assert_allclose(params[key], value, rtol=1e-9, atol=1e-12, err_msg=key)
@@ -451,13 +460,15 @@ def test_two_layer_model_trains_on_circles(capsys):
     assert np.mean((AL > 0.5) == Y) >= 0.9
     assert all(type(c) is type(course.compute_cost(AL, Y)) and c.shape == () for c in costs)
     printed = capsys.readouterr().out.splitlines()
-    assert [line.split(":")[0] for line in printed] == [f"Cost after iteration {i}" for i in range(0, 801, 100)]
+    assert [line.split(":")[0] for line in printed] == [f"Cost after iteration {i}"
+                                                        for i in range(0, 801, 100)]
 
 
 def test_two_layer_model_keeps_float32():
     X, Y = datasets.moons(m=50, seed=4)
     p64, c64 = course.two_layer_model(X, Y, (2, 3, 1), learning_rate=0.3, num_iterations=101)
-    p32, c32 = course.two_layer_model(X.astype(np.float32), Y, (2, 3, 1), learning_rate=0.3, num_iterations=101)
+    p32, c32 = course.two_layer_model(X.astype(np.float32), Y, (2, 3, 1), learning_rate=0.3,
+                                      num_iterations=101)
     assert all(v.dtype == np.float32 for v in p32.values()) and all(c.dtype == np.float32 for c in c32)
     for key in p64:
         np.testing.assert_allclose(p32[key], p64[key], rtol=1e-4, atol=1e-5)
