@@ -481,8 +481,8 @@ def launch(source, name, grid, block, args, shared_bytes=0, *, schedule="forward
     args = tuple(args)
     codes = [_code(a) for a in args]
     if len(codes) != len(lib.signature):
-        raise TypeError(f"{name} takes {len(lib.signature)} arguments ({', '.join(_C_NAMES[c] for c in lib.signature)}), "
-                        f"got {len(codes)}")
+        wanted = ", ".join(_C_NAMES[c] for c in lib.signature)
+        raise TypeError(f"{name} takes {len(lib.signature)} arguments ({wanted}), got {len(codes)}")
     for k, (code, want, arg) in enumerate(zip(codes, lib.signature, args)):
         if code != want:
             raise TypeError(f"{name}: argument {k} is {_describe(code, arg)}, the kernel's parameter {k} "
@@ -500,8 +500,9 @@ def launch(source, name, grid, block, args, shared_bytes=0, *, schedule="forward
                                      int("__syncthreads" in source), int(schedule == "reverse"),
                                      ctypes.byref(fault))
             if status == 1:
-                raise MemoryError(f"{name}: out-of-bounds memory access at {fault.value:#x}, "
-                                  f"{guarded.culprit(fault.value or 0)}")
+                address = fault.value or 0
+                raise MemoryError(f"{name}: out-of-bounds memory access at {address:#x}, "
+                                  f"{guarded.culprit(address)}")
             if status == 2:
                 raise KernelError(f"{name}: barrier divergence: some threads of a block returned while "
                                   "others wait at __syncthreads")

@@ -5,6 +5,7 @@ to a cubin for sm_80 and sm_90, strictly: front-end warnings are errors (-Werror
 the one CuPy's RawKernel hands to NVRTC (recorded through CuPy's own compile path), with CuPy's options.
 No GPU is used."""
 import functools
+import re
 
 import pytest
 
@@ -17,6 +18,7 @@ pytestmark = pytest.mark.skipif(_nvrtc.unavailable_reason() is not None,
 DTYPES = ("float32", "float64")
 MAX_REGISTERS = 64            # 256-thread blocks keep full occupancy up to 64 registers per thread
 ELEMENTWISE = {"bias_activation", "bias_softmax", "optimizer_update", "add_scaled", "dropout_mask"}
+INTEGER_DIVISION = re.compile(r"\b(?:div|rem)\.[su](?:16|32|64)\b")     # dozens of instructions each
 REDUCING = {"delta_row_sum", "row_sum_partials", "output_elementwise", "output_softmax_ce", "sum_partials",
             "sum_squares"}
 
@@ -63,6 +65,7 @@ def test_every_kernel_compiles_without_spills_or_local_memory(dtype, arch):
         assert 0 < fig["registers"] <= MAX_REGISTERS, (where, fig)
         assert (fig["barriers"] > 0) == (kind in REDUCING), (where, fig)
         assert fig["smem"] <= 8192, (where, fig)
+        assert not INTEGER_DIVISION.search(r.ptx), (where, INTEGER_DIVISION.findall(r.ptx))
         if dtype == "float32" and kind in ELEMENTWISE:          # float32 math stays float32
             assert _nvrtc.f64_instructions(r.ptx) == 0, where
 
@@ -123,6 +126,12 @@ def test_strict_compile_rejects(what):
     with pytest.raises(_nvrtc.CompileError):
         _nvrtc.compile_source(BAD[what], "sm_80")
     _nvrtc.compile_source(BAD[what], "sm_80", strict=False)       # valid CUDA: only strictness rejects it
+
+
+def test_integer_division_is_seen_in_ptx():
+    r = _nvrtc.compile_source('extern "C" __global__ void k(long long* x, long long n) { x[0] = x[1] / n; }',
+                              "sm_80")
+    assert INTEGER_DIVISION.search(r.ptx)
 
 
 def test_resources_are_parsed_from_ptxas():

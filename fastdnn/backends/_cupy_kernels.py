@@ -12,8 +12,9 @@ Memory layout: arrays are C-contiguous; an (n, m) array has rows = units and col
 element (i, j) at ``i * m + j``; ``b``/``db`` (n, 1) are n contiguous values; parameters, gradients and
 optimizer state are flat (P,). 2-D kernels put x (the fast thread index) along the m columns, so a warp
 reads contiguous memory, and y along the rows; every loop is grid-stride, so any grid is correct and
-:func:`plan` caps grids. Offsets are 64-bit products ``(long long)i * m + j``: no 64-bit divide or
-remainder anywhere. Shapes must satisfy n, m < 2**30 (checked by :func:`plan`).
+:func:`plan` caps grids. Offsets are 64-bit products ``(long long)i * m + j``; grid-stride loops are
+not unrolled (FDNN_NO_UNROLL), so the PTX holds no integer divide or remainder at all (checked by
+tests/test_cupy_kernels_compile.py). Shapes must satisfy n, m < 2**30 (checked by :func:`plan`).
 
 Block sizes: every kernel is correct for ANY block shape (blockDim.z must be 1) of at most 1024
 threads; reductions use a fixed-order pairwise tree that works for any width, in a static
@@ -54,8 +55,10 @@ array: cost not finite -> it writes nothing at all; else halted != 0 -> it copie
 used state buffers s -> s_out; else the normal update. Launch ``mark_divergence`` after the step's
 update (either order works: the update checks the cost first).
 
-Note: CuPy compiles RawKernels with ``-ftz=true`` (float32 subnormals flush to zero on the GPU);
-the CPU check does not flush, so float32 results that pass through subnormals may differ there.
+Note: CuPy compiles RawKernels with ``-ftz=true`` (float32 subnormals flush to zero on the GPU) and
+NVRTC contracts a * b + c into FMAs by default; the CPU check (tests/cuda_on_cpu.py) does neither, so
+GPU results may differ from it in the last bits (the reductions' ORDER is the same: it is set by the
+launch geometry).
 """
 import math
 from collections import namedtuple
@@ -75,6 +78,14 @@ MAX_DIM = 2 ** 30             # n, m, sizes: int indices plus a grid stride cann
 KERNEL_PRELUDE = r"""#ifndef FDNN_KERNEL_PRELUDE
 #define FDNN_KERNEL_PRELUDE
 #define FDNN_MAX_THREADS 1024
+/* Grid-stride loops are not unrolled: unrolling makes each thread divide by the stride once to count
+   its iterations (a 64-bit divide for 64-bit indices), about the cost of the work itself when a
+   thread has one element. */
+#if defined(__CUDACC__)
+#define FDNN_NO_UNROLL _Pragma("unroll 1")
+#else
+#define FDNN_NO_UNROLL
+#endif
 /* Sum of v over the `width` lanes (any width >= 1) that share sh[base .. base + width), in a fixed
    pairwise order: lane k adds lane k + ceil(w / 2) while w > 1. Every thread of the block must call
    it (it holds barriers); the sum is returned in lane 0 (0.0 elsewhere). */
@@ -112,9 +123,9 @@ def _source(*parts):
     return PRELUDE + KERNEL_PRELUDE + "".join(parts)
 
 
-_ROWS = "for (int i = (int)(blockIdx.y * blockDim.y + threadIdx.y); i < n; i += (int)(gridDim.y * blockDim.y))"
-_COLS = "for (int j = (int)(blockIdx.x * blockDim.x + threadIdx.x); j < m; j += (int)(gridDim.x * blockDim.x))"
-_FLAT = ("for (long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x; p < {size}; "
+_ROWS = "FDNN_NO_UNROLL for (int i = (int)(blockIdx.y * blockDim.y + threadIdx.y); i < n; i += (int)(gridDim.y * blockDim.y))"
+_COLS = "FDNN_NO_UNROLL for (int j = (int)(blockIdx.x * blockDim.x + threadIdx.x); j < m; j += (int)(gridDim.x * blockDim.x))"
+_FLAT = ("FDNN_NO_UNROLL for (long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x; p < {size}; "
          "p += (long long)gridDim.x * blockDim.x)")
 _TID = "const unsigned int tid = threadIdx.y * blockDim.x + threadIdx.x;"
 
@@ -189,7 +200,7 @@ def delta_row_sum(activation, dtype):
 extern "C" __global__ void {name}({T}* dA, const {T}* Z, const {T}* A, {T}* db, double* partials,
                                   int n, int m) {{
     __shared__ double sh[FDNN_MAX_THREADS];
-    for (int i0 = (int)(blockIdx.y * blockDim.y); i0 < n; i0 += (int)(gridDim.y * blockDim.y)) {{
+    FDNN_NO_UNROLL for (int i0 = (int)(blockIdx.y * blockDim.y); i0 < n; i0 += (int)(gridDim.y * blockDim.y)) {{
         const int i = i0 + (int)threadIdx.y;
         double sum = 0.0;
         if (i < n) {{
@@ -220,11 +231,11 @@ def row_sum_partials(dtype):
     return _source(f"""
 extern "C" __global__ void {name}(const double* partials, {T}* db, int n, int count) {{
     __shared__ double sh[FDNN_MAX_THREADS];
-    for (int i0 = (int)(blockIdx.y * blockDim.y); i0 < n; i0 += (int)(gridDim.y * blockDim.y)) {{
+    FDNN_NO_UNROLL for (int i0 = (int)(blockIdx.y * blockDim.y); i0 < n; i0 += (int)(gridDim.y * blockDim.y)) {{
         const int i = i0 + (int)threadIdx.y;
         double sum = 0.0;
         if (i < n) {{
-            for (int c = (int)threadIdx.x; c < count; c += (int)blockDim.x) {{
+            FDNN_NO_UNROLL for (int c = (int)threadIdx.x; c < count; c += (int)blockDim.x) {{
                 sum += partials[(long long)i * count + c];
             }}
         }}
@@ -341,7 +352,7 @@ extern "C" __global__ void {name}(const double* partials, int count, {T} scale, 
     {_TID}
     const unsigned int threads = blockDim.x * blockDim.y;
     double sum = 0.0;
-    for (int k = (int)tid; k < count; k += (int)threads) {{
+    FDNN_NO_UNROLL for (int k = (int)tid; k < count; k += (int)threads) {{
         sum += partials[k];
     }}
     sum = fdnn_tree_sum(sh, sum, tid, threads, 0u);
