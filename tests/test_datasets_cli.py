@@ -1,7 +1,4 @@
-"""Generated data sets and the fastdnn command."""
-import subprocess
-import sys
-
+"""Generated data sets, and the README's test command (the command line itself: test_cli.py)."""
 import numpy as np
 import pytest
 
@@ -30,28 +27,6 @@ def test_bad_sizes():
         datasets.circles(factor=2)
 
 
-def run(*args):
-    return subprocess.run([sys.executable, "-m", "fastdnn", *args], capture_output=True, text=True,
-                          timeout=120)
-
-
-def test_demo_prints_device_costs_and_accuracy():
-    out = run("demo", "--iterations", "300", "--no-bench")
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
-    assert "backend" in lines[1] and "on cpu" in lines[1]
-    costs = [float(line.split("cost")[1].split()[0]) for line in lines if "cost" in line]
-    assert len(costs) >= 5 and costs[-1] < costs[0]
-    assert "training accuracy" in lines[-1]
-
-
-def test_backends_command_and_bad_arguments():
-    out = run("backends")
-    assert out.returncode == 0 and "numpy" in out.stdout and "device='cuda' ->" in out.stdout
-    bad = run("demo", "--dataset", "mnist")
-    assert bad.returncode == 2 and "invalid choice: 'mnist'" in bad.stderr
-
-
 def test_ci_runs_the_readme_test_command():
     import os
     root = os.path.join(os.path.dirname(__file__), "..")
@@ -59,17 +34,3 @@ def test_ci_runs_the_readme_test_command():
     commands = [line for line in readme.splitlines() if line.startswith("python3 -m venv")]
     assert len(commands) == 2 and commands[0].endswith("fastdnn demo")
     assert commands[1] in open(os.path.join(root, ".ci", "run")).read().splitlines()
-
-
-def test_train_command_saves_the_model_and_the_cost_curve(tmp_path):
-    out = run("train", "--dataset", "moons", "--epochs", "30", "--learning-rate", "0.01", "--beta1", "0.8",
-              "--save", str(tmp_path / "m.npz"), "--plot", str(tmp_path / "c.png"), "--verbose", "0")
-    assert out.returncode == 0, out.stderr
-    assert "backend" in out.stdout and "training accuracy" in out.stdout
-    import fastdnn
-    net = fastdnn.load(str(tmp_path / "m.npz"))
-    assert net.layer_dims == [2, 5, 2, 1] and net.optimizer.name == "adam" and net.epoch == 30
-    assert net.optimizer.beta1 == 0.8
-    bad = run("train", "--optimizer", "gd", "--beta1", "0.8")
-    assert bad.returncode != 0 and "takes none of --beta1" in bad.stderr
-    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
