@@ -238,4 +238,4 @@ def test_cli_train_under_mpiexec_is_data_parallel(tmp_path):
                           env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("data-parallel over 2 MPI ranks") == 1 and proc.stdout.count("saved") == 1
-    assert fastdnn.load(model).layer_dims == [2, 5, 2, 1]
+    assert fastdnn.load(model).layer_dims == [2, 8, 8, 1]

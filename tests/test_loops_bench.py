@@ -93,7 +93,7 @@ def test_gpu_benchmark_stops_with_a_clear_message_without_a_gpu():
     out = subprocess.run([sys.executable, "-m", "fastdnn", "bench", "--gpu", "--config", "tiny"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and out.stdout == ""
-    assert out.stderr.startswith("fastdnn bench --gpu: no CUDA device: cupy: ")
+    assert out.stderr.startswith("fastdnn bench: error: --gpu: no CUDA device: cupy: ")
 
 
 def test_gpu_on_paper_table_covers_every_configuration():
