@@ -23,7 +23,10 @@ def as_float_array(backend, x, name, dtype):
     kind = np.dtype(x.dtype).kind
     if kind not in "biuf":
         raise TypeError(f"{name} must hold numbers; got dtype {x.dtype}")
-    return backend.asarray(x, dtype=dtype)
+    x = backend.asarray(x, dtype=dtype)
+    if not (x.flags.c_contiguous or x.flags.f_contiguous):   # reversed, broadcast, overlapping, sliced:
+        x = backend.xp.ascontiguousarray(x)                  # a layout BLAS cannot take
+    return x
 
 
 def check_finite(backend, x, name):
@@ -72,7 +75,7 @@ def labels(backend, Y, loss, n_L, m, L, activation, dtype):
     if loss.name == "ce" and (Yh.min() < 0 or Yh.max() > 1):
         raise ValueError("Y for loss 'ce' must be one-hot (or probabilities) of shape "
                          f"({n_L}, m), or integer class ids of shape (m,) or (1, m)")
-    return backend.asarray(Yh, dtype=dtype)
+    return backend.asarray(np.ascontiguousarray(Yh), dtype=dtype)
 
 
 def parameter_shapes(parameters, activations=None):

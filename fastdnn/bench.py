@@ -96,7 +96,7 @@ def network_step(config, dtype, backend, update=True):
 
     if update:
         def run():
-            engine.train_step(Xd, Yd, 1e-3, 0, check=True)
+            engine.train_step(Xd, Yd, 1e-3, check=True)
             sync()
     else:
         fused = net.backend.fused_step(net.activations, net.loss, net.layer_dims, Xd.shape[1], net.dtype, None)

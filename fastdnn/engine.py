@@ -10,9 +10,9 @@ the engine; io, training, distributed, gradcheck and the benchmarks use this int
   Engine(backend, layer_dims, activations, loss, dtype, parameters)
   .theta, .states, .gradient_buffer      current flat θ, optimizer state buffers, [dθ, J]
   .parameters() / .set_parameters(d)      host dict {'W1': ..., 'b1': ...} out / in
-  .set_optimizer(spec), .regularize(l2, keep_prob), .t, .iteration, .epoch, .rng
+  .set_optimizer(spec), .regularize(l2, keep_prob), .t, .iteration, .epoch, .rng, .seed
   .forward(X), .cost(X, Y), .gradients(X, Y), .backprop(X, Y)          prepared backend arrays
-  .train_step(X, Y, α, check, m_total=None), .train_epoch(...), .evaluate(X, Y, ws)
+  .begin_call(), .train_step(X, Y, α, check), .train_epoch(...), .end_call(), .evaluate(X, Y, ws)
   .workspace(m), .evaluation_workspace(m), .to(backend), .set_parallel(dp) / .parallel
 """
 import math
@@ -42,9 +42,19 @@ class Workspace:
                                    for flat in (self.Zf, self.Af, self.dAf))
 
 
+# Columns of the per-slot counters: the optimizer's step t, the network's iteration, its epoch.
+T, ITERATION, EPOCH = 0, 1, 2
+
+
 class Engine:
     """Flat θ / dθ / optimizer-state buffers, workspaces, and forward / backward / update for an
-    L-layer network [n0, ..., nL] on one backend (see the module docstring)."""
+    L-layer network [n0, ..., nL] on one backend (see the module docstring).
+
+    Two slots each hold a θ, the optimizer's state and their counters (t, iteration, epoch). A step
+    reads the current slot and writes the other one, then makes it current with one store; so a step
+    that fails, diverges or is interrupted leaves the current slot, and with it the network, whole and
+    consistent, and the other slot holds the previous step's parameters for a divergence to go back to
+    (only within one call: ``begin_call``)."""
 
     def __init__(self, backend, layer_dims, activations, loss, dtype, parameters, seed=None):
         self.backend, self.layer_dims = backend, list(layer_dims)
@@ -52,10 +62,12 @@ class Engine:
         self.L = len(self.layer_dims) - 1
         self.optimizer = GradientDescent()
         self.l2, self.keep_prob = 0.0, (1.0,) * (self.L - 1)
+        self.seed = seed            # the default seed of the mini-batch order
         self.rng = np.random.default_rng(seed)      # dropout masks
-        self.iteration = 0          # optimizer steps taken
-        self.epoch = 0              # mini-batch epochs completed (each epoch's order depends on it)
         self.parallel = None        # a distributed.DataParallel while fit(comm=...) runs
+        self._counters = np.zeros((2, 3), np.int64)     # per slot: t, iteration, epoch
+        self._current = np.zeros(1, np.int64)           # the current slot, 0 or 1
+        self._call_start = 0
         self._workspaces = {}
         self.set_parameters(parameters)
 
@@ -68,7 +80,7 @@ class Engine:
 
     def set_parameters(self, parameters):
         """θ from host or device arrays {'W1': (n1, n0), 'b1': (n1, 1) or (n1,), ...} (checked finite);
-        the optimizer's state starts again at zero."""
+        the optimizer's state starts again at zero, the iteration and epoch counts stay."""
         chunks = []
         for l in range(1, self.L + 1):
             for name in (f"W{l}", f"b{l}"):
@@ -78,31 +90,62 @@ class Engine:
                     raise ValueError(f"{name} must be finite numbers")
                 chunks.append(host.reshape(-1))
         flat = self.backend.asarray(np.concatenate(chunks), dtype=self.dtype)
-        self._slots = [(flat, self._views(flat))]
         spare = self.backend.empty(flat.shape, self.dtype)
         spare[...] = flat
-        self._slots.append((spare, self._views(spare)))
+        c = self._slot()
+        self._thetas = [flat, spare] if c == 0 else [spare, flat]
+        self._layers = [self._views(theta) for theta in self._thetas]
         # dθ, and one more entry for the cost: data-parallel training sums both in one all-reduce
         self.gradient_buffer = self.backend.zeros((flat.shape[0] + 1,), self.dtype)
         self._dtheta = self.gradient_buffer[:-1]
         self._grads = self._views(self._dtheta)
-        self._has_previous = False
         self.set_optimizer(self.optimizer, reset=True)
+
+    def _slot(self):
+        return int(self._current[0])
 
     @property
     def theta(self):
         """The current flat θ (P,) on the backend."""
-        return self._slots[0][0]
+        return self._thetas[self._slot()]
 
     @property
     def layers(self):
         """[(W1, b1), ..., (WL, bL)]: views of the current θ."""
-        return self._slots[0][1]
+        return self._layers[self._slot()]
+
+    @property
+    def states(self):
+        """The optimizer's current state buffers [(P,), ...] (velocity, squares)."""
+        return self._states[self._slot()]
 
     @property
     def dtheta(self):
         """The flat gradient buffer dθ (P,) of the last backprop."""
         return self._dtheta
+
+    def _counter(column, doc):
+        def get(self):
+            return int(self._counters[self._slot(), column])
+
+        def put(self, value):
+            self._counters[self._slot(), column] = value
+            self._forget_previous()
+        return property(get, put, doc=doc)
+
+    t = _counter(T, "Steps taken by the current optimizer (its bias corrections count them).")
+    iteration = _counter(ITERATION, "Optimizer steps taken, over every call.")
+    epoch = _counter(EPOCH, "Mini-batch epochs completed (each epoch's order depends on it).")
+    del _counter
+
+    def _forget_previous(self):
+        """The other slot no longer holds the previous step (the current one was changed otherwise)."""
+        self._counters[1 - self._slot(), ITERATION] = -1
+
+    def restore_theta(self, theta):
+        """θ = a copy taken earlier (early stopping's best); the optimizer state stays."""
+        self.theta[...] = theta
+        self._forget_previous()
 
     def parameters(self):
         """Host NumPy copies {'W1': (n1, n0), 'b1': (n1, 1), ...} in the network's dtype."""
@@ -114,8 +157,10 @@ class Engine:
         optimizer = get_optimizer(spec)
         if reset or optimizer != self.optimizer:
             P = self._dtheta.shape
-            self.states = [self.backend.zeros(P, self.dtype) for _ in range(optimizer.n_state)]
-            self.t = 0
+            self._states = [[self.backend.zeros(P, self.dtype) for _ in range(optimizer.n_state)]
+                            for _ in range(2)]
+            self._counters[self._slot(), T] = 0
+            self._forget_previous()
             self._workspaces = {}
         self.optimizer = optimizer
 
@@ -134,7 +179,9 @@ class Engine:
         self.backend = backend
         self._workspaces = {}
         self.set_parameters(parameters)
-        self.states, self.t = [backend.asarray(s) for s in states], t
+        for s, host in zip(self.states, states):
+            s[...] = backend.asarray(host)
+        self._counters[self._slot(), T] = t
 
     # --- workspaces --------------------------------------------------------------------------
     def workspace(self, m):
@@ -236,24 +283,28 @@ class Engine:
         update (``fused``: a backend whole-step callable built without an optimizer, or None)."""
         ws = self.workspace(X.shape[1])
         if fused is not None:
-            theta, theta_out = self._slots[0][0], self._slots[1][0]
-            return fused(X, Y, theta, theta_out, self._dtheta, ws.Zf, ws.Af, ws.dAf, 0.0)
+            c = self._slot()
+            return fused(X, Y, self._thetas[c], self._thetas[1 - c], self._dtheta, ws.Zf, ws.Af, ws.dAf, 0.0)
         cost = self._forward_cost_delta(X, Y, ws, train=True)
         self._backward(X, ws, train=True)
         return cost
 
     # --- training ------------------------------------------------------------------------------
-    def train_step(self, X, Y, learning_rate, iteration, check, m_total=None):
-        """One step θ_out = optimizer(θ, dθ), then the two parameter buffers swap roles.
-        With check (always for a fused or data-parallel step), a non-finite cost stops before the
-        update. Data-parallel: X holds this rank's m of the batch's m_total examples (default: all
-        the ranks' examples), and dθ and J become the sums over the ranks of (m/m_total)·dθ, J."""
+    def begin_call(self):
+        """A public call (fit, step) starts: a divergence in it goes back at most to here."""
+        self._call_start = self.iteration
+
+    def train_step(self, X, Y, learning_rate, check=True, m_total=None):
+        """One step (θ', state') = optimizer(θ, dθ, state) into the other slot, which then becomes
+        current. With check (always for a fused or data-parallel step), a non-finite cost stops
+        before the update (TrainingDivergedError). Data-parallel: X holds this rank's m of the batch's
+        m_total examples (default: all the ranks' examples), and dθ and J become the sums over the
+        ranks of (m/m_total)·dθ, J."""
         ws = self.workspace(X.shape[1])
-        theta, theta_out = self._slots[0][0], self._slots[1][0]
-        updated = False
+        c = self._slot()
+        theta, theta_out = self._thetas[c], self._thetas[1 - c]
         if ws.fused is not None:      # the whole step in one call; no update on a non-finite cost
             cost = ws.fused(X, Y, theta, theta_out, self._dtheta, ws.Zf, ws.Af, ws.dAf, learning_rate)
-            updated = ws.fused.updates
         else:
             cost = self._forward_cost_delta(X, Y, ws, train=True)
             self._backward(X, ws, train=True)
@@ -264,39 +315,61 @@ class Engine:
         cost = self._add_l2(cost, m)
         if check or ws.fused is not None or self.parallel is not None:
             cost = self.backend.scalar(cost)   # read back once; the caller reuses the float
-            self._check_finite(cost, iteration)
-        if not updated:
-            self._update(learning_rate)
-        self.t += 1
-        self._slots.reverse()
-        self._has_previous = True
-        self.iteration += 1
+            if not math.isfinite(cost):
+                self._diverged(cost)
+        if ws.fused is None or not ws.fused.updates:
+            self.backend.update(self.optimizer, theta, self._dtheta, self._states[c], learning_rate,
+                                self._counters[c, T] + 1, theta_out, self._states[1 - c])
+        self._commit(c)
         return cost
 
-    def _update(self, learning_rate):
-        """θ_out from θ, dθ and the optimizer state, at optimizer step t = 1, 2, ..."""
-        self.backend.update(self.optimizer, self._slots[0][0], self._dtheta, self.states, learning_rate,
-                            self.t + 1, out=self._slots[1][0])
+    def _commit(self, c):
+        """Make the other slot current after a step from slot c (its counters first, then one store)."""
+        s = 1 - c
+        self._counters[s] = self._counters[c]
+        self._counters[s, T] += 1
+        self._counters[s, ITERATION] += 1
+        self._current[0] = s
 
-    def _check_finite(self, cost, iteration):
-        """Raise TrainingDivergedError for a non-finite cost, restoring the previous parameters
-        (whose cost was finite) when there are any."""
-        if math.isfinite(cost):
-            return
+    def _restorable(self):
+        """Whether the other slot holds the previous step of this call."""
+        c = self._slot()
+        previous = self._counters[1 - c, ITERATION]
+        return previous == self._counters[c, ITERATION] - 1 and previous >= self._call_start
+
+    def _diverged(self, cost):
+        """Raise TrainingDivergedError for a non-finite cost at the current iteration, going back to the
+        previous step's slot (whose cost was finite) when it belongs to this call."""
+        iteration, epoch = self.iteration, self.epoch
         restored = None
-        if self._has_previous:
-            self._slots.reverse()
-            self._has_previous, restored = False, iteration - 1
-        raise TrainingDivergedError(iteration, cost, restored)
+        if self._restorable():
+            self._current[0] = 1 - self._slot()
+            restored = self.iteration
+        raise TrainingDivergedError(iteration, cost, restored, epoch)
+
+    def end_call(self):
+        """A call ends: its last step's θ, whose cost nobody computed, must be finite (NaN-propagating
+        min and max, no temporary); if not, go back to the step before (TrainingDivergedError)."""
+        theta = self.theta
+        if math.isfinite(self.backend.scalar(theta.min())) and math.isfinite(self.backend.scalar(theta.max())):
+            return
+        self._diverged(math.nan)
 
     def checks_every_step(self):
         """Whether a training step reads its cost back to check it (not on GPUs: no host sync)."""
         return not self.backend.device.startswith("cuda")
 
-    def train_epoch(self, Xd, Yd, learning_rate, batch_size, shuffle, seed, buffers):
-        """One pass over the examples in mini-batches gathered into preallocated contiguous buffers
-        (so the steps allocate nothing); returns the epoch's mean cost (0-d, on the backend)."""
-        xp, m, dp = self.backend.xp, Xd.shape[1], self.parallel
+    def example_major(self, Xd, Yd):
+        """(X (m, n0), Y (m, nL)) C-contiguous copies with one example per row: a mini-batch of random
+        examples is then a gather of whole rows (contiguous), not of scattered columns."""
+        xp = self.backend.xp
+        return xp.ascontiguousarray(Xd.T), xp.ascontiguousarray(Yd.T)
+
+    def train_epoch(self, XT, YT, learning_rate, batch_size, shuffle, seed, buffers):
+        """One pass over the examples (XT (m, n0), YT (m, nL): example-major, see ``example_major``) in
+        mini-batches gathered into preallocated buffers (so the steps allocate nothing); returns the
+        epoch's mean cost (0-d, on the backend)."""
+        m, dp = XT.shape[0], self.parallel
         key = [seed, self.epoch] + ([dp.rank] if dp is not None and dp.rank else [])   # rank 0: as one process
         order = np.random.RandomState(key).permutation(m) if shuffle else np.arange(m)
         order = self.backend.asarray(order)
@@ -304,18 +377,20 @@ class Engine:
         shards, rank = ([m], 0) if dp is None else (dp.shard_sizes, dp.rank)
         m_all = sum(shards)
         for start, stop, m_batch in batches(shards, rank, batch_size or m_all):
-            index = order[start:stop]
-            size = index.shape[0]
+            size = stop - start
             if size not in buffers:
-                buffers[size] = (self.backend.empty((Xd.shape[0], size), self.dtype),
-                                 self.backend.empty((Yd.shape[0], size), self.dtype))
-            Xb, Yb = buffers[size]
-            xp.take(Xd, index, axis=1, out=Xb, mode="clip")    # mode="raise" would buffer
-            xp.take(Yd, index, axis=1, out=Yb, mode="clip")
-            cost = self.train_step(Xb, Yb, learning_rate, self.iteration, check=self.checks_every_step(),
+                buffers[size] = (self.backend.empty((size, XT.shape[1]), self.dtype),
+                                 self.backend.empty((size, YT.shape[1]), self.dtype),
+                                 self.backend.empty((YT.shape[1], size), self.dtype))
+            XbT, YbT, Yb = buffers[size]
+            index = order[start:stop]
+            self.backend.gather_rows(XT, index, XbT)
+            self.backend.gather_rows(YT, index, YbT)
+            Yb[...] = YbT.T
+            cost = self.train_step(XbT.T, Yb, learning_rate, check=self.checks_every_step(),
                                    m_total=m_batch)
             total = total + cost * (m_batch / m_all)
-        self.epoch += 1
+        self._counters[self._slot(), EPOCH] += 1
         return total
 
     def evaluate(self, Xd, Yd, ws):

@@ -14,16 +14,22 @@ class BackendUnavailableError(FastDNNError, RuntimeError):
 
 
 class TrainingDivergedError(FastDNNError, FloatingPointError):
-    """The cost became NaN or infinite; the network keeps the last parameters with a finite cost."""
+    """The cost became NaN or infinite (or a call's last step made the parameters so). ``iteration``
+    is the network's iteration count at that step (over all calls, as ``net.iteration``), ``epoch``
+    its epoch count. The network goes back to the step before, with its optimizer state and counters
+    (``restored_iteration``), when that step was taken in the same call; otherwise (``None``: the
+    call's first step) it is left exactly as it was before the call. ``history``: the records of the
+    call so far (set by ``fit``)."""
 
-    def __init__(self, iteration, cost, restored_iteration=None):
-        self.iteration = iteration
-        self.cost = cost
+    def __init__(self, iteration, cost, restored_iteration=None, epoch=None):
+        self.iteration, self.cost, self.epoch = iteration, cost, epoch
         self.restored_iteration = restored_iteration
-        kept = ("the initial parameters" if restored_iteration is None
-                else f"the parameters of iteration {restored_iteration}")
-        super().__init__(f"cost became {cost} at iteration {iteration}; the network keeps {kept} "
-                         "(last finite cost). Try a smaller learning rate or check the input scale.")
+        self.history = None
+        kept = ("is unchanged (the step was the first of this call)" if restored_iteration is None
+                else f"keeps the parameters of iteration {restored_iteration}, the last with a finite cost")
+        where = f"iteration {iteration}" + (f" (epoch {epoch})" if epoch else "")
+        super().__init__(f"cost became {cost} at {where}; the network {kept}. "
+                         "Try a smaller learning rate or check the input scale.")
 
 
 class DistributedError(FastDNNError, RuntimeError):

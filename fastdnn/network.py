@@ -15,6 +15,7 @@ from .distributed import DataParallel
 from .engine import Engine
 from .initializers import initialize
 from .losses import get_loss
+from .optimizers import get_optimizer
 from .schedules import get_schedule
 from .training import TrainingLoop
 
@@ -62,6 +63,8 @@ class Network:
         self.activations = _layer_activations(hidden_activation, output_activation, self.L)
         self.loss = get_loss(loss, self.activations[-1])
         self.dtype = _check_dtype(dtype)
+        # a seed is always drawn and kept, so every run (init, dropout, mini-batch order) can be repeated
+        seed = int(np.random.SeedSequence().generate_state(1)[0]) if seed is None else _check_seed(seed)
         backend = get_backend(device, _stacklevel=3)
         if isinstance(init, dict):
             dims = _checks.parameter_shapes(init, self.activations)
@@ -73,6 +76,7 @@ class Network:
         self.engine = Engine(backend, self.layer_dims, self.activations, self.loss, self.dtype, parameters,
                              seed)
         self.regularize(l2, keep_prob)
+        self.history = None         # the History of the last fit, filled as it runs
 
     @classmethod
     def from_parameters(cls, parameters, hidden_activation="relu", output_activation=None, loss=None,
@@ -112,6 +116,12 @@ class Network:
         return self.engine.keep_prob
 
     @property
+    def seed(self):
+        """The network's seed (drawn when none was given): initial parameters, dropout masks and the
+        default mini-batch order all follow from it."""
+        return self.engine.seed
+
+    @property
     def iteration(self):
         """Optimizer steps taken so far (over every fit/step call)."""
         return self.engine.iteration
@@ -128,19 +138,29 @@ class Network:
 
     def regularize(self, l2=None, keep_prob=None):
         """Set L2 (J += λ/(2m) Σ ||W[l]||², dW[l] += (λ/m) W[l]) and inverted dropout on the hidden
-        layers during training (keep_prob: one value, or one per hidden layer; 1 = off)."""
-        if l2 is not None:
-            l2 = float(l2)
+        layers during training (keep_prob: one value, or one per hidden layer; 1 = off). None keeps
+        the current value."""
+        self.engine.regularize(*self._regularization(l2, keep_prob))
+        return self
+
+    def _regularization(self, l2, keep_prob):
+        """(l2, keep_prob per hidden layer) checked, None meaning the current ones; changes nothing."""
+        if l2 is None:
+            l2 = self.l2
+        else:
+            l2 = _number("l2", l2)
             if not (math.isfinite(l2) and l2 >= 0):
                 raise ValueError(f"l2 must be a finite number >= 0; got {l2}")
-        if keep_prob is not None:
-            probs = list(keep_prob) if isinstance(keep_prob, (list, tuple)) else [keep_prob] * (self.L - 1)
-            if len(probs) != self.L - 1 or not all(0 < float(p) <= 1 for p in probs):
-                raise ValueError(f"keep_prob must be in (0, 1], one value or one per hidden layer "
-                                 f"({self.L - 1}); got {keep_prob}")
-            keep_prob = tuple(float(p) for p in probs)
-        self.engine.regularize(self.l2 if l2 is None else l2, self.keep_prob if keep_prob is None else keep_prob)
-        return self
+        if keep_prob is None:
+            return l2, self.keep_prob
+        probs = list(keep_prob) if isinstance(keep_prob, (list, tuple)) else [keep_prob] * (self.L - 1)
+        if self.L == 1 and not all(_number("keep_prob", p) == 1 for p in probs):
+            raise ValueError(f"keep_prob={keep_prob} has no hidden layer to drop units from "
+                             f"(layer_dims {self.layer_dims})")
+        if len(probs) != self.L - 1 or not all(0 < _number("keep_prob", p) <= 1 for p in probs):
+            raise ValueError(f"keep_prob must be in (0, 1], one value or one per hidden layer "
+                             f"({self.L - 1}); got {keep_prob}")
+        return l2, tuple(float(p) for p in probs)
 
     def to(self, device):
         """Move the parameters and the optimizer state to another device or backend (in place);
@@ -201,12 +221,16 @@ class Network:
 
     def step(self, X, Y, learning_rate=None, optimizer=None):
         """One optimizer step on (X, Y) (plain gradient descent W[l] -= α dW[l] by default);
-        returns J before the step."""
-        if optimizer is not None:
-            self.engine.set_optimizer(optimizer)
+        returns J before the step. A step that raises leaves the network as it was."""
+        new_optimizer = None if optimizer is None else get_optimizer(optimizer)
+        learning_rate = self._rate(learning_rate, new_optimizer)
         Xd, Yd = self.prepare(X, Y)
-        return self.backend.scalar(self.engine.train_step(Xd, Yd, self._rate(learning_rate), self.iteration,
-                                                          check=True))
+        if new_optimizer is not None:
+            self.engine.set_optimizer(new_optimizer)
+        self.engine.begin_call()
+        cost = self.backend.scalar(self.engine.train_step(Xd, Yd, learning_rate))
+        self.engine.end_call()
+        return cost
 
     def fit(self, X, Y, *, learning_rate=None, iterations=None, epochs=None, batch_size=None,
             shuffle=True, seed=None, optimizer=None, l2=None, keep_prob=None, schedule=None,
@@ -216,13 +240,17 @@ class Network:
         Full batch (the course's first part): ``iterations`` steps (default 3000); the History has J at
         every ``report_every``-th iteration (default 100) and the last, each J taken before its step.
         Mini-batches (its second part): ``epochs`` passes over the examples in a random order
-        (``shuffle``) drawn from (``seed``, the network's epoch count), so a resumed run continues the
-        same sequence; ``batch_size`` at a time (default: all), the last batch smaller when m does not
-        divide; the History has each ``report_every``-th epoch (default 1) and the last, with the
-        epoch's mean cost.
+        (``shuffle``) drawn from (``seed``, default the network's, and the network's epoch count), so a
+        resumed run continues the same sequence; ``batch_size`` at a time (default: all), the last
+        batch smaller when m does not divide; the History has each ``report_every``-th epoch (default
+        1) and the last, with the epoch's mean cost.
         ``optimizer``: a name or a fastdnn.optimizers object; its state carries over between calls
         while it stays the same. ``learning_rate`` defaults to the optimizer's, else 0.0075;
-        ``schedule`` (a name or callable from fastdnn.schedules) changes it every epoch/iteration.
+        ``schedule`` (a name or callable from fastdnn.schedules) changes it every epoch/iteration,
+        counting the network's epochs/iterations, so N then M of them equal N + M in one call.
+        A fit that raises before training changed nothing; one that diverges raises
+        TrainingDivergedError (see there) and never leaves non-finite parameters; an interrupted one
+        leaves the network consistent (its last whole step) and ``net.history`` with what it recorded.
         ``l2``, ``keep_prob``: as in ``regularize`` (kept for later calls).
         ``validation_data=(X_val, Y_val)`` adds the validation cost and accuracy to every record;
         with ``patience``, training stops after that many records without a better validation cost
@@ -237,28 +265,28 @@ class Network:
                        keep_prob=keep_prob, schedule=schedule, validation_data=validation_data,
                        patience=patience, report_every=report_every, verbose=verbose)
         if comm is None:
-            return self._training_loop(X, Y, **options).run()
+            loop = self._training_loop(X, Y, **options)
+            self.history = loop.history
+            return loop.run()
         dp = DataParallel(comm, self.engine)
         if dp.rank:
             options["verbose"] = 0
         loop = dp.agree(lambda: self._training_loop(X, Y, **options))
-        dp.start(loop.Xd.shape[1], loop.plan())
+        self.history = loop.history
+        dp.start(loop.m, loop.plan())
         loop.seed = comm.bcast(loop.seed, root=0)
         return dp.run(loop)
 
     def _training_loop(self, X, Y, *, learning_rate, iterations, epochs, batch_size, shuffle, seed,
                        optimizer, l2, keep_prob, schedule, validation_data, patience, report_every,
                        verbose):
-        """fit's arguments checked, its data prepared, its settings applied: a TrainingLoop."""
-        if optimizer is not None:
-            self.engine.set_optimizer(optimizer)
-        if l2 is not None or keep_prob is not None:
-            self.regularize(l2, keep_prob)
-        learning_rate = self._rate(learning_rate)
-        Xd, Yd = self.prepare(X, Y)
-        validation = self.prepare(*validation_data) if validation_data is not None else None
-        if patience is not None and (validation is None or _count("patience", patience) < 1):
-            raise ValueError("patience needs validation_data=(X_val, Y_val)")
+        """fit's arguments checked and its data prepared, then (only then) its settings applied: a
+        TrainingLoop."""
+        new_optimizer = None if optimizer is None else get_optimizer(optimizer)
+        l2, keep_prob = self._regularization(l2, keep_prob)
+        learning_rate = self._rate(learning_rate, new_optimizer)
+        schedule = get_schedule(schedule)
+        seed = None if seed is None else _check_seed(seed)
         if epochs is None:
             if batch_size is not None:
                 raise ValueError("batch_size needs epochs=...; iterations are full-batch steps")
@@ -268,13 +296,25 @@ class Network:
                 raise ValueError("give iterations (full-batch steps) or epochs, not both")
             count, unit, every = _count("epochs", epochs), "epoch", 1
             batch_size = None if batch_size is None else _count("batch_size", batch_size)   # None: all
+        report_every = _count("report_every", _default(report_every, every))
+        if patience is not None and (validation_data is None or _count("patience", patience) < 1):
+            raise ValueError("patience needs validation_data=(X_val, Y_val)")
+        if validation_data is not None and not (isinstance(validation_data, (tuple, list))
+                                                and len(validation_data) == 2):
+            raise TypeError("validation_data must be a pair (X_val, Y_val); got "
+                            f"{type(validation_data).__name__}")
+        Xd, Yd = self.prepare(X, Y)
+        validation = self.prepare(*validation_data) if validation_data is not None else None
+        if new_optimizer is not None:
+            self.engine.set_optimizer(new_optimizer)
+        self.engine.regularize(l2, keep_prob)
         return TrainingLoop(self.engine, Xd, Yd, unit, batch_size, shuffle, seed, count, learning_rate,
-                            get_schedule(schedule), validation, patience,
-                            _count("report_every", _default(report_every, every)), verbose)
+                            schedule, validation, patience, report_every, verbose)
 
-    def _rate(self, learning_rate):
-        return _check_rate(learning_rate if learning_rate is not None
-                           else self.optimizer.learning_rate or 0.0075)
+    def _rate(self, learning_rate, optimizer=None):
+        """α: the one given, else the optimizer's (the new one, if any), else 0.0075; checked."""
+        optimizer = optimizer or self.optimizer
+        return _check_rate(learning_rate if learning_rate is not None else optimizer.learning_rate or 0.0075)
 
     def predict(self, X):
         """Class predictions: (A > 0.5) as 0/1 (nL, m) for sigmoid, argmax ids (1, m) for softmax;
@@ -312,8 +352,22 @@ def _count(name, value):
     return int(value)
 
 
+def _number(name, value):
+    """value as a float, or TypeError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number; got {value!r}")
+    return float(value)
+
+
+def _check_seed(seed):
+    """A seed: an integer in [0, 2**32), as NumPy's generators take."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32); got {seed!r}")
+    return int(seed)
+
+
 def _check_rate(learning_rate):
-    lr = float(learning_rate)
+    lr = _number("learning_rate", learning_rate)
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"learning_rate must be a finite number > 0; got {learning_rate}")
     return lr

@@ -1,10 +1,11 @@
-"""Optimizers: θ_out = update(θ, dθ, state) over the flat parameter buffer, as in the course.
+"""Optimizers: (θ', state') = update(θ, dθ, state) over the flat parameter buffer, as in the course.
 
 Each optimizer is written twice from the same formulas: ``update(xp, ...)`` vectorized for an array
 namespace, and ``scalar(ftype)`` — one parameter's update in ``math``-only code for fused kernels,
 ``(θ, g, s1, s2, α, c1, c2) -> (θ', s1', s2')`` with the bias corrections c1 = 1/(1-β1^t),
 c2 = 1/(1-β2^t) computed once per step. ``n_state`` flat state buffers (velocity, squares) live on the
-backend next to the parameters.
+backend next to the parameters. Updates are out of place: θ' and state' go to other buffers than θ and
+state, so a step that fails or is interrupted leaves the previous ones whole.
 """
 import math
 
@@ -41,7 +42,7 @@ class Optimizer:
 class GradientDescent(Optimizer):
     name = "gd"
 
-    def update(self, xp, theta, dtheta, states, lr, c1, c2, out):
+    def update(self, xp, theta, dtheta, states, states_out, lr, c1, c2, out):
         """θ' = θ - α dθ."""
         return xp.subtract(theta, lr * dtheta, out=out)
 
@@ -59,10 +60,9 @@ class Momentum(Optimizer):
         super().__init__(learning_rate)
         self.beta = _fraction("beta", beta)
 
-    def update(self, xp, theta, dtheta, states, lr, c1, c2, out):
-        """v = β v + (1-β) dθ; θ' = θ - α v."""
-        v = states[0]
-        v *= self.beta
+    def update(self, xp, theta, dtheta, states, states_out, lr, c1, c2, out):
+        """v' = β v + (1-β) dθ; θ' = θ - α v'."""
+        v = xp.multiply(states[0], self.beta, out=states_out[0])
         v += (1 - self.beta) * dtheta
         return xp.subtract(theta, lr * v, out=out)
 
@@ -83,10 +83,9 @@ class RMSProp(Optimizer):
         super().__init__(learning_rate)
         self.beta, self.epsilon = _fraction("beta", beta), _positive("epsilon", epsilon)
 
-    def update(self, xp, theta, dtheta, states, lr, c1, c2, out):
-        """s = β s + (1-β) dθ²; θ' = θ - α dθ / (√s + ε)."""
-        s = states[0]
-        s *= self.beta
+    def update(self, xp, theta, dtheta, states, states_out, lr, c1, c2, out):
+        """s' = β s + (1-β) dθ²; θ' = θ - α dθ / (√s' + ε)."""
+        s = xp.multiply(states[0], self.beta, out=states_out[0])
         s += (1 - self.beta) * dtheta * dtheta
         return xp.subtract(theta, lr * dtheta / (xp.sqrt(s) + self.epsilon), out=out)
 
@@ -111,12 +110,11 @@ class Adam(Optimizer):
     def corrections(self, t):
         return 1.0 / (1.0 - self.beta1 ** t), 1.0 / (1.0 - self.beta2 ** t)
 
-    def update(self, xp, theta, dtheta, states, lr, c1, c2, out):
-        """v = β1 v + (1-β1) dθ; s = β2 s + (1-β2) dθ²; θ' = θ - α (v c1) / (√(s c2) + ε)."""
-        v, s = states
-        v *= self.beta1
+    def update(self, xp, theta, dtheta, states, states_out, lr, c1, c2, out):
+        """v' = β1 v + (1-β1) dθ; s' = β2 s + (1-β2) dθ²; θ' = θ - α (v' c1) / (√(s' c2) + ε)."""
+        v = xp.multiply(states[0], self.beta1, out=states_out[0])
         v += (1 - self.beta1) * dtheta
-        s *= self.beta2
+        s = xp.multiply(states[1], self.beta2, out=states_out[1])
         s += (1 - self.beta2) * dtheta * dtheta
         return xp.subtract(theta, lr * (v * c1) / (xp.sqrt(s * c2) + self.epsilon), out=out)
 
@@ -138,10 +136,9 @@ class AdaGrad(Optimizer):
         super().__init__(learning_rate)
         self.epsilon = _positive("epsilon", epsilon)
 
-    def update(self, xp, theta, dtheta, states, lr, c1, c2, out):
-        """G += dθ²; θ' = θ - α dθ / (√G + ε)."""
-        G = states[0]
-        G += dtheta * dtheta
+    def update(self, xp, theta, dtheta, states, states_out, lr, c1, c2, out):
+        """G' = G + dθ²; θ' = θ - α dθ / (√G' + ε)."""
+        G = xp.add(states[0], dtheta * dtheta, out=states_out[0])
         return xp.subtract(theta, lr * dtheta / (xp.sqrt(G) + self.epsilon), out=out)
 
     def scalar(self, ftype):

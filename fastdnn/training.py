@@ -1,25 +1,30 @@
 """The training loop behind ``Network.fit``: full-batch steps or mini-batch epochs, reports with
 validation cost and accuracy, learning-rate schedules, early stopping, and the progress bar."""
+import math
 import sys
 import time
 
 import numpy as np
 
+from .errors import TrainingDivergedError
 from .history import History
 
 
 class TrainingLoop:
     """The training loop of ``Network.fit``: steps or epochs, reports, validation, early stopping,
-    progress."""
+    progress. ``history`` fills as it runs (an interrupted fit keeps what was recorded)."""
 
     def __init__(self, engine, Xd, Yd, unit, batch_size, shuffle, seed, count, learning_rate, schedule,
                  validation, patience, report_every, verbose):
-        self.engine, self.Xd, self.Yd, self.unit = engine, Xd, Yd, unit
+        self.engine, self.Xd, self.Yd, self.unit, self.m = engine, Xd, Yd, unit, Xd.shape[1]
+        if unit == "epoch":                  # batches are gathered from one example per row
+            self.Xd, self.Yd = engine.example_major(Xd, Yd)
         self.batch_size, self.shuffle, self.buffers = batch_size, shuffle, {}
-        self.seed = np.random.randint(2**31) if seed is None else seed
+        self.seed = engine.seed if seed is None else seed
         self.count, self.lr0, self.schedule = count, learning_rate, schedule
         self.validation, self.patience = validation, patience
         self.report_every, self.verbose = report_every, verbose
+        self.history = History(unit)
 
     def plan(self):
         """What every rank of a data-parallel fit must agree on (the steps and reports to take)."""
@@ -28,26 +33,39 @@ class TrainingLoop:
         return (self.unit, self.count, self.batch_size, self.lr0, schedule, self.report_every,
                 self.validation is not None, self.patience)
 
-    def step(self, i, learning_rate, report):
+    def learning_rate(self):
+        """α for the next step or epoch: the schedule's, counted over every call (so N then M
+        iterations or epochs follow the same schedule as N + M), checked."""
+        if not self.schedule:
+            return self.lr0
+        engine = self.engine
+        counter = engine.iteration if self.unit == "iteration" else engine.epoch
+        lr = self.schedule(self.lr0, counter)
+        if not (isinstance(lr, (int, float, np.floating, np.integer)) and math.isfinite(lr) and lr > 0):
+            raise ValueError(f"schedule {self.schedule!r} gave learning rate {lr!r} at {self.unit} {counter}; "
+                             "it must be a finite number > 0")
+        return float(lr)
+
+    def step(self, learning_rate, report):
         engine = self.engine
         if self.unit == "iteration":
-            return engine.train_step(self.Xd, self.Yd, learning_rate, i,
-                                     check=report or engine.checks_every_step())
+            return engine.train_step(self.Xd, self.Yd, learning_rate, check=report or engine.checks_every_step())
         return engine.train_epoch(self.Xd, self.Yd, learning_rate, self.batch_size, self.shuffle, self.seed,
                                   self.buffers)
 
     def run(self):
-        engine, history, start = self.engine, History(self.unit), time.perf_counter()
-        count, lr0, schedule, validation = self.count, self.lr0, self.schedule, self.validation
+        engine, history, start = self.engine, self.history, time.perf_counter()
+        count, validation = self.count, self.validation
         patience, report_every, verbose = self.patience, self.report_every, self.verbose
         ws_val = validation and engine.evaluation_workspace(validation[0].shape[1])
         best = None                             # (val_cost, record index, θ copy)
         bar = _progress_bar(count, self.unit, verbose)
+        engine.begin_call()
         try:
             for i in range(count):
-                learning_rate = schedule(lr0, i) if schedule else lr0
+                learning_rate = self.learning_rate()
                 report = i % report_every == 0 or i == count - 1
-                cost = self.step(i, learning_rate, report)
+                cost = self.step(learning_rate, report)
                 if report:
                     val = engine.evaluate(*validation, ws_val) if validation else (None, None)
                     history.append(i, engine.backend.scalar(cost), time.perf_counter() - start, learning_rate, *val)
@@ -61,12 +79,16 @@ class TrainingLoop:
                             break
                 if bar is not None:
                     bar.update(1)
+            if best is not None:
+                engine.restore_theta(best[2])
+                history.best = history[best[1]]
+            engine.end_call()
+        except TrainingDivergedError as exc:
+            exc.history = history
+            raise
         finally:
             if bar is not None:
                 bar.close()
-        if best is not None:
-            engine.theta[...] = best[2]
-            history.best = history[best[1]]
         return history
 
     def show(self, bar, record, verbose):

@@ -56,13 +56,13 @@ def test_training_step_allocates_nothing_after_the_first(dims, m, hidden, output
     Y = rng.randint(0, dims[-1], m) if output == "softmax" else rng.randint(0, 2, (dims[-1], m))
     net = Network(dims, hidden, output, device="numba", dtype=dtype, seed=0)
     Xd, Yd = net.prepare(X, Y)
-    net.engine.train_step(Xd, Yd, 0.01, 0, check=True)            # first step: workspace, JIT
+    net.engine.train_step(Xd, Yd, 0.01, check=True)            # first step: workspace, JIT
     assert (net.engine.workspace(m).fused is not None) == fused
     tracemalloc.start()
     try:
         before = tracemalloc.take_snapshot()
         for i in range(1, 20):
-            net.engine.train_step(Xd, Yd, 0.01, i, check=True)
+            net.engine.train_step(Xd, Yd, 0.01, check=True)
         after = tracemalloc.take_snapshot()
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -78,9 +78,9 @@ def test_numpy_backend_step_does_allocate():
     X, Y = datasets.moons(m=300)
     net = Network([2, 64, 1], "sigmoid", device="numpy", dtype="float64", seed=0)
     Xd, Yd = net.prepare(X, Y)
-    net.engine.train_step(Xd, Yd, 0.01, 0, check=True)
+    net.engine.train_step(Xd, Yd, 0.01, check=True)
     tracemalloc.start()
-    net.engine.train_step(Xd, Yd, 0.01, 1, check=True)
+    net.engine.train_step(Xd, Yd, 0.01, check=True)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak > 64 * 300 * 8

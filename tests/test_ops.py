@@ -128,6 +128,6 @@ def test_output_layer_matches_reference(be, dtype, shape, output, loss_name):
 def test_update_matches_reference(be, dtype, P):
     theta, dtheta = rounded(draw((P,), 13), dtype), rounded(draw((P,), 14), dtype)
     out = be.empty((P,), dtype)
-    be.update(GradientDescent(), on(be, theta, dtype), on(be, dtheta, dtype), [], 0.05, 1, out=out)
+    be.update(GradientDescent(), on(be, theta, dtype), on(be, dtheta, dtype), [], 0.05, 1, out, [])
     assert out.dtype == np.dtype(dtype)
     assert_close(be.to_numpy(out), theta - 0.05 * dtheta, dtype)

@@ -19,11 +19,14 @@ def test_optimizer_update_matches_reference(backend, dtype, P, name):
     theta = rounded(rng.randn(P), dtype)
     grads = [rounded(rng.randn(P), dtype) for _ in range(4)]
     optimizer = get_optimizer(name)
-    states = [backend.zeros((P,), dtype) for _ in range(optimizer.n_state)]
+    states, states_out = ([backend.zeros((P,), dtype) for _ in range(optimizer.n_state)] for _ in range(2))
     cur, out = backend.asarray(theta.astype(dtype)), backend.empty((P,), dtype)
     for t, g in enumerate(grads, start=1):
-        backend.update(optimizer, cur, backend.asarray(g.astype(dtype)), states, 0.01, t, out=out)
-        cur, out = out, cur
+        before = [backend.to_numpy(a) for a in [cur, *states]]
+        backend.update(optimizer, cur, backend.asarray(g.astype(dtype)), states, 0.01, t, out, states_out)
+        for a, b in zip([cur, *states], before):       # out of place: θ and the state are only read
+            np.testing.assert_array_equal(backend.to_numpy(a), b)
+        cur, out, states, states_out = out, cur, states_out, states
         assert cur.dtype == np.dtype(dtype)
     assert_close(backend.to_numpy(cur), oracle.optimizer_steps(name, theta, grads, 0.01), dtype)
 
@@ -34,11 +37,11 @@ def test_optimizer_hyperparameters_reach_the_kernels(backend):
     for optimizer, hyper in [(Adam(beta1=0.5, beta2=0.9, epsilon=1e-3), dict(beta1=0.5, beta2=0.9, epsilon=1e-3)),
                              (Momentum(beta=0.3), dict(beta=0.3))]:
         expected = oracle.optimizer_steps(optimizer.name, theta, grads, 0.1, **hyper)
-        states = [backend.zeros((50,), "float64") for _ in range(optimizer.n_state)]
+        states, states_out = ([backend.zeros((50,), "float64") for _ in range(optimizer.n_state)] for _ in range(2))
         cur, out = backend.asarray(theta.copy()), backend.empty((50,), "float64")
         for t, g in enumerate(grads, start=1):
-            backend.update(optimizer, cur, backend.asarray(g), states, 0.1, t, out=out)
-            cur, out = out, cur
+            backend.update(optimizer, cur, backend.asarray(g), states, 0.1, t, out, states_out)
+            cur, out, states, states_out = out, cur, states_out, states
         assert_close(backend.to_numpy(cur), expected, "float64")
 
 

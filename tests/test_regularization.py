@@ -33,7 +33,7 @@ def test_l2_cost_gradients_and_step_match_reference(backend, dtype, hidden):
 def test_dropout_step_matches_reference_with_the_same_masks(backend, dtype, hidden):
     net, X, Y, params = setup(backend, dtype, hidden, keep_prob=[0.8, 0.6])
     Xd, Yd = net.prepare(X, Y)
-    cost = net.engine.train_step(Xd, Yd, 0.1, 0, check=True)
+    cost = net.engine.train_step(Xd, Yd, 0.1, check=True)
     ws = net.engine.workspace(X.shape[1])
     masks = {l: net.backend.to_numpy(D).astype(np.float64) for l, D in ws.D.items()}
     assert set(masks) == {1, 2}
@@ -50,14 +50,14 @@ def test_dropout_is_fresh_each_step_seeded_and_off_outside_training(backend):
     Xd, Yd = net.prepare(X, Y)
     before = net.predict_proba(X)
     np.testing.assert_array_equal(net.predict_proba(X), before)       # no dropout when predicting
-    net.engine.train_step(Xd, Yd, 1e-9, 0, check=True)
+    net.engine.train_step(Xd, Yd, 1e-9, check=True)
     first = net.backend.to_numpy(net.engine.workspace(200).D[1]).copy()
-    net.engine.train_step(Xd, Yd, 1e-9, 1, check=True)
+    net.engine.train_step(Xd, Yd, 1e-9, check=True)
     second = net.backend.to_numpy(net.engine.workspace(200).D[1])
     assert not np.array_equal(first, second)
     assert abs((first > 0).mean() - 0.7) < 0.02
     twin = Network([2, 50, 1], device="numpy", dtype="float64", seed=5, keep_prob=0.7)
-    twin.engine.train_step(*twin.prepare(X, Y), 1e-9, 0, check=True)
+    twin.engine.train_step(*twin.prepare(X, Y), 1e-9, check=True)
     np.testing.assert_array_equal(twin.engine.workspace(200).D[1], first)   # same seed, same masks
 
 

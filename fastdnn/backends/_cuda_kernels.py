@@ -199,20 +199,20 @@ def sum_partials(dtype):
 
 @functools.lru_cache(maxsize=None)
 def optimizer_update(optimizer, dtype):
-    """out = θ' and state buffers updated in place from the optimizer's scalar update: one thread per
-    parameter (grid blocks_1d(P)). s1, s2: state buffers (any (P,) array when unused)."""
+    """out = θ' and s1_out, s2_out = state' from the optimizer's scalar update (out of place): one
+    thread per parameter (grid blocks_1d(P)). s1, s2, s1_out, s2_out: any (P,) arrays when unused."""
     step, n_state = register_jitable(optimizer.scalar(_ftype(dtype))), optimizer.n_state
 
     @cuda.jit
-    def kernel(theta, dtheta, s1, s2, lr, c1, c2, out):
+    def kernel(theta, dtheta, s1, s2, lr, c1, c2, out, s1_out, s2_out):
         p = cuda.grid(1)
         if p < theta.shape[0]:
             t, a, b = step(theta[p], dtheta[p], s1[p], s2[p], lr, c1, c2)
             out[p] = t
             if n_state >= 1:
-                s1[p] = a
+                s1_out[p] = a
             if n_state >= 2:
-                s2[p] = b
+                s2_out[p] = b
 
     return kernel
 

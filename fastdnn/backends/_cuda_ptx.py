@@ -46,7 +46,7 @@ def catalog(dtype):
     out.append(("sum_partials", C.sum_partials(dtype), (v1, v1)))
     for name, cls in OPTIMIZERS.items():
         out.append((f"optimizer_update[{name}]", C.optimizer_update(cls(), dtype),
-                    (v1, v1, v1, v1, f, f, f, v1)))
+                    (v1, v1, v1, v1, f, f, f, v1, v1, v1)))
     return out
 
 

@@ -208,18 +208,19 @@ def add_bias(Z, b, out):
 
 @functools.lru_cache(maxsize=None)
 def optimizer_update(optimizer, dtype):
-    """out = θ' and the state buffers updated in place, one pass over the flat buffers: the
-    optimizer's scalar update per parameter. s1, s2: state buffers (any (P,) array if unused)."""
+    """out = θ' and s1_out, s2_out = the state', one pass over the flat buffers: the optimizer's scalar
+    update per parameter. s1, s2 (read) and s1_out, s2_out (written): state buffers (any (P,) arrays
+    if unused, never written then)."""
     step, n_state = jitable(optimizer.scalar(np.dtype(dtype).type), optimizer, dtype), optimizer.n_state
 
-    def kernel(theta, dtheta, s1, s2, lr, c1, c2, out):
+    def kernel(theta, dtheta, s1, s2, lr, c1, c2, out, s1_out, s2_out):
         for p in range(theta.shape[0]):
             t, a, b = step(theta[p], dtheta[p], s1[p], s2[p], lr, c1, c2)
             out[p] = t
             if n_state >= 1:
-                s1[p] = a
+                s1_out[p] = a
             if n_state >= 2:
-                s2[p] = b
+                s2_out[p] = b
 
     return njit(variant(kernel, optimizer, dtype))
 
@@ -338,10 +339,11 @@ def whole_step(hidden, output, loss, dtype, with_update, blas_bits=None):
     """One training step of a network whose hidden layers all use ``hidden``, in one call; GEMMs as
     loops, or through NumPy's BLAS when ``blas_bits`` (its integer width) is given.
 
-    step(X, Y, theta, theta_out, dtheta, dims, pofs, wofs, Zf, Af, dAf, lr, inv_m) -> J: parameters
-    are read from the flat θ (W[l] at pofs[l-1], b[l] after it), Z, A, dA from flat work buffers
-    (layer l at wofs[l-1]); dθ is written; with_update, θ_out = θ - α dθ is written too, only when J
-    is finite."""
+    step(X, xt, Y, theta, theta_out, dtheta, dims, pofs, wofs, Zf, Af, dAf, lr, inv_m) -> J: X is
+    (n0, m), or (m, n0) when ``xt`` (one example per row: the first layer's GEMMs take it transposed);
+    parameters are read from the flat θ (W[l] at pofs[l-1], b[l] after it), Z, A, dA from flat work
+    buffers (layer l at wofs[l-1]); dθ is written; with_update, θ_out = θ - α dθ is written too, only
+    when J is finite."""
     gemm = loop_gemm if blas_bits is None else blas_gemm(dtype, blas_bits)
     forward_hidden = _bias_activation(hidden, dtype)
     delta_hidden = _delta_row_sum(hidden, dtype)
@@ -350,15 +352,15 @@ def whole_step(hidden, output, loss, dtype, with_update, blas_bits=None):
     else:
         forward_output, output_pass = _bias_activation(output, dtype), _output_elementwise(loss, output, dtype)
 
-    def step(X, Y, theta, theta_out, dtheta, dims, pofs, wofs, Zf, Af, dAf, lr, inv_m):
-        L, m = dims.shape[0] - 1, X.shape[1]
+    def step(X, xt, Y, theta, theta_out, dtheta, dims, pofs, wofs, Zf, Af, dAf, lr, inv_m):
+        L, m = dims.shape[0] - 1, X.shape[0] if xt else X.shape[1]
         A_prev = X
         for l in range(1, L + 1):
             n, k, po, wo = dims[l], dims[l - 1], pofs[l - 1], wofs[l - 1]
             W = theta[po:po + n * k].reshape((n, k))
             b = theta[po + n * k:po + n * k + n].reshape((n, 1))
             Z, A = Zf[wo:wo + n * m].reshape((n, m)), Af[wo:wo + n * m].reshape((n, m))
-            gemm(False, False, W, A_prev, Z)
+            gemm(False, xt and l == 1, W, A_prev, Z)
             if l < L:
                 forward_hidden(Z, b, A)
             else:
@@ -378,7 +380,7 @@ def whole_step(hidden, output, loss, dtype, with_update, blas_bits=None):
             else:
                 _row_sum(dZ, db)
             A_prev = X if l == 1 else Af[wofs[l - 2]:wofs[l - 2] + k * m].reshape((k, m))
-            gemm(False, True, dZ, A_prev, dtheta[po:po + n * k].reshape((n, k)))
+            gemm(False, not (xt and l == 1), dZ, A_prev, dtheta[po:po + n * k].reshape((n, k)))
             if l > 1:
                 gemm(True, False, theta[po:po + n * k].reshape((n, k)), dZ,
                      dAf[wofs[l - 2]:wofs[l - 2] + k * m].reshape((k, m)))

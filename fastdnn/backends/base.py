@@ -58,6 +58,12 @@ class Backend:
         """A 0-d array as a Python float (a device-to-host copy on GPUs)."""
         return float(x)
 
+    def gather_rows(self, A, index, out):
+        """out = A[index], whole rows. A (m, n), index (k,) of ints in [0, m) -> out (k, n)."""
+        if self.xp is np:        # mode="raise" (the default) would buffer the result: a temporary
+            return np.take(A, index, axis=0, out=out, mode="clip")
+        return self.xp.take(A, index, axis=0, out=out)
+
     # --- primitives ------------------------------------------------------------------------
     def gemm(self, A, B, out=None, trans_a=False, trans_b=False):
         """op(A) · op(B), op = transpose when asked. (n, k) · (k, m) -> (n, m)."""
@@ -158,8 +164,8 @@ class Backend:
         optimizer is None)."""
         return None
 
-    def update(self, optimizer, theta, dtheta, states, learning_rate, t, out):
-        """out = the optimizer's θ' from θ, dθ and its state buffers (updated in place) at step t.
-        Flat (P,) buffers."""
+    def update(self, optimizer, theta, dtheta, states, learning_rate, t, out, states_out):
+        """out = the optimizer's θ' and states_out its state' from θ, dθ and its state at step t
+        (out of place: θ and states are only read). Flat (P,) buffers."""
         c1, c2 = optimizer.corrections(t)
-        return optimizer.update(self.xp, theta, dtheta, states, learning_rate, c1, c2, out)
+        return optimizer.update(self.xp, theta, dtheta, states, states_out, learning_rate, c1, c2, out)

@@ -97,11 +97,12 @@ class CupyNumbaBackend(CupyBackend):
         self._launch(C.sum_partials(Z.dtype), 1, C.THREADS_1D, partials, total)
         return total.reshape(())
 
-    def update(self, optimizer, theta, dtheta, states, learning_rate, t, out):
+    def update(self, optimizer, theta, dtheta, states, learning_rate, t, out, states_out):
         """The optimizer's update in one kernel over the flat parameter, gradient and state buffers."""
         f = theta.dtype.type
         s1, s2 = (list(states) + [dtheta, dtheta])[:2]
+        s1_out, s2_out = (list(states_out) + [dtheta, dtheta])[:2]    # unused: never written
         c1, c2 = optimizer.corrections(t)
         self._launch(C.optimizer_update(optimizer, theta.dtype), C.blocks_1d(theta.shape[0]), C.THREADS_1D,
-                     theta, dtheta, s1, s2, f(learning_rate), f(c1), f(c2), out)
+                     theta, dtheta, s1, s2, f(learning_rate), f(c1), f(c2), out, s1_out, s2_out)
         return out

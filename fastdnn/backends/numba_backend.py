@@ -91,19 +91,23 @@ class NumbaBackend(Backend):
         inv_m = ftype(1.0 / m)
 
         def run(X, Y, theta, theta_out, dtheta, Zf, Af, dAf, learning_rate):
-            if blas_bits is not None and X.strides[1] != X.itemsize:
-                X = np.ascontiguousarray(X)          # BLAS needs contiguous rows
-            return step(X, Y, theta, theta_out, dtheta, dims, pofs, wofs, Zf, Af, dAf,
+            xt = not X.flags.c_contiguous and X.flags.f_contiguous   # one example per row: X.T
+            if xt:
+                X = X.T
+            elif not X.flags.c_contiguous:
+                X = np.ascontiguousarray(X)          # BLAS and the loops take contiguous rows
+            return step(X, xt, Y, theta, theta_out, dtheta, dims, pofs, wofs, Zf, Af, dAf,
                         ftype(learning_rate), inv_m)
 
         run.updates = updates
         return run
 
-    def update(self, optimizer, theta, dtheta, states, learning_rate, t, out):
+    def update(self, optimizer, theta, dtheta, states, learning_rate, t, out, states_out):
         """The optimizer's update in one fused pass over the flat parameter, gradient and state buffers."""
         ftype = theta.dtype.type
         s1, s2 = (list(states) + [dtheta, dtheta])[:2]
+        s1_out, s2_out = (list(states_out) + [dtheta, dtheta])[:2]    # unused: never written
         c1, c2 = optimizer.corrections(t)
         K.optimizer_update(optimizer, theta.dtype)(theta, dtheta, s1, s2, ftype(learning_rate),
-                                                   ftype(c1), ftype(c2), out)
+                                                   ftype(c1), ftype(c2), out, s1_out, s2_out)
         return out

@@ -96,11 +96,11 @@ def test_optimizer_update(name, dtype):
     theta0 = draw((P,), 7, dtype)
     grads = [draw((P,), 8 + t, dtype) for t in range(3)]
     theta, out = theta0.astype(dtype), np.empty(P, dtype)
-    states = [np.zeros(P, dtype) for _ in range(optimizer.n_state)] + [theta0.astype(dtype)] * 2
+    states, states_out = ([np.zeros(P, dtype) for _ in range(2)] for _ in range(2))
     f = np.dtype(dtype).type
     for t, g in enumerate(grads, start=1):
         c1, c2 = optimizer.corrections(t)
         C.optimizer_update(optimizer, dtype)[C.blocks_1d(P), C.THREADS_1D](
-            theta, g.astype(dtype), states[0], states[1], f(0.01), f(c1), f(c2), out)
-        theta, out = out, theta
+            theta, g.astype(dtype), states[0], states[1], f(0.01), f(c1), f(c2), out, *states_out)
+        theta, out, states, states_out = out, theta, states_out, states
     assert_close(theta, oracle.optimizer_steps(name, theta0, grads, 0.01), dtype)

@@ -1,0 +1,235 @@
+"""Nothing lost, nothing silent: a failing call changes nothing, a diverging one goes back to its last
+good step with everything that belongs to it, an interrupted one leaves a consistent network, and runs
+repeat from the network's seed."""
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from fastdnn import Network, TrainingDivergedError, datasets
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")   # NumPy reports overflows first
+
+
+def state(net):
+    """Everything a step changes: parameters, optimizer state and counters (host copies)."""
+    return (net.parameters, [net.backend.to_numpy(s) for s in net.engine.states],
+            (net.engine.t, net.iteration, net.epoch), net.optimizer, net.l2, net.keep_prob)
+
+
+def assert_same_state(a, b):
+    (pa, sa, ca, oa, la, ka), (pb, sb, cb, ob, lb, kb) = a, b
+    assert pa.keys() == pb.keys()
+    for k in pa:
+        np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
+    assert len(sa) == len(sb)
+    for x, y in zip(sa, sb):
+        np.testing.assert_array_equal(x, y)
+    assert (ca, oa, la, ka) == (cb, ob, lb, kb)
+
+
+def moons(m=64):
+    return datasets.moons(m=m, seed=0)
+
+
+def test_a_last_step_that_makes_the_parameters_non_finite_is_caught(backend):
+    X, Y = moons()
+    X = X * 1e4                                                # |dW| ~ 1e3
+    net = Network([2, 8, 1], device=backend, dtype="float64", seed=0)
+    before = state(net)
+    with pytest.raises(TrainingDivergedError) as e:
+        net.fit(X, Y, learning_rate=1e307, iterations=1)     # θ1 = θ0 - 1e307 dθ overflows
+    assert e.value.iteration == 1 and e.value.restored_iteration == 0
+    assert_same_state(state(net), before)
+    assert all(np.isfinite(p).all() for p in net.parameters.values())
+    with pytest.raises(TrainingDivergedError):
+        net.step(X, Y, learning_rate=1e307)
+    assert_same_state(state(net), before)
+
+
+def test_the_first_step_of_a_call_diverging_leaves_the_network_as_it_was(backend):
+    X, Y = moons()
+    net = Network([2, 8, 1], device=backend, dtype="float32", seed=0)
+    net.fit(X, Y, learning_rate=0.01, iterations=3, optimizer="adam")      # finite costs
+    before = state(net)
+    assert before[2][1] == 3
+    X2 = X * 1e38                          # finite in float32, but Z overflows: the cost is not
+    with pytest.raises(TrainingDivergedError) as e:
+        net.fit(X2, Y, learning_rate=0.1, iterations=5, optimizer="adam")
+    err = e.value
+    assert err.iteration == 3 and err.restored_iteration is None and not np.isfinite(err.cost)
+    assert "at iteration 3;" in str(err) and "unchanged" in str(err)
+    assert_same_state(state(net), before)
+    with pytest.raises(TrainingDivergedError) as e:
+        net.step(X2, Y)
+    assert e.value.restored_iteration is None
+    assert_same_state(state(net), before)
+
+
+@pytest.mark.parametrize("optimizer", ["gd", "adam"])
+def test_divergence_restores_parameters_optimizer_state_and_counters_together(backend, optimizer):
+    X, Y = moons()
+    X = X * 1e3
+    net = Network([2, 8, 1], device=backend, dtype="float64", seed=0)
+    net.fit(X, Y, learning_rate=1e-6, iterations=4, optimizer=optimizer)       # a first call
+    lr = {"gd": 50.0, "adam": 1e200}[optimizer]              # steps ~ α dθ / |dθ| for Adam
+    with pytest.raises(TrainingDivergedError) as e:
+        net.fit(X, Y, learning_rate=lr, iterations=1000, optimizer=optimizer)
+    err = e.value
+    assert err.iteration > 4, "counted over every call, like net.iteration"
+    assert err.restored_iteration == err.iteration - 1 == net.iteration
+    assert f"at iteration {err.iteration}" in str(err)
+    twin = Network([2, 8, 1], device=backend, dtype="float64", seed=0)
+    twin.fit(X, Y, learning_rate=1e-6, iterations=4, optimizer=optimizer)
+    if err.restored_iteration > 4:
+        twin.fit(X, Y, learning_rate=lr, iterations=err.restored_iteration - 4, optimizer=optimizer)
+    assert_same_state(state(net), state(twin))
+    assert len(err.history) >= 1 and net.history is err.history
+
+
+def test_mini_batch_divergence_counts_iterations_like_the_network(backend):
+    X, Y = moons(256)
+    net = Network([2, 8, 1], device=backend, dtype="float64", seed=0)
+    net.fit(X * 1e3, Y, learning_rate=1e-6, iterations=3)
+    with pytest.raises(TrainingDivergedError) as e:
+        net.fit(X * 1e3, Y, learning_rate=50.0, epochs=100, batch_size=32)
+    assert e.value.restored_iteration == e.value.iteration - 1 == net.iteration
+    assert net.epoch == e.value.epoch < 100
+
+
+BAD_SETTINGS = [
+    ("fit", dict(optimizer="adam", l2=-1.0)),
+    ("fit", dict(optimizer="adam", learning_rate=-0.5)),
+    ("fit", dict(optimizer="adam", keep_prob=1.5)),
+    ("fit", dict(optimizer="momentum", iterations=0)),
+    ("fit", dict(l2=0.3, keep_prob=0.5, batch_size=8)),
+    ("fit", dict(optimizer="rmsprop", l2=0.3, validation_data=np.ones((2, 5)))),
+    ("fit", dict(optimizer="adam", l2=0.2, patience=0)),
+    ("fit", dict(optimizer="adam", schedule="sometimes")),
+    ("fit", dict(optimizer="adam", seed="a")),
+    ("fit", dict(optimizer="adam", X=np.ones((3, 64)))),
+    ("step", dict(optimizer="adam", learning_rate=float("nan"))),
+    ("step", dict(optimizer="adam", Y=np.full((1, 64), 2.0))),
+    ("regularize", dict(l2=0.1, keep_prob=2.0)),
+    ("regularize", dict(l2="abc")),
+]
+
+
+@pytest.mark.parametrize("call, kwargs", BAD_SETTINGS,
+                         ids=[f"{c}-" + "-".join(k for k in kw) for c, kw in BAD_SETTINGS])
+def test_a_call_that_raises_changes_nothing(backend, call, kwargs):
+    X, Y = moons()
+    net = Network([2, 8, 1], device=backend, dtype="float64", seed=0)
+    net.fit(X, Y, learning_rate=0.01, iterations=3, optimizer="momentum", l2=0.0)     # some state
+    before = state(net)
+    kwargs = dict(kwargs)
+    X, Y = kwargs.pop("X", X), kwargs.pop("Y", Y)
+    with pytest.raises((ValueError, TypeError)):
+        if call == "fit":
+            net.fit(X, Y, **{"iterations": 2, **kwargs})
+        elif call == "step":
+            net.step(X, Y, **kwargs)
+        else:
+            net.regularize(**kwargs)
+    assert_same_state(state(net), before)
+
+
+def test_a_schedule_that_gives_a_bad_rate_is_named(backend):
+    X, Y = moons()
+    net = Network([2, 8, 1], device=backend, dtype="float64", seed=0)
+    with pytest.raises(ValueError, match=r"schedule .* gave learning rate -0.5 at iteration 0"):
+        net.fit(X, Y, iterations=3, schedule=lambda lr0, t: -0.5)
+    assert net.iteration == 0
+
+
+@pytest.mark.parametrize("unit", ["iteration", "epoch"])
+def test_a_schedule_continues_across_calls(backend, unit):
+    X, Y = moons(96)
+    kw = dict(schedule="inverse_time", learning_rate=0.1, optimizer="adam", seed=3)
+    count = (lambda n: dict(iterations=n)) if unit == "iteration" else (lambda n: dict(epochs=n, batch_size=32))
+    one = Network([2, 8, 1], device=backend, dtype="float64", seed=0)
+    whole = one.fit(X, Y, **count(7), **kw, report_every=1)
+    two = Network([2, 8, 1], device=backend, dtype="float64", seed=0)
+    first = two.fit(X, Y, **count(4), **kw, report_every=1)
+    second = two.fit(X, Y, **count(3), **kw, report_every=1)
+    assert first.learning_rates + second.learning_rates == whole.learning_rates
+    assert_same_state(state(one), state(two))
+
+
+def test_the_network_seed_makes_a_mini_batch_run_repeatable(backend):
+    X, Y = moons(200)
+    runs = []
+    for _ in range(2):
+        net = Network([2, 8, 1], device=backend, dtype="float64", seed=3, keep_prob=0.8)
+        net.fit(X, Y, learning_rate=0.05, epochs=3, batch_size=32, optimizer="adam")
+        runs.append(state(net))
+    assert_same_state(*runs)
+    assert Network([2, 3, 1], seed=None, device=backend).seed != Network([2, 3, 1], seed=None, device=backend).seed
+
+
+@pytest.mark.parametrize("seed", ["a", 1.5, -1, 2**32, True, None])
+def test_a_bad_seed_is_named(seed):
+    if seed is None:
+        assert isinstance(Network([2, 3, 1], device="numpy").seed, int)
+        return
+    with pytest.raises(ValueError, match="seed must be an integer in"):
+        Network([2, 3, 1], device="numpy", seed=seed)
+
+
+def test_an_update_interrupted_half_way_leaves_the_network_as_it_was(backend, monkeypatch):
+    X, Y = moons()
+    net = Network([2, 8, 1], device=backend, dtype="float64", seed=0)
+    net.fit(X, Y, learning_rate=0.01, iterations=3, optimizer="adam")
+    before = state(net)
+    original = net.backend.update
+
+    def interrupted(optimizer, theta, dtheta, states, lr, t, out, states_out):
+        original(optimizer, theta, dtheta, states, lr, t, out, states_out)   # everything written ...
+        raise KeyboardInterrupt                                               # ... but not committed
+    monkeypatch.setattr(net.backend, "update", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        net.fit(X, Y, learning_rate=0.01, iterations=3, optimizer="adam")
+    assert_same_state(state(net), before)
+    monkeypatch.undo()
+    net.fit(X, Y, learning_rate=0.01, iterations=2, optimizer="adam")
+    twin = Network([2, 8, 1], device=backend, dtype="float64", seed=0)
+    twin.fit(X, Y, learning_rate=0.01, iterations=5, optimizer="adam")
+    assert_same_state(state(net), state(twin))
+
+
+@pytest.mark.parametrize("batch_size", [None, 16])
+def test_real_interrupts_at_random_moments_leave_a_consistent_network(backend, batch_size):
+    """SIGINT at random moments of a fit: the network is always some whole step of the run, with its
+    optimizer state and counters, and the History recorded so far is on the network."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals need the main thread")
+    X, Y = moons(96)
+    fit = dict(learning_rate=0.01, optimizer="adam", report_every=1)
+    fit.update(dict(iterations=10**6) if batch_size is None else dict(epochs=10**5, batch_size=batch_size))
+    rng = np.random.RandomState(0)
+    for trial in range(6):
+        net = Network([2, 8, 1], device=backend, dtype="float64", seed=0)
+        net.fit(X, Y, **{**fit, **(dict(iterations=1) if batch_size is None else dict(epochs=1))})  # compile
+        timer = threading.Timer(rng.uniform(0.05, 0.3), os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                net.fit(X, Y, **fit)
+                time.sleep(5)
+        finally:
+            timer.cancel()
+        assert len(net.history) >= 1
+        twin = Network([2, 8, 1], device=backend, dtype="float64", seed=0)
+        steps = net.iteration
+        if batch_size is None:
+            twin.fit(X, Y, **{**fit, "iterations": steps})
+        else:       # whole epochs, then the steps of the interrupted epoch through the public step
+            twin.fit(X, Y, **{**fit, "epochs": net.epoch})
+            assert 0 <= steps - twin.iteration < 96 // batch_size + 1
+            assert steps == twin.iteration or net.epoch == twin.epoch
+            if steps != twin.iteration:
+                continue        # mid-epoch: counters consistent; the partial epoch is replayed on resume
+        assert_same_state(state(net), state(twin))
