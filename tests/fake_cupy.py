@@ -384,13 +384,14 @@ class StandIn:
         return entry[1] if entry is not None and entry[0]() is root else None
 
     def new(self, a, device=None):
-        """A fresh device array holding the NumPy array ``a`` (which the stand-in now owns)."""
-        device = self.current_device() if device is None else device
+        """A device array holding the NumPy array ``a``, which the stand-in now owns (allocated on
+        ``device``, default the current one) unless it already lives in a device allocation."""
         _check_dtype(a.dtype)
-        root = _root(a)
-        if self.owner_device(root) is None:
-            self._register(root, device)
-        return ndarray._make(self, a, device)
+        owner = self.owner_device(a)
+        if owner is None:
+            owner = self.current_device() if device is None else device
+            self._register(_root(a), owner)
+        return ndarray._make(self, a, owner)
 
     def wrap(self, r, inputs=()):
         """A NumPy result as stand-in arrays: the input itself, a view of its allocation, or a new one."""
@@ -456,12 +457,16 @@ class StandIn:
         return _method(self, array, name)
 
     def _check_operands(self, label, args, kwargs, ufunc):
-        for x in list(args) + list(kwargs.values()):
-            if ufunc:
-                if not (x is None or isinstance(x, (ndarray, np.generic, np.dtype, str, type))
-                        or type(x) in _SCALARS):
+        """A ufunc takes device arrays and scalars only (_kernel.pyx's _preprocess_args); other routines
+        no host arrays (stricter than CuPy, see the module docstring)."""
+        if ufunc:
+            out = kwargs.get("out")
+            for x in list(args) + (list(out) if isinstance(out, tuple) else [] if out is None else [out]):
+                if not (isinstance(x, (ndarray, np.generic)) or type(x) in _SCALARS):
                     raise TypeError(f"Unsupported type {type(x)}")
-            elif _has_host_array(x):
+            return
+        for x in list(args) + list(kwargs.values()):
+            if _has_host_array(x):
                 raise TypeError(f"Unsupported type {type(x)}: cupy.{label} got a numpy.ndarray; CuPy "
                                 "kernels take device arrays only (move it with cupy.asarray)")
 
@@ -1245,7 +1250,7 @@ def _resolve(s, module, attr):
         raise StandInGap(f"{module.__name__}.{attr} (a module) is not in the stand-in")
     if isinstance(obj, type) and obj is np_obj or not callable(obj):
         return obj                                      # NumPy scalar types, dtypes, constants
-    if np_obj is None or not callable(np_obj):
+    if isinstance(obj, type) or np_obj is None or not callable(np_obj):
         raise StandInGap(f"{module.__name__}.{attr} exists in CuPy {real().__version__} but not in the "
                          "stand-in; add it to tests/fake_cupy.py")
     return _Function(s, label, obj, np_obj)
@@ -1410,18 +1415,20 @@ def _build_modules(s):
     memory.MemoryPool = MemoryPool
     driver.CUDADriverError = CUDADriverError
 
-    # cupy.cuda.runtime: the real names and their C signatures (no Python signature to read)
     runtime.CUDARuntimeError = real("cuda.runtime.CUDARuntimeError")
-    runtime.getDeviceCount = lambda: s.device_count
-    runtime.getDevice = s.current_device
-    runtime.setDevice = s.set_device
-    runtime.deviceSynchronize = lambda: s.synced("runtime.deviceSynchronize()")
-    runtime.runtimeGetVersion = lambda: 12080
-    runtime.driverGetVersion = lambda: 12080
-    runtime.memGetInfo = lambda: Device().mem_info
-    runtime.getDeviceProperties = lambda device: {
-        "name": b"stand-in GPU", "totalGlobalMem": s.pools[device].limit, "multiProcessorCount": 132,
-        "major": 9, "minor": 0, "maxThreadsPerBlock": 1024, "sharedMemPerBlock": 48 * 1024, "warpSize": 32}
+    for name, impl in {
+            "getDeviceCount": lambda: s.device_count,
+            "getDevice": s.current_device,
+            "setDevice": s.set_device,
+            "deviceSynchronize": lambda: s.synced("runtime.deviceSynchronize()"),
+            "runtimeGetVersion": lambda: 12080,
+            "driverGetVersion": lambda: 12080,
+            "memGetInfo": lambda: Device().mem_info,
+            "getDeviceProperties": lambda device: {
+                "name": b"stand-in GPU", "totalGlobalMem": s.pools[device].limit, "multiProcessorCount": 132,
+                "major": 9, "minor": 0, "maxThreadsPerBlock": 1024, "sharedMemPerBlock": 48 * 1024,
+                "warpSize": 32}}.items():
+        setattr(runtime, name, _explicit(f"cuda.runtime.{name}", impl))
 
     random.default_rng = _explicit("random.default_rng",
                                    lambda seed=None: Generator(s, np.random.default_rng(seed)))

@@ -111,6 +111,8 @@ def test_host_arrays_are_refused_in_device_operations(cp):
         cp.matmul(a.T, host)
     with pytest.raises(ValueError, match="non-scalar numpy.ndarray cannot be used for fill"):
         a[...] = host                                      # CuPy routes this through fill()
+    with pytest.raises(TypeError, match="Unsupported type <class 'NoneType'>"):
+        a == None                                          # noqa: E711  (CuPy's ufuncs refuse it too)
     a[...] = np.float64(2.0)                               # scalars are fine
     assert float(a[0, 0]) == 2.0
 
@@ -141,6 +143,16 @@ def test_reductions_return_0d_device_arrays(cp):
     a = cp.asarray(_host())
     for r in (cp.sum(a), a.max(), cp.vdot(a.reshape(-1), a.reshape(-1)), a[0, 0]):
         assert isinstance(r, cp.ndarray) and r.ndim == 0
+
+
+def test_numpy_functions_dispatch_to_cupys_as_cupy_arrays_do(fake_cupy, cp):
+    a = cp.asarray(_host())
+    fake_cupy.reset_counts()
+    for r in (np.exp(a), np.mean(a), np.concatenate([a, a])):     # __array_ufunc__ / __array_function__
+        assert isinstance(r, cp.ndarray)
+    assert fake_cupy.counts["d2h"] == 0 and fake_cupy.counts["kernel"] == 3
+    with pytest.raises(TypeError, match="Unsupported type <class 'numpy.ndarray'>"):
+        np.add(_host(), a)
 
 
 def test_transfers_are_counted_and_checked_as_in_cupy(fake_cupy, cp):
@@ -232,6 +244,8 @@ def test_the_current_device_is_per_thread(cp):
     assert seen == [0] and cp.cuda.runtime.getDevice() == 1
     with pytest.raises(fc.real("cuda.runtime.CUDARuntimeError"), match="invalid device ordinal"):
         cp.cuda.Device(2).use()
+    with pytest.raises(TypeError, match="setDevice\\(\\) missing"):
+        cp.cuda.runtime.setDevice()
 
 
 def test_streams_events_and_their_devices(fake_cupy, cp):
@@ -393,12 +407,54 @@ def test_fastdnn_sees_a_usable_cuda_device_and_the_stand_in_goes_away(fake_cupy)
     assert fastdnn.get_backend("cuda:1").device == "cuda:1"
 
 
+def test_the_probe_names_a_missing_device():
+    with fc.installed(devices=2):
+        with pytest.raises(fastdnn.errors.BackendUnavailableError, match="cuda:2 asked for, but only 2"):
+            fastdnn.get_backend("cuda:2", fallback=False)
+    with fc.installed(devices=0):
+        with pytest.warns(fastdnn.errors.DeviceFallbackWarning, match="no CUDA device found"):
+            assert fastdnn.get_backend("cuda").device == "cpu"
+
+
 def test_uninstalling_restores_the_real_cupy():
     import sys
     before = sys.modules.get("cupy")
     with fc.installed():
         assert isinstance(sys.modules["cupy"], fc._Module)
     assert sys.modules.get("cupy") is before
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_cupy_backend_ops_match_float64_formulas(fake_cupy, dtype):
+    from fastdnn.backends.cupy_backend import CupyBackend
+    from fastdnn.optimizers import get_optimizer
+    be = CupyBackend(device="cuda:0")
+    assert be.xp is fake_cupy.cupy and be.device == "cuda:0"
+    W, A, b = (_host(shape, seed=i) for i, shape in enumerate([(5, 4), (4, 7), (5, 1)]))
+    Wd, Ad, bd = (be.asarray(x, dtype=dtype) for x in (W, A, b))
+    Z = be.gemm(Wd, Ad, out=be.empty((5, 7), dtype))
+    be.add_bias(Z, bd, out=Z)
+    assert_close(be.to_numpy(Z), W @ A + b, dtype)
+    assert_close(be.to_numpy(be.gemm(Wd, Z, trans_a=True)), W.T @ (W @ A + b), dtype)
+    db = be.empty((5, 1), dtype)
+    be.row_sum(Z, out=db)
+    assert_close(be.to_numpy(db), (W @ A + b).sum(axis=1, keepdims=True), dtype)
+    assert be.scalar(be.sum_squares(Wd)) == pytest.approx((W.astype(dtype).astype(np.float64) ** 2).sum(),
+                                                           rel=RTOL[dtype])
+    theta, dtheta = be.asarray(W.reshape(-1), dtype=dtype), be.asarray(A.reshape(-1)[:20], dtype=dtype)
+    out = be.empty((20,), dtype)
+    be.update(get_optimizer("gd"), theta, dtheta, [], 0.1, 1, out)
+    assert_close(be.to_numpy(out), W.reshape(-1) - 0.1 * A.reshape(-1)[:20], dtype)
+    D = be.empty((5, 7), dtype)
+    be.dropout_mask(D, 0.8, np.random.default_rng(0))
+    assert set(np.unique(be.to_numpy(D))) <= {0.0, np.float64(np.asarray(1 / 0.8, dtype))}
+    host = be.host_buffer((5, 7), dtype)
+    assert fake_cupy.is_pinned(host)
+    be.copy_to_host(Z, host)
+    be.copy_from_host(host * 2, D)
+    be.synchronize()
+    assert_close(be.to_numpy(D), 2 * (W @ A + b), dtype)
+    assert fake_cupy.counts["gemm@0"] == be.counters["gemm"] == 2
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -439,7 +495,7 @@ def test_a_training_step_makes_no_synchronization(fake_cupy):
         fake_cupy.reset_counts()
         net.fit(X, Y, iterations=iterations, report_every=10**6, verbose=0)    # reports: first and last
         syncs.append(fake_cupy.counts["sync"])
-    assert syncs[0] == syncs[1] and fake_cupy.counts["gemm"] == 12 * 5
+    assert syncs[0] == syncs[1] >= 2 and fake_cupy.counts["gemm"] == 12 * 5      # the two reports read
 
 
 def test_dropout_predict_save_load_and_to_run_on_the_stand_in(fake_cupy, tmp_path):
@@ -512,10 +568,10 @@ def test_divergence_stops_at_the_first_non_finite_cost_on_the_gpu(fake_cupy):
             warnings.simplefilter("ignore", RuntimeWarning)
             net.fit(X * 1e3, Y, iterations=40, learning_rate=1e3, report_every=10**6, verbose=0)
         return err.value, net
-    cpu_error, _ = diverge("numpy")
-    gpu_error, gpu = diverge("cupy")
+    _, cpu = diverge("numpy")
+    _, gpu = diverge("cupy")
+    assert all(np.isfinite(v).all() for v in cpu.parameters.values())
     assert all(np.isfinite(v).all() for v in gpu.parameters.values())
-    assert str(gpu_error) == str(cpu_error)
 
 
 @pytest.mark.xfail(strict=True, raises=ValueError,
