@@ -28,3 +28,14 @@ def path(request, monkeypatch):
         monkeypatch.setattr(nb, "WHOLE_STEP_MAX_WORK", max_work)
         monkeypatch.setattr(nb, "BLAS_WHOLE_STEP", blas)
     return request.param
+
+
+@pytest.fixture
+def fake_cupy():
+    """A strict CuPy stand-in installed as ``cupy``/``cupyx`` with two devices (tests/fake_cupy.py);
+    yields the StandIn (its ``.cupy`` module, ``.counts``, ``.live_bytes()``). Skips without CuPy, whose
+    real package the stand-in checks every name against."""
+    pytest.importorskip("cupy", reason="the CuPy stand-in checks names against the real cupy package")
+    import fake_cupy as fc
+    with fc.installed(devices=2) as stand_in:
+        yield stand_in
