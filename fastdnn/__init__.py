@@ -7,8 +7,7 @@ from .errors import (BackendUnavailableError, DeviceFallbackWarning, Distributed
                      ModelFileError, ShapeError, TrainingDivergedError)
 from .gradcheck import gradient_check
 from .history import History
-from .io import load
-from .network import Network
+from .network import Network, load
 
 __version__ = "0.1.0"
 

@@ -68,6 +68,7 @@ class Engine:
         self._counters = np.zeros((2, 3), np.int64)     # per slot: t, iteration, epoch
         self._current = np.zeros(1, np.int64)           # the current slot, 0 or 1
         self._call_start = 0
+        self._halt = None           # (first diverging iteration + 1, its cost) on the device, deferred checks
         self._workspaces = {}
         self.set_parameters(parameters)
 
@@ -175,12 +176,14 @@ class Engine:
 
     def to(self, backend):
         """Move θ and the optimizer state to another backend (in place)."""
-        parameters, t, states = self.parameters(), self.t, [self.backend.to_numpy(s) for s in self.states]
+        with self.backend.device_scope():
+            parameters, t, states = self.parameters(), self.t, [self.backend.to_numpy(s) for s in self.states]
         self.backend = backend
         self._workspaces = {}
-        self.set_parameters(parameters)
-        for s, host in zip(self.states, states):
-            s[...] = backend.asarray(host)
+        with backend.device_scope():
+            self.set_parameters(parameters)
+            for s, host in zip(self.states, states):
+                s[...] = backend.asarray(host)
         self._counters[self._slot(), T] = t
 
     # --- workspaces --------------------------------------------------------------------------
@@ -291,8 +294,19 @@ class Engine:
 
     # --- training ------------------------------------------------------------------------------
     def begin_call(self):
-        """A public call (fit, step) starts: a divergence in it goes back at most to here."""
+        """A public call (fit, step) starts: a divergence in it goes back at most to here. On a
+        backend that defers the divergence check to the device, the other slot starts as a copy of the
+        current one and the device's halt flag is cleared (see ``_deferred_step``)."""
         self._call_start = self.iteration
+        if self.backend.defers_checks:
+            c = self._slot()
+            for src, dst in zip([self._thetas[c], *self._states[c]], [self._thetas[1 - c], *self._states[1 - c]]):
+                dst[...] = src
+            if self._halt is None:
+                self._halt = (self.backend.zeros((), np.int64), self.backend.zeros((), self.dtype))
+            self._halt[0][...] = 0
+            self._counters[1 - c] = self._counters[c]
+            self._call_counters = self._counters[c].copy()
 
     def train_step(self, X, Y, learning_rate, check=True, m_total=None):
         """One step (θ', state') = optimizer(θ, dθ, state) into the other slot, which then becomes
@@ -313,6 +327,8 @@ class Engine:
             m = m_total or self.parallel.m_total
             cost = self.parallel.all_reduce(self.gradient_buffer, cost, ws.m / m)
         cost = self._add_l2(cost, m)
+        if self.backend.defers_checks and self.parallel is None:
+            return self._deferred_step(cost, c, learning_rate, check)
         if check or ws.fused is not None or self.parallel is not None:
             cost = self.backend.scalar(cost)   # read back once; the caller reuses the float
             if not math.isfinite(cost):
@@ -322,6 +338,42 @@ class Engine:
                                 self._counters[c, T] + 1, theta_out, self._states[1 - c])
         self._commit(c)
         return cost
+
+    def _deferred_step(self, cost, c, learning_rate, check):
+        """The update and commit of a step whose cost stays on the device (no host sync): the update
+        writes nothing when the cost is not finite, and copies θ and the state once a step of this call
+        has diverged; the device records the first diverging iteration (the halt flag); ``check_halted``
+        reads it (at reports and epoch ends) and puts the network back. Returns the 0-d device cost, or
+        its float when ``check``."""
+        halted, halted_cost = self._halt
+        self.backend.update_guarded(self.optimizer, self._thetas[c], self._dtheta, self._states[c], learning_rate,
+                                    self._counters[c, T] + 1, self._thetas[1 - c], self._states[1 - c], cost,
+                                    halted)
+        self.backend.mark_divergence(cost, halted, halted_cost, self._counters[c, ITERATION])
+        self._commit(c)
+        if check:
+            self.check_halted()
+            cost = self.backend.scalar(cost)
+        return cost
+
+    def check_halted(self):
+        """On a deferred-check backend: if a step of this call diverged (one read of the device's halt
+        flag), set the counters to the parameters the device kept — the step before it, or the call's
+        start when it was the call's first — and raise TrainingDivergedError."""
+        if not self.backend.defers_checks:
+            return
+        halted, halted_cost = self._halt
+        at = int(self.backend.scalar(halted))
+        if at == 0:
+            return
+        j = at - 1
+        t0, start, _ = (int(v) for v in self._call_counters)
+        kept = j - 1 if j > start else j
+        c = self._slot()
+        self._counters[c, T], self._counters[c, ITERATION] = t0 + kept - start, kept
+        self._forget_previous()
+        raise TrainingDivergedError(j, self.backend.scalar(halted_cost), kept if j > start else None,
+                                    self.epoch)
 
     def _commit(self, c):
         """Make the other slot current after a step from slot c (its counters first, then one store)."""
@@ -350,14 +402,16 @@ class Engine:
     def end_call(self):
         """A call ends: its last step's θ, whose cost nobody computed, must be finite (NaN-propagating
         min and max, no temporary); if not, go back to the step before (TrainingDivergedError)."""
+        self.check_halted()
         theta = self.theta
         if math.isfinite(self.backend.scalar(theta.min())) and math.isfinite(self.backend.scalar(theta.max())):
             return
         self._diverged(math.nan)
 
     def checks_every_step(self):
-        """Whether a training step reads its cost back to check it (not on GPUs: no host sync)."""
-        return not self.backend.device.startswith("cuda")
+        """Whether a training step reads its cost back to check it (yes, unless the backend defers
+        the check to the device: no host sync per step)."""
+        return not self.backend.defers_checks
 
     def example_major(self, Xd, Yd):
         """(X (m, n0), Y (m, nL)) C-contiguous copies with one example per row: a mini-batch of random
@@ -390,6 +444,7 @@ class Engine:
             cost = self.train_step(XbT.T, Yb, learning_rate, check=self.checks_every_step(),
                                    m_total=m_batch)
             total = total + cost * (m_batch / m_all)
+        self.check_halted()                  # deferred checks: once an epoch
         self._counters[self._slot(), EPOCH] += 1
         return total
 

@@ -39,7 +39,7 @@ def run(configs=bench.CONFIGS, dtypes=("float32", "float64"), steps=50, device=0
         for dtype in dtypes:
             floor_ms = _event_time(bench.gemm_floor(config, dtype, xp=cp).run, steps, cp)
             for name in ("cupy", "cupy-numba"):
-                net = Network(config.layer_dims, config.hidden, config.output, device=f"{name}",
+                net = Network(config.layer_dims, config.hidden, config.output, device=f"{name}:{device}",
                               dtype=dtype, seed=0)
                 Xd, Yd = net.prepare(*bench.problem(config, dtype))          # moved to the GPU once
                 ms = _event_time(lambda: net.engine.train_step(Xd, Yd, 1e-3, check=False), steps, cp)

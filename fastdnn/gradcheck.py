@@ -19,14 +19,15 @@ def gradient_check(net, X, Y, epsilon=1e-7, max_checks=None, seed=0):
     if max_checks is not None and max_checks < g.size:
         index = np.sort(np.random.RandomState(seed).choice(g.size, max_checks, replace=False))
     approx = np.empty(index.size)
-    for k, i in enumerate(index):
-        original = float(theta[i])
-        theta[i] = original + epsilon
-        plus = ref.engine.cost(Xd, Yd)
-        theta[i] = original - epsilon
-        minus = ref.engine.cost(Xd, Yd)
-        theta[i] = original
-        approx[k] = (plus - minus) / (2 * epsilon)
+    with ref.backend.device_scope():
+        for k, i in enumerate(index):
+            original = float(theta[i])
+            theta[i] = original + epsilon
+            plus = ref.engine.cost(Xd, Yd)
+            theta[i] = original - epsilon
+            minus = ref.engine.cost(Xd, Yd)
+            theta[i] = original
+            approx[k] = (plus - minus) / (2 * epsilon)
     g = g[index].astype(np.float64)
     denominator = np.linalg.norm(g) + np.linalg.norm(approx)
     return float(np.linalg.norm(g - approx) / denominator) if denominator else 0.0

@@ -1,93 +1,154 @@
-"""Saving and loading networks: one .npz, written atomically, read without pickle.
+"""Network files: a state dict (fastdnn.state) as one .npz, written atomically, read without pickle.
 
-The file holds the parameters W1, b1, ..., the optimizer's state buffers, and a JSON header (format
-version, layer_dims, activations, loss, dtype, optimizer and its hyper-parameters, step counts).
+The file is a zip of .npy members: ``header.npy`` (the JSON configuration) and one member per array
+(W1, b1, ..., state0, ...). Reading checks the zip's directory against the configuration before
+decompressing anything: only the expected members, each no larger than its array, so a hostile file
+cannot make ``load`` decompress more than the network's own size.
 """
 import json
 import os
+import stat
 import tempfile
 import zipfile
 
 import numpy as np
 
-from .activations import ACTIVATIONS
+from . import state
 from .errors import ModelFileError
-from .optimizers import OPTIMIZERS
 
-FORMAT = "fastdnn-network"
-VERSION = 1
+HEADER_MAX_BYTES = 1 << 20      # the JSON configuration of any sane network fits in far less
+NPY_HEADER_MAX_BYTES = 4096     # a .npy member's own header, beside its data
 
 
-def save(net, path):
-    """Write net to path (.npz) atomically: a temporary file in the same folder, fsync, rename.
-    An interrupted save leaves any earlier file at path untouched and no temporary behind."""
-    engine = net.engine
-    header = dict(format=FORMAT, version=VERSION, layer_dims=net.layer_dims,
-                  activations=[list(a.key) for a in net.activations], loss=net.loss.name,
-                  dtype=net.dtype.name, optimizer=net.optimizer.name,
-                  optimizer_args={k: v for k, v in vars(net.optimizer).items()},
-                  optimizer_step=engine.t, iteration=engine.iteration, epoch=engine.epoch, l2=net.l2,
-                  keep_prob=list(net.keep_prob), rng=engine.rng.bit_generator.state)
-    arrays = dict(net.parameters)
-    arrays.update({f"state{i}": net.backend.to_numpy(s) for i, s in enumerate(engine.states)})
-    arrays["header"] = np.array(json.dumps(header))
-    directory = os.path.dirname(os.path.abspath(path))
+def write_state(path, state_dict):
+    """Write a state dict to path (.npz) atomically: a temporary file in the target's folder, fsync,
+    rename, fsync of the folder. Writing through a symbolic link replaces the file it points to; an
+    existing file keeps its permissions, a new one gets the default ones (umask). An interrupted
+    write leaves any earlier file untouched and no temporary behind."""
+    config = state_dict["config"]
+    arrays = {k: v for k, v in state_dict.items() if k != "config"}
+    arrays["header"] = np.array(json.dumps(config))
+    target = os.path.realpath(path)
+    directory = os.path.dirname(target)
     fd, tmp = tempfile.mkstemp(prefix=".fastdnn-", suffix=".npz.tmp", dir=directory)
     try:
+        os.fchmod(fd, _mode_for(target))
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         os.unlink(tmp)
         raise
+    _fsync_directory(directory)
     return path
 
 
-def load(path, device="auto"):
-    """The Network saved at path, on ``device``, with its optimizer state; ModelFileError for a file
-    that is truncated, corrupted, not a fastdnn network or of an unknown version."""
-    from .network import Network
+def _mode_for(target):
+    """The permissions of the file being replaced, else the default for a new file (0666 & ~umask)."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError) as exc:
-        if isinstance(exc, FileNotFoundError):
+        return stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _fsync_directory(directory):
+    """Make the rename durable (POSIX); a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def read_state(path):
+    """The state dict in the file at path, its configuration and arrays checked (fastdnn.state);
+    ModelFileError naming the problem for a file that is not a zip, truncated, corrupted, not a
+    fastdnn network, of an unknown version, or inconsistent. FileNotFoundError if there is none."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {info.filename: info for info in archive.infolist()}
+            if len(members) != len(archive.infolist()):
+                raise ModelFileError(f"{path} holds two members of the same name")
+            config = _read_header(path, archive, members)
+            try:
+                state.check_config(config)
+            except (TypeError, ValueError) as exc:
+                raise ModelFileError(f"{path}: {exc}") from exc
+            arrays = _read_arrays(path, archive, members, state.expected_arrays(config), config["dtype"])
+    except FileNotFoundError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, KeyError) as exc:
+        if isinstance(exc, ModelFileError):
             raise
         raise ModelFileError(f"{path} is not a readable fastdnn model (.npz) file: "
                              f"{type(exc).__name__}: {exc}") from exc
-    header = _header(path, arrays)
     try:
-        activations = [ACTIVATIONS[key[0]](*key[1:]) for key in header["activations"]]
-        parameters = {k: arrays[k] for k in arrays if k[0] in "Wb" and k[1:].isdigit()}
-        net = Network(header["layer_dims"], activations, None, header["loss"], init=parameters,
-                      device=device, dtype=header["dtype"])
-        engine = net.engine
-        engine.set_optimizer(OPTIMIZERS[header["optimizer"]](**header["optimizer_args"]))
-        states = [arrays[f"state{i}"] for i in range(net.optimizer.n_state)]
-        for i, s in enumerate(states):
-            if s.shape != engine.states[i].shape:
-                raise ValueError(f"state{i} has shape {s.shape}, expected {engine.states[i].shape}")
-            engine.states[i][...] = net.backend.asarray(s, dtype=net.dtype)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelFileError(f"{path} is damaged or inconsistent: {type(exc).__name__}: {exc}") from exc
-    engine.t, engine.iteration, engine.epoch = (int(header[k]) for k in ("optimizer_step", "iteration", "epoch"))
-    net.regularize(header["l2"], header["keep_prob"])
-    engine.rng.bit_generator.state = header["rng"]
-    return net
+        return {"config": config, **state.check_arrays(config, arrays)}
+    except (TypeError, ValueError) as exc:
+        raise ModelFileError(f"{path} is damaged or inconsistent: {exc}") from exc
 
 
-def _header(path, arrays):
-    if "header" not in arrays:
+def _read_header(path, archive, members):
+    info = members.get("header.npy")
+    if info is None:
         raise ModelFileError(f"{path} is an .npz file but not a fastdnn model (no header)")
+    if info.file_size > HEADER_MAX_BYTES:
+        raise ModelFileError(f"{path}: its header declares {info.file_size} bytes; a fastdnn header is "
+                             f"under {HEADER_MAX_BYTES}")
+    with archive.open(info) as f:
+        header = np.lib.format.read_array(f, allow_pickle=False)
+    if header.dtype.kind != "U" or header.shape != ():
+        raise ModelFileError(f"{path} has a corrupted header (a {header.dtype} array of shape {header.shape})")
     try:
-        header = json.loads(str(arrays["header"]))
+        return json.loads(str(header))
     except ValueError as exc:
         raise ModelFileError(f"{path} has a corrupted header: {exc}") from exc
-    if header.get("format") != FORMAT:
-        raise ModelFileError(f"{path} is not a fastdnn model (format {header.get('format')!r})")
-    if header.get("version") != VERSION:
-        raise ModelFileError(f"{path} has format version {header.get('version')}; this fastdnn reads "
-                             f"version {VERSION}")
-    return header
+
+
+def _read_arrays(path, archive, members, shapes, dtype):
+    """Each expected member, after checking that the zip declares no other member and none larger than
+    its array can be."""
+    names = {f"{k}.npy" for k in shapes} | {"header.npy"}
+    unknown = sorted(set(members) - names)
+    if unknown:
+        raise ModelFileError(f"{path} holds members {unknown} that are not part of this network")
+    arrays = {}
+    for name, shape in shapes.items():
+        info = members.get(f"{name}.npy")
+        if info is None:
+            raise ModelFileError(f"{path} is damaged or inconsistent: array {name} is missing")
+        limit = int(np.prod(shape)) * 8 + NPY_HEADER_MAX_BYTES       # 8: the widest dtype we read
+        if info.file_size > limit:
+            raise ModelFileError(f"{path}: member {name} declares {info.file_size} bytes; an array of shape "
+                                 f"{shape} needs at most {limit}")
+        with archive.open(info) as f:
+            arrays[name] = _read_npy(path, f, name, shape)
+    return arrays
+
+
+def _read_npy(path, f, name, shape):
+    """One .npy member whose own header must declare a numeric dtype and this array's shape (so
+    nothing is allocated for a shape the architecture does not have)."""
+    version = np.lib.format.read_magic(f)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    if version not in readers:
+        raise ModelFileError(f"{path}: member {name} has .npy format version {version}")
+    found, fortran, dtype = readers[version](f)
+    if dtype.kind not in "iuf" or dtype.itemsize > 8:
+        raise ModelFileError(f"{path} is damaged or inconsistent: {name} has dtype {dtype}, not a number")
+    if found != shape and not (name[0] == "b" and found == shape[:1]):
+        raise ModelFileError(f"{path} is damaged or inconsistent: {name} has shape {found}, expected {shape}")
+    count = int(np.prod(found))
+    data = f.read(count * dtype.itemsize)
+    if len(data) != count * dtype.itemsize:
+        raise ModelFileError(f"{path} is damaged: member {name} is truncated")
+    return np.frombuffer(data, dtype).reshape(found, order="F" if fortran else "C").copy()

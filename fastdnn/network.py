@@ -4,22 +4,35 @@ X = A[0] (n[0], m); Z[l] = W[l] · A[l-1] + b[l]; A[l] = g[l](Z[l]); A[L] = ŷ; 
 The network checks the user's arguments and data and holds an ``Engine`` (fastdnn.engine), which owns
 the flat buffers and computes; the network knows a Backend, never which library runs it.
 """
+import functools
 import math
+import warnings
 
 import numpy as np
 
-from . import _checks
-from .activations import get_activation
+from . import _checks, io, state
+from .activations import ACTIVATIONS, get_activation
 from .backends import get_backend
+from .errors import BackendUnavailableError, DeviceFallbackWarning, ModelFileError
 from .distributed import DataParallel
 from .engine import Engine
 from .initializers import initialize
 from .losses import get_loss
-from .optimizers import get_optimizer
+from .optimizers import OPTIMIZERS, get_optimizer
 from .schedules import get_schedule
 from .training import TrainingLoop
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _on_device(method):
+    """Run a public method with the network's device current (GPUs: whatever thread or code made
+    another device current, the work goes to this network's device)."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self.engine.backend.device_scope():
+            return method(self, *args, **kwargs)
+    return run
 
 
 def _layer_activations(hidden, output, L):
@@ -73,8 +86,9 @@ class Network:
             parameters = init
         else:
             parameters = initialize(self.layer_dims, init, seed)
-        self.engine = Engine(backend, self.layer_dims, self.activations, self.loss, self.dtype, parameters,
-                             seed)
+        with backend.device_scope():
+            self.engine = Engine(backend, self.layer_dims, self.activations, self.loss, self.dtype, parameters,
+                                 seed)
         self.regularize(l2, keep_prob)
         self.history = None         # the History of the last fit, filled as it runs
 
@@ -132,6 +146,7 @@ class Network:
         return self.engine.epoch
 
     @property
+    @_on_device
     def parameters(self):
         """Host NumPy copies {'W1': (n1, n0), 'b1': (n1, 1), ...} in the network's dtype."""
         return self.engine.parameters()
@@ -168,12 +183,66 @@ class Network:
         self.engine.to(get_backend(device, _stacklevel=3))
         return self
 
+    @_on_device
     def save(self, path):
-        """Write the network (parameters, architecture, dtype, optimizer state) to one .npz file,
-        atomically; read it back with fastdnn.load(path)."""
-        from .io import save
-        return save(self, path)
+        """Write the network (its state_dict: parameters, architecture, dtype, optimizer state, counters,
+        seed) to one .npz file, atomically; read it back with fastdnn.load(path)."""
+        return io.write_state(path, self.state_dict())
 
+    @_on_device
+    def state_dict(self):
+        """Everything needed to rebuild the network, as plain data: {'config': a JSON-able dict
+        (architecture, dtype, optimizer and its hyper-parameters, counters, L2, keep_prob, seed, the
+        dropout generator's state), 'W1': ..., 'b1': ..., ..., 'state0': ...: host NumPy arrays}."""
+        return state.make(self)
+
+    @classmethod
+    def from_state_dict(cls, state_dict, device="auto"):
+        """The network a ``state_dict()`` describes, on ``device``; every field checked first
+        (ValueError/TypeError naming it)."""
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"a state dict must be a dict; got {type(state_dict).__name__}")
+        config = state.check_config(state_dict.get("config"))
+        arrays = state.check_arrays(config, {k: v for k, v in state_dict.items() if k != "config"})
+        activations = [ACTIVATIONS[key[0]](*key[1:]) for key in config["activations"]]
+        net = cls(config["layer_dims"], activations, None, config["loss"], device=device, dtype=config["dtype"],
+                  init={k: v for k, v in arrays.items() if k[0] in "Wb"}, seed=config.get("seed"),
+                  l2=config["l2"], keep_prob=config["keep_prob"])
+        engine = net.engine
+        with net.backend.device_scope():
+            engine.set_optimizer(OPTIMIZERS[config["optimizer"]](**config["optimizer_args"]))
+            for i, s in enumerate(engine.states):
+                s[...] = net.backend.asarray(arrays[f"state{i}"], dtype=net.dtype)
+        engine.t, engine.iteration, engine.epoch = (config[k] for k in ("optimizer_step", "iteration", "epoch"))
+        try:
+            engine.rng.bit_generator.state = config["rng"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"rng is not a state of NumPy's {type(engine.rng.bit_generator).__name__}: "
+                             f"{type(exc).__name__}: {exc}") from exc
+        return net
+
+    def __getstate__(self):
+        """Pickling: the state dict (no compiled kernel, no device buffer) and where it ran."""
+        return {"state": self.state_dict(), "backend": self.backend.name, "device": self.device,
+                "history": self.history}
+
+    def __setstate__(self, pickled):
+        """Unpickling: rebuilt from its state dict on the same backend, or, where that cannot run here,
+        the CPU (a DeviceFallbackWarning says so; CUDA devices fall back as for ``device="cuda"``)."""
+        device = pickled["device"]
+        if device.startswith("cuda"):
+            backend = get_backend(device, _stacklevel=3)
+        else:
+            try:
+                backend = get_backend(pickled["backend"])
+            except BackendUnavailableError as exc:
+                backend = get_backend("cpu")
+                warnings.warn(f"{exc}; using backend {backend.name!r} on cpu", DeviceFallbackWarning,
+                              stacklevel=2)
+        self.__dict__.update(Network.from_state_dict(pickled["state"], device=backend).__dict__)
+        self.history = pickled.get("history")
+
+    @_on_device
     def to_onnx(self, path, opset=None):
         """Write the network as an ONNX graph, X (batch, n0) -> probabilities (batch, nL) = forward(X.T).T
         (fastdnn.onnx_export.to_onnx; needs the onnx extra); returns path."""
@@ -186,6 +255,7 @@ class Network:
                 f"backend={self.backend.name!r} on {self.device}, dtype={self.dtype.name})")
 
     # --- public API ------------------------------------------------------------------------
+    @_on_device
     def prepare(self, X, Y=None):
         """X (n0, m) (and Y (nL, m), or class ids for softmax) checked, converted to the network's
         dtype and moved to its backend: what every method does with its data first. Prepare data
@@ -205,20 +275,24 @@ class Network:
             return A.copy()
         return self.backend.to_numpy(A)
 
+    @_on_device
     def forward(self, X):
         """A[L] = ŷ for X (n0, m) -> (nL, m)."""
         return self._result(self.engine.forward(self.prepare(X)), X)
 
     predict_proba = forward
 
+    @_on_device
     def cost(self, X, Y):
         """J = (1/m) Σ L(ŷ, y) as a Python float."""
         return self.engine.cost(*self.prepare(X, Y))
 
+    @_on_device
     def gradients(self, X, Y):
         """{'dW1': (n1, n0), 'db1': (n1, 1), ...} = ∂J/∂W[l], ∂J/∂b[l], as host NumPy arrays."""
         return self.engine.gradients(*self.prepare(X, Y))
 
+    @_on_device
     def step(self, X, Y, learning_rate=None, optimizer=None):
         """One optimizer step on (X, Y) (plain gradient descent W[l] -= α dW[l] by default);
         returns J before the step. A step that raises leaves the network as it was."""
@@ -232,6 +306,7 @@ class Network:
         self.engine.end_call()
         return cost
 
+    @_on_device
     def fit(self, X, Y, *, learning_rate=None, iterations=None, epochs=None, batch_size=None,
             shuffle=True, seed=None, optimizer=None, l2=None, keep_prob=None, schedule=None,
             validation_data=None, patience=None, report_every=None, verbose=None, comm=None):
@@ -316,6 +391,7 @@ class Network:
         optimizer = optimizer or self.optimizer
         return _check_rate(learning_rate if learning_rate is not None else optimizer.learning_rate or 0.0075)
 
+    @_on_device
     def predict(self, X):
         """Class predictions: (A > 0.5) as 0/1 (nL, m) for sigmoid, argmax ids (1, m) for softmax;
         A itself for regression outputs."""
@@ -328,6 +404,7 @@ class Network:
             return xp.argmax(A, axis=0).reshape(1, -1)
         return A
 
+    @_on_device
     def accuracy(self, X, Y):
         """Fraction of correct predictions (all outputs of all examples), a Python float."""
         name = self.activations[-1].name
@@ -340,6 +417,17 @@ class Network:
         if name == "softmax":
             Y1 = np.argmax(Y1, axis=0).reshape(1, -1)
         return float(np.mean(p == Y1))
+
+
+def load(path, device="auto"):
+    """The Network saved at path (``Network.save``), on ``device``, with its optimizer state and
+    counters; ModelFileError naming the problem for a file that is truncated, corrupted, hostile, not a
+    fastdnn network or of an unknown version."""
+    state_dict = io.read_state(path)
+    try:
+        return Network.from_state_dict(state_dict, device)
+    except (TypeError, ValueError) as exc:
+        raise ModelFileError(f"{path} is damaged or inconsistent: {type(exc).__name__}: {exc}") from exc
 
 
 def _default(value, default):

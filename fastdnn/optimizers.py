@@ -15,6 +15,7 @@ from .errors import unknown_name
 class Optimizer:
     name = ""
     n_state = 0
+    nonnegative_states = ()     # state buffers that are means of squared gradients (never negative)
 
     def __init__(self, learning_rate=None):
         self.learning_rate = None if learning_rate is None else _positive("learning_rate", learning_rate)
@@ -78,6 +79,7 @@ class Momentum(Optimizer):
 class RMSProp(Optimizer):
     name = "rmsprop"
     n_state = 1
+    nonnegative_states = (0,)
 
     def __init__(self, learning_rate=None, beta=0.999, epsilon=1e-8):
         super().__init__(learning_rate)
@@ -101,6 +103,7 @@ class RMSProp(Optimizer):
 class Adam(Optimizer):
     name = "adam"
     n_state = 2
+    nonnegative_states = (1,)
 
     def __init__(self, learning_rate=None, beta1=0.9, beta2=0.999, epsilon=1e-8):
         super().__init__(learning_rate)
@@ -131,6 +134,7 @@ class Adam(Optimizer):
 class AdaGrad(Optimizer):
     name = "adagrad"
     n_state = 1
+    nonnegative_states = (0,)
 
     def __init__(self, learning_rate=None, epsilon=1e-8):
         super().__init__(learning_rate)

@@ -355,9 +355,10 @@ def test_optimizer_three_steps_through_swapped_buffers(dtype, opt_name):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_update_writes_nothing_when_the_cost_is_not_finite(dtype, opt_name, cost):
     theta, dtheta, s1, s2 = update_case(37, dtype)
-    for halted in (0, 5):
-        outs = run_update(get_optimizer(opt_name), theta, dtheta, s1, s2, 0.01, 2, cost=cost, halted=halted)
-        assert all((o == SENTINEL).all() for o in outs)
+    outs = run_update(get_optimizer(opt_name), theta, dtheta, s1, s2, 0.01, 2, cost=cost, halted=0)
+    assert all((o == SENTINEL).all() for o in outs)
+    outs = run_update(get_optimizer(opt_name), theta, dtheta, s1, s2, 0.01, 2, cost=cost, halted=5)
+    np.testing.assert_array_equal(outs[0], theta)          # halted earlier: the kept θ travels on
 
 
 @pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
@@ -378,12 +379,13 @@ def test_update_copies_when_halted(dtype, opt_name):
 def test_mark_divergence_records_the_first_non_finite_iteration(dtype):
     src, name = K.mark_divergence(dtype)
     p = K.plan("mark_divergence", (1,))
-    halted = np.zeros((), np.int64)
+    halted, halted_cost = np.zeros((), np.int64), np.zeros((), dtype)
     for iteration, cost in ((4, 1.0), (5, np.inf), (6, np.nan), (7, 2.0)):
-        E.launch(src, name, *p.main, (np.full((), cost, dtype), halted, np.int64(iteration)))
+        E.launch(src, name, *p.main, (np.full((), cost, dtype), halted, halted_cost, np.int64(iteration)))
         assert int(halted) == (0 if iteration < 5 else 6)
+        assert float(halted_cost) == (0.0 if iteration < 5 else np.inf)
     halted = np.zeros((), np.int64)
-    E.launch(src, name, (3, 1), (4, 1), (np.full((), np.nan, dtype), halted, np.int64(9)))
+    E.launch(src, name, (3, 1), (4, 1), (np.full((), np.nan, dtype), halted, halted_cost, np.int64(9)))
     assert int(halted) == 10                 # any launch geometry: one thread writes
 
 

@@ -443,7 +443,7 @@ def test_cupy_backend_ops_match_float64_formulas(fake_cupy, dtype):
                                                            rel=RTOL[dtype])
     theta, dtheta = be.asarray(W.reshape(-1), dtype=dtype), be.asarray(A.reshape(-1)[:20], dtype=dtype)
     out = be.empty((20,), dtype)
-    be.update(get_optimizer("gd"), theta, dtheta, [], 0.1, 1, out)
+    be.update(get_optimizer("gd"), theta, dtheta, [], 0.1, 1, out, [])
     assert_close(be.to_numpy(out), W.reshape(-1) - 0.1 * A.reshape(-1)[:20], dtype)
     D = be.empty((5, 7), dtype)
     be.dropout_mask(D, 0.8, np.random.default_rng(0))
@@ -549,18 +549,11 @@ def test_data_parallel_fit_stages_through_pinned_memory(fake_cupy):
 
 
 # --- defects of today's GPU path (issue 14) the stand-in finds ----------------------------------------
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="defect 1 of issue 14: fastdnn/network.py:462 (_epoch) calls xp.take(..., "
-                          "mode='clip'); CuPy's take has no mode")
 def test_mini_batch_fit_runs_on_the_stand_in(fake_cupy):
     net = fastdnn.Network([4, 5, 1], device="cupy", seed=1)
     net.fit(X, Y, epochs=2, batch_size=16, verbose=0)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="defect 2 of issue 14: on CUDA devices Network._check_every_step() is False "
-                          "(fastdnn/network.py:445), so a diverging fit is caught only at a report "
-                          "(network.py:289) and the parameters 'restored' are already NaN")
 def test_divergence_stops_at_the_first_non_finite_cost_on_the_gpu(fake_cupy):
     def diverge(device):
         net = fastdnn.Network([4, 5, 1], device=device, seed=1)
@@ -574,11 +567,6 @@ def test_divergence_stops_at_the_first_non_finite_cost_on_the_gpu(fake_cupy):
     assert all(np.isfinite(v).all() for v in gpu.parameters.values())
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="defect 4 of issue 14: CupyBackend calls Device(i).use() once in its "
-                          "constructor (fastdnn/backends/cupy_backend.py:20) and no operation re-enters "
-                          "its device: building a second backend on cuda:1 sends cuda:0's work to cuda:1 "
-                          "(first failing op: base.py:65 gemm via network.py:228)")
 def test_two_networks_on_two_devices_train_in_turn(fake_cupy):
     net0 = fastdnn.Network([4, 5, 1], device="cuda:0", seed=1)
     net1 = fastdnn.Network([4, 5, 1], device="cuda:1", seed=1)
@@ -586,9 +574,6 @@ def test_two_networks_on_two_devices_train_in_turn(fake_cupy):
     net0.fit(X, Y, iterations=2, verbose=0)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="defect 4 of issue 14: the device is made current only in the constructor's "
-                          "thread (fastdnn/backends/cupy_backend.py:20); another thread starts on device 0")
 def test_a_network_on_cuda_1_trains_in_another_thread(fake_cupy):
     net = fastdnn.Network([4, 5, 1], device="cuda:1", seed=1)
     errors = []

@@ -2,7 +2,7 @@
 
 Device strings: "cpu" (fastest CPU backend), "cuda" / "cuda:N" (fastest CUDA backend, else the
 CPU with one DeviceFallbackWarning), "auto" (CUDA when usable, else CPU, silently), or a
-backend name (that backend or BackendUnavailableError). Adding a backend is one module here
+backend name, "cupy:N" naming the device for a CUDA one (that backend or BackendUnavailableError). Adding a backend is one module here
 plus one line in ``_REGISTRY``.
 """
 import importlib
@@ -88,11 +88,17 @@ def get_backend(device="auto", fallback=True, _stacklevel=2):
         return device
     if not isinstance(device, str):
         raise TypeError(f"device must be a string or a Backend, got {type(device).__name__}")
-    if device in _REGISTRY:
-        reason = _unavailable_reason(device)
+    name, _, index = device.partition(":")
+    if name in _REGISTRY:                       # a backend by name; a CUDA one may name its device
+        kind = _REGISTRY[name][2]
+        if index and (kind != "cuda" or not index.isdigit()):
+            raise ValueError(f"bad device {device!r}; a CUDA backend takes 'NAME:N' with N >= 0, a CPU "
+                             "backend no index")
+        index = int(index or 0)
+        reason = _unavailable_reason(name, index)
         if reason:
             raise BackendUnavailableError(f"backend {device!r} unavailable ({reason})")
-        return _make(device, _REGISTRY[device][2])
+        return _make(name, kind, index)
     if device == "cpu":
         return _make(_first_usable("cpu")[0])
     if device == "auto" or device.startswith("cuda"):

@@ -33,6 +33,13 @@ def use_device(index):
     cupy().cuda.Device(index).use()
 
 
+def device_scope(index):
+    """A context in which CUDA device ``index`` is current (the previous one again on exit): every
+    allocation, cuBLAS call and kernel launch inside goes to it, whatever thread or code made another
+    device current before."""
+    return cupy().cuda.Device(index)
+
+
 def to_device(x, dtype=None):
     """A host or device array as a CuPy array of ``dtype`` on the current device."""
     return cupy().asarray(x, dtype=dtype)

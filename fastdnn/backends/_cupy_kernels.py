@@ -42,7 +42,7 @@ sum_partials           const double* partials, int count, T scale, T* out   (out
 optimizer_update       const T* theta, const T* dtheta, const T* s1, const T* s2, T lr, T c1, T c2,
                        T* theta_out, T* s1_out, T* s2_out, const T* cost, const long long* halted,
                        long long P
-mark_divergence        const T* cost, long long* halted_at, long long iteration
+mark_divergence        const T* cost, long long* halted_at, T* halted_cost, long long iteration
 add_scaled             T* dW, const T* W, T c, long long size
 sum_squares            const T* W, long long size, double* partials
 dropout_mask           T* D, T keep_prob, T scale, long long size
@@ -367,8 +367,9 @@ extern "C" __global__ void {name}(const double* partials, int count, {T} scale, 
 def optimizer_update(optimizer, dtype):
     """θ_out, s1_out, s2_out = the optimizer's step(θ, dθ, s1, s2, α, c1, c2) per parameter, out of
     place (inputs never written; only the first optimizer.n_state state buffers are read or written,
-    the others may be any pointer). Nothing written when *cost is not finite; a copy θ -> θ_out,
-    s -> s_out when *halted != 0. Flat (P,) buffers."""
+    the others may be any pointer). A copy θ -> θ_out, s -> s_out when *halted != 0 (an earlier step
+    diverged: the kept parameters travel on whatever comes); else nothing written when *cost is not
+    finite (this step diverges: the other slot keeps the last good ones). Flat (P,) buffers."""
     T, s, dtype = _t(dtype)
     step = optimizer_function(optimizer, dtype)
     n_state = optimizer.n_state
@@ -383,13 +384,13 @@ def optimizer_update(optimizer, dtype):
 extern "C" __global__ void {name}(const {T}* theta, const {T}* dtheta, const {T}* s1, const {T}* s2,
                                   {T} lr, {T} c1, {T} c2, {T}* theta_out, {T}* s1_out, {T}* s2_out,
                                   const {T}* cost, const long long* halted, long long P) {{
-    if (!isfinite(*cost)) {{
-        return;
-    }}
     if (*halted != 0) {{
         {loop} {{
             {" ".join(copy)}
         }}
+        return;
+    }}
+    if (!isfinite(*cost)) {{
         return;
     }}
     {loop} {{
@@ -402,14 +403,17 @@ extern "C" __global__ void {name}(const {T}* theta, const {T}* dtheta, const {T}
 
 
 def mark_divergence(dtype):
-    """*halted_at = iteration + 1 if it is still 0 and *cost is not finite (one thread: grid and
-    block (1, 1, 1)). cost: 0-d T; halted_at: 0-d int64."""
+    """*halted_at = iteration + 1 and *halted_cost = *cost if *halted_at is still 0 and *cost is not
+    finite (one thread writes, any geometry; plan: (1, 1, 1)). cost, halted_cost: 0-d T; halted_at: 0-d
+    int64. Launched after the step's update, so the diverging step's update still sees 0."""
     T, s, _ = _t(dtype)
     name = f"fdnn_mark_divergence_{s}"
     return _source(f"""
-extern "C" __global__ void {name}(const {T}* cost, long long* halted_at, long long iteration) {{
+extern "C" __global__ void {name}(const {T}* cost, long long* halted_at, {T}* halted_cost,
+                                  long long iteration) {{
     if (blockIdx.x == 0u && threadIdx.x == 0u && *halted_at == 0 && !isfinite(*cost)) {{
         *halted_at = iteration + 1;
+        *halted_cost = *cost;
     }}
 }}
 """), name

@@ -6,12 +6,15 @@ so dW = dZ · A_prevᵀ and db = Σ_cols dZ need no further scaling.
 Faster backends override the composed ops (``linear_activation_forward``, ``delta_row_sum``,
 ``output_layer``, ``update``) with fused passes; the composition here is the reference.
 """
+import contextlib
+
 import numpy as np
 
 
 class Backend:
     name = "base"
     xp = np
+    defers_checks = False     # True: a training step does not read its cost back (see the GPU backend)
 
     def __init__(self, device="cpu"):
         self.device = device
@@ -19,6 +22,11 @@ class Backend:
 
     def __repr__(self):
         return f"<fastdnn backend {self.name!r} on {self.device}>"
+
+    def device_scope(self):
+        """A context manager making this backend's device current for the work inside (GPUs); nothing
+        on the CPU."""
+        return contextlib.nullcontext()
 
     # --- arrays ----------------------------------------------------------------------------
     def asarray(self, x, dtype=None):
@@ -163,6 +171,28 @@ class Backend:
         ``updates`` attribute says whether it also applied the optimizer's update (never when
         optimizer is None)."""
         return None
+
+    def update_guarded(self, optimizer, theta, dtheta, states, learning_rate, t, out, states_out, cost, halted):
+        """``update`` under the device-side divergence protocol (no host sync): when ``halted`` (0-d int)
+        is set, out and states_out become copies of θ and states; else, when the cost (0-d) is not
+        finite, nothing is written; else the update."""
+        xp = self.xp
+        new, new_states = xp.empty_like(out), [xp.empty_like(s) for s in states_out]
+        self.update(optimizer, theta, dtheta, states, learning_rate, t, new, new_states)
+        halt = halted != 0
+        go = xp.logical_and(xp.isfinite(cost), xp.logical_not(halt))
+        for dst, src, old in zip([out, *states_out], [new, *new_states], [theta, *states]):
+            xp.copyto(dst, src, where=go)
+            xp.copyto(dst, old, where=halt)
+        return out
+
+    def mark_divergence(self, cost, halted, halted_cost, iteration):
+        """halted = iteration + 1 and halted_cost = cost when halted is 0 and the cost is not finite
+        (0-d device arrays; no host sync)."""
+        xp = self.xp
+        first = xp.logical_and(halted == 0, xp.logical_not(xp.isfinite(cost)))
+        xp.copyto(halted_cost, cost, where=first)
+        xp.copyto(halted, int(iteration) + 1, where=first)
 
     def update(self, optimizer, theta, dtheta, states, learning_rate, t, out, states_out):
         """out = the optimizer's θ' and states_out its state' from θ, dθ and its state at step t

@@ -4,19 +4,21 @@ unfused. The reference on the GPU, and the fallback when numba-cuda is absent.
 Written against CuPy's documented API; no machine of this project has a GPU, so it has run here only
 in its failure paths (no device) — see README.
 """
+import contextlib
+
 from . import _cuda_device
 from .base import Backend
 
 
 class CupyBackend(Backend):
     name = "cupy"
+    defers_checks = True      # a step never reads its cost back: divergence is marked on the device
 
     def __init__(self, device="cuda:0", xp=None):
         super().__init__(device)
         self.counters.update(launch=0, sync=0)
         self.device_index = int(device.split(":")[1]) if ":" in device else 0
         if xp is None:                          # the real thing: CuPy on a device
-            _cuda_device.use_device(self.device_index)
             self.xp = _cuda_device.cupy()
         else:                                   # NumPy standing in for CuPy (CUDA simulator tests)
             self.xp = xp
@@ -24,6 +26,10 @@ class CupyBackend(Backend):
     @staticmethod
     def probe(device_index=0):
         return _cuda_device.probe(device_index)
+
+    def device_scope(self):
+        """This backend's device made current for the work inside (its allocations, GEMMs, launches)."""
+        return _cuda_device.device_scope(self.device_index) if self._real else contextlib.nullcontext()
 
     @property
     def _real(self):

@@ -14,6 +14,7 @@ from .cupy_backend import CupyBackend
 class CupyNumbaBackend(CupyBackend):
     name = "cupy-numba"
 
+    defers_checks = True      # the cost is read back only when reported
     VIEWS_KEPT = 512          # Numba views of the buffers in use (workspace, parameters, data)
 
     def __init__(self, device="cuda:0", xp=None):

@@ -1,0 +1,120 @@
+"""A network's whole state as plain data, and its checks.
+
+``{"config": {...}, "W1": ..., "b1": ..., ..., "state0": ..., ...}``: the configuration is JSON-able
+(format, version, layer_dims, activations, loss, dtype, optimizer and its hyper-parameters, step
+counts, L2, keep_prob, seed, the dropout generator's state); the arrays are host NumPy arrays —
+parameters and the optimizer's state buffers. ``check`` reads one back field by field, so that a
+damaged or hostile state is refused with the field it got wrong, before anything is built.
+"""
+import math
+
+import numpy as np
+
+from .activations import ACTIVATIONS
+from .losses import LOSSES
+from .optimizers import OPTIMIZERS
+
+FORMAT = "fastdnn-network"
+VERSION = 2
+READS = (1, 2)          # version 1: no seed
+
+
+def make(net):
+    """The state dict of a network (host copies)."""
+    engine = net.engine
+    config = dict(format=FORMAT, version=VERSION, layer_dims=list(net.layer_dims),
+                  activations=[list(a.key) for a in net.activations], loss=net.loss.name,
+                  dtype=net.dtype.name, optimizer=net.optimizer.name,
+                  optimizer_args=dict(vars(net.optimizer)), optimizer_step=engine.t,
+                  iteration=engine.iteration, epoch=engine.epoch, l2=net.l2, keep_prob=list(net.keep_prob),
+                  seed=engine.seed, rng=engine.rng.bit_generator.state)
+    arrays = dict(net.parameters)
+    arrays.update({f"state{i}": net.backend.to_numpy(s) for i, s in enumerate(engine.states)})
+    return {"config": config, **arrays}
+
+
+def expected_arrays(config):
+    """{name: shape} of every array a state with this (checked) configuration holds."""
+    dims = config["layer_dims"]
+    shapes = {}
+    for l in range(1, len(dims)):
+        shapes[f"W{l}"], shapes[f"b{l}"] = (dims[l], dims[l - 1]), (dims[l], 1)
+    P = sum(n * k + n for k, n in zip(dims[:-1], dims[1:]))
+    shapes.update({f"state{i}": (P,) for i in range(OPTIMIZERS[config["optimizer"]].n_state)})
+    return shapes
+
+
+def check_config(config):
+    """The configuration, every field checked (ValueError/TypeError naming the field)."""
+    if not isinstance(config, dict):
+        raise TypeError(f"the configuration must be a JSON object; got {type(config).__name__}")
+    if config.get("format") != FORMAT:
+        raise ValueError(f"not a fastdnn network (format {config.get('format')!r})")
+    if config.get("version") not in READS:
+        raise ValueError(f"format version {config.get('version')!r}; this fastdnn reads version "
+                         + " or ".join(map(str, READS)))
+    dims = _field(config, "layer_dims", list)
+    if len(dims) < 2 or not all(_is_int(n) and 1 <= n <= 2**31 for n in dims):
+        raise ValueError(f"layer_dims must be at least two integers in [1, 2**31]; got {dims!r}")
+    acts = _field(config, "activations", list)
+    if len(acts) != len(dims) - 1 or not all(isinstance(a, list) and a and a[0] in ACTIVATIONS for a in acts):
+        raise ValueError(f"activations must be {len(dims) - 1} lists [name, parameters...] with names among "
+                         f"{sorted(ACTIVATIONS)}; got {acts!r}")
+    if _field(config, "loss", str) not in LOSSES:
+        raise ValueError(f"unknown loss {config['loss']!r}")
+    if _field(config, "dtype", str) not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64'; got {config['dtype']!r}")
+    if _field(config, "optimizer", str) not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {config['optimizer']!r}")
+    _field(config, "optimizer_args", dict)
+    for name in ("optimizer_step", "iteration", "epoch"):
+        if not _is_int(config.get(name)) or config[name] < 0:
+            raise ValueError(f"{name} must be an integer >= 0; got {config.get(name)!r}")
+    if config["optimizer_step"] > config["iteration"]:
+        raise ValueError(f"optimizer_step {config['optimizer_step']} exceeds iteration {config['iteration']}")
+    l2 = config.get("l2")
+    if isinstance(l2, bool) or not isinstance(l2, (int, float)) or not (math.isfinite(l2) and l2 >= 0):
+        raise ValueError(f"l2 must be a finite number >= 0; got {l2!r}")
+    keep = _field(config, "keep_prob", list)
+    if len(keep) != len(dims) - 2 or not all(isinstance(p, (int, float)) and not isinstance(p, bool)
+                                             and 0 < p <= 1 for p in keep):
+        raise ValueError(f"keep_prob must be {len(dims) - 2} numbers in (0, 1]; got {keep!r}")
+    seed = config.get("seed")
+    if seed is not None and not (_is_int(seed) and 0 <= seed < 2**32):
+        raise ValueError(f"seed must be an integer in [0, 2**32); got {seed!r}")
+    _field(config, "rng", dict)
+    return config
+
+
+def check_arrays(config, arrays):
+    """The arrays a checked configuration needs, each of its shape, numeric and finite; the optimizer's
+    squared-gradient averages >= 0; nothing else (ValueError naming the array)."""
+    shapes = expected_arrays(config)
+    extra, missing = sorted(set(arrays) - set(shapes)), sorted(set(shapes) - set(arrays))
+    if extra or missing:
+        raise ValueError(f"arrays {extra} are not part of a {config['layer_dims']} network with "
+                         f"optimizer {config['optimizer']!r}" if extra else f"arrays {missing} are missing")
+    nonnegative = {f"state{i}" for i in OPTIMIZERS[config["optimizer"]].nonnegative_states}
+    for name, shape in shapes.items():
+        a = arrays[name]
+        if not isinstance(a, np.ndarray) or a.dtype.kind not in "iuf":
+            raise TypeError(f"{name} must be a numeric NumPy array; got {type(a).__name__}"
+                            + (f" of dtype {a.dtype}" if isinstance(a, np.ndarray) else ""))
+        if a.shape != shape and not (name[0] == "b" and a.shape == shape[:1]):
+            raise ValueError(f"{name} has shape {a.shape}, expected {shape}")
+        if not np.isfinite(a).all():
+            raise ValueError(f"{name} contains NaN or infinity")
+        if name in nonnegative and (a < 0).any():
+            raise ValueError(f"{name} (a mean of squared gradients) has negative entries")
+    return {name: arrays[name] for name in shapes}
+
+
+def _field(config, name, kind):
+    value = config.get(name)
+    if not isinstance(value, kind):
+        raise TypeError(f"{name} must be a {kind.__name__}; got {type(value).__name__}")
+    return value
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
