@@ -8,6 +8,7 @@ Needs scikit-learn >= 1.6 (``pip install "fastdnn[sklearn]"``); ``import fastdnn
 this module or scikit-learn.
 """
 import functools
+import math
 import numbers
 
 import numpy as np
@@ -126,9 +127,10 @@ class _DNNBase(BaseEstimator):
         self.verbose = verbose
 
     # --- what the subclasses define ----------------------------------------------------------------
-    # _validate_y(y) -> y checked;  _start_targets(y, classes, partial) -> (encoded y, n_outputs, fitted attrs);
-    # _encode(y) -> encoded y (n_samples,) or (n_samples, k);  _course_Y(y_enc, n_outputs) -> Y for Network.fit;
-    # _output_activation(n_outputs) -> the output layer's activation.
+    # _validate_y(y) -> y checked;
+    # _start_targets(y, classes, partial) -> (encoded y, n_outputs, fitted attributes);
+    # _encode(y) -> encoded y (n_samples,) or (n_samples, k), after the first partial_fit;
+    # _course_Y(y_enc, n_outputs) -> Y for Network.fit;  _output_activation(n_outputs) -> its name.
 
     # --- training ----------------------------------------------------------------------------------
     @_unchanged_on_error
@@ -193,17 +195,20 @@ class _DNNBase(BaseEstimator):
         fraction = self.validation_fraction
         if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction < 1:
             raise ValueError(f"validation_fraction must be a number in (0, 1); got {fraction!r}")
-        index = np.arange(X.shape[0])
-        train, val = train_test_split(index, test_size=fraction, random_state=rng,
-                                      stratify=self._stratify(y_enc))
+        m = X.shape[0]
+        n_val = math.ceil(fraction * m)
+        train, val = train_test_split(np.arange(m), test_size=n_val, random_state=rng,
+                                      stratify=self._stratify(y_enc, n_val))
         return X[train], y_enc[train], (X[val].T, self._course_Y(y_enc[val], n_outputs))
 
-    def _stratify(self, y_enc):
+    def _stratify(self, y_enc, n_val):
+        """The labels to stratify the validation split by (None: a plain random split)."""
         return None
 
     def _train(self, network, X, y_enc, epochs, shuffle_seed, validation, patience, schedule):
         """Network.fit on the course layout X.T (n_features, m) and Y; returns its History."""
-        return network.fit(X.T, self._course_Y(y_enc, network.layer_dims[-1]), learning_rate=self.learning_rate, epochs=epochs,
+        Y = self._course_Y(y_enc, network.layer_dims[-1])
+        return network.fit(X.T, Y, learning_rate=self.learning_rate, epochs=epochs,
                            batch_size=self._batch_size(X.shape[0]), shuffle=self.shuffle,
                            seed=shuffle_seed, optimizer=self.optimizer, schedule=schedule,
                            validation_data=validation, patience=patience, verbose=self.verbose)
@@ -280,15 +285,15 @@ class DNNClassifier(ClassifierMixin, _DNNBase):
                              "(every label that will occur, e.g. classes=np.unique(y_all))")
         labels = np.unique(y if classes is None else column_or_1d(classes))
         if len(labels) < 2:
-            raise ValueError(f"DNNClassifier needs at least 2 classes; got 1 class: {labels!r}")
+            raise ValueError(f"DNNClassifier needs at least 2 classes; got 1 class: {_listed(labels)}")
         ids = _class_ids(labels, y)
         n_outputs = 1 if len(labels) == 2 else len(labels)
         return ids, n_outputs, {"classes_": labels}
 
     def _check_partial_classes(self, classes):
         if classes is not None and not np.array_equal(np.unique(column_or_1d(classes)), self.classes_):
-            raise ValueError(f"classes={classes!r} differs from the classes of the first partial_fit "
-                             f"call, {self.classes_!r}")
+            raise ValueError(f"classes [{_listed(np.unique(classes))}] differ from the classes of the "
+                             f"first partial_fit call, [{_listed(self.classes_)}]")
 
     def _encode(self, y):
         return _class_ids(self.classes_, y)
@@ -300,9 +305,12 @@ class DNNClassifier(ClassifierMixin, _DNNBase):
     def _output_activation(self, n_outputs):
         return "sigmoid" if n_outputs == 1 else "softmax"
 
-    def _stratify(self, y_enc):
+    def _stratify(self, y_enc, n_val):
+        """Stratified when it can be: every class twice or more, and room for each on both sides."""
         counts = np.bincount(y_enc)
-        return y_enc if counts[counts > 0].min() >= 2 else None
+        counts = counts[counts > 0]
+        feasible = counts.min() >= 2 and len(counts) <= min(n_val, len(y_enc) - n_val)
+        return y_enc if feasible else None
 
 
 class DNNRegressor(RegressorMixin, _DNNBase):
@@ -335,8 +343,9 @@ class DNNRegressor(RegressorMixin, _DNNBase):
     def _encode(self, y):
         n_outputs = 1 if y.ndim == 1 else y.shape[1]
         if n_outputs != self.n_outputs_ or (y.ndim == 1) != self._y_1d:
-            raise ValueError(f"y has shape {y.shape}, but this DNNRegressor was fitted on y with "
-                             f"{self.n_outputs_} target(s) of shape {'(n_samples,)' if self._y_1d else '(n_samples, k)'}")
+            fitted = "(n_samples,)" if self._y_1d else f"(n_samples, {self.n_outputs_})"
+            raise ValueError(f"y has shape {y.shape}, but this DNNRegressor was fitted on y of shape "
+                             f"{fitted}")
         return y
 
     def _course_Y(self, y, n_outputs):
@@ -382,5 +391,11 @@ def _class_ids(labels, y):
     ids = np.minimum(ids, len(labels) - 1)
     unknown = labels[ids] != y
     if np.any(unknown):
-        raise ValueError(f"y contains labels not in classes {labels!r}: {np.unique(y[unknown])!r}")
+        raise ValueError(f"y contains labels not in classes_ [{_listed(labels)}]: "
+                         f"{_listed(np.unique(y[unknown]))}")
     return ids.astype(np.int64)
+
+
+def _listed(values):
+    """'a', 'b' / 0, 1: labels as the user wrote them, without NumPy's array repr."""
+    return ", ".join(repr(v) for v in np.asarray(values).tolist())

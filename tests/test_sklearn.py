@@ -205,9 +205,10 @@ def test_partial_fit_errors_leave_the_estimator_as_it_was():
     assert not hasattr(clf, "network_")
     clf.partial_fit(X, y, classes=[0, 1, 2])
     before, P = dict(vars(clf)), clf.predict_proba(X)
-    with pytest.raises(ValueError, match=r"y contains labels not in classes array\(\[0, 1, 2\]\): array\(\[7\]\)"):
+    with pytest.raises(ValueError, match=r"y contains labels not in classes_ \[0, 1, 2\]: 7$"):
         clf.partial_fit(X[:2], np.array([0, 7]))
-    with pytest.raises(ValueError, match="differs from the classes of the first partial_fit"):
+    with pytest.raises(ValueError, match=r"classes \[0, 1, 2, 3\] differ from the classes of the first "
+                                         r"partial_fit call, \[0, 1, 2\]"):
         clf.partial_fit(X, y, classes=[0, 1, 2, 3])
     with pytest.raises(ValueError, match="X has 2 features, but DNNClassifier is expecting 3"):
         clf.partial_fit(X[:, :2], y)
@@ -218,7 +219,7 @@ def test_partial_fit_errors_leave_the_estimator_as_it_was():
 
     reg = DNNRegressor(**FAST).partial_fit(*regression())
     with pytest.raises(ValueError, match=r"y has shape \(80, 2\), but this DNNRegressor was fitted on y "
-                                         r"with 1 target\(s\)"):
+                                         r"of shape \(n_samples,\)"):
         reg.partial_fit(*regression(n_targets=2))
 
 
@@ -295,6 +296,19 @@ def test_early_stopping_stops_and_keeps_the_best_epoch():
     history = clf.history_
     assert history.stopped_early and clf.n_iter_ < 500
     assert history.best.val_cost == min(history.val_costs)
+
+
+def test_early_stopping_with_more_classes_than_a_stratified_split_can_hold():
+    X, y = make_blobs(n_samples=40, n_features=2, centers=10, random_state=0)
+    clf = DNNClassifier(epochs=3, early_stopping=True, device="numpy", random_state=0).fit(X, y)
+    assert len(clf.classes_) == 10 and len(clf.history_.val_costs) == 3      # 4 held out, not 10
+
+
+@pytest.mark.parametrize("sizes,dims", [((), [3, 1]), (5, [3, 5, 1]), ([4, 4, 2], [3, 4, 4, 2, 1])],
+                         ids=["no-hidden-layer", "an-int", "a-list"])
+def test_hidden_layer_sizes(sizes, dims):
+    clf = DNNClassifier(hidden_layer_sizes=sizes, epochs=1, device="numpy").fit(*blobs(2))
+    assert clf.network_.layer_dims == dims
 
 
 def test_verbose_2_prints_the_course_cost_lines(capsys):
@@ -416,8 +430,8 @@ def test_bad_data_is_a_value_error_naming_it():
         clf.predict(X[:, 0])
     with pytest.raises(ValueError, match="Input X contains NaN"):
         clf.predict(np.full((2, 3), np.nan))
-    with pytest.raises(ValueError, match="DNNClassifier needs at least 2 classes; got 1 class"):
-        DNNClassifier(**FAST).fit(X, np.zeros(len(X)))
+    with pytest.raises(ValueError, match="DNNClassifier needs at least 2 classes; got 1 class: 'a'$"):
+        DNNClassifier(**FAST).fit(X, np.full(len(X), "a"))
     with pytest.raises(ValueError, match="Unknown label type: continuous"):
         DNNClassifier(**FAST).fit(X, X[:, 0])
     with pytest.raises(ValueError, match="inconsistent numbers of samples"):
@@ -425,12 +439,14 @@ def test_bad_data_is_a_value_error_naming_it():
 
 
 BAD_PARAMETERS = [
-    (dict(hidden_layer_sizes=[4, 0]), "hidden_layer_sizes must be positive integers, one per hidden layer; got \\[4, 0\\]"),
+    (dict(hidden_layer_sizes=[4, 0]),
+     "hidden_layer_sizes must be positive integers, one per hidden layer; got \\[4, 0\\]"),
     (dict(hidden_layer_sizes="4"), "hidden_layer_sizes must be positive integers"),
     (dict(hidden_layer_sizes=2.5), "hidden_layer_sizes must be positive integers"),
     (dict(batch_size=0), "batch_size must be an integer >= 1 or None; got 0"),
     (dict(batch_size="auto"), "batch_size must be an integer >= 1 or None; got 'auto'"),
-    (dict(early_stopping=True, validation_fraction=1.0), "validation_fraction must be a number in \\(0, 1\\); got 1.0"),
+    (dict(early_stopping=True, validation_fraction=1.0),
+     "validation_fraction must be a number in \\(0, 1\\); got 1.0"),
     (dict(epochs=0), "epochs must be an integer >= 1; got 0"),
     (dict(learning_rate=-1.0), "learning_rate must be a finite number > 0"),
     (dict(optimizer="adamw"), "unknown optimizer 'adamw'; expected one of 'adagrad', 'adam'"),
