@@ -379,7 +379,8 @@ def test_grid_search_in_two_processes():
 
 
 def test_fitted_estimators_come_back_from_worker_processes():
-    # joblib pickles the fitted estimators to send them back: needs Network pickling on every backend.
+    # joblib's worker processes send the fitted estimators back pickled (with cloudpickle, which also
+    # takes the numba backend's compiled closures today); same random_state, same model everywhere.
     model, X, y = moons_pipeline()
     results = cross_validate(model, X, y, cv=2, n_jobs=2, return_estimator=True)
     here = cross_validate(model, X, y, cv=2, return_estimator=True)
