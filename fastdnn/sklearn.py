@@ -164,10 +164,8 @@ class _DNNBase(BaseEstimator):
             self._check_partial_classes(classes)
             y_enc, attrs = self._encode(y), {}
             network, shuffle_seed, losses = self.network_, self._shuffle_seed, self.loss_curve_
-        schedule = get_schedule(self.schedule)
-        if schedule is not None and network.epoch:
-            schedule = _ContinuedSchedule(schedule, network.epoch)
-        history = self._train(network, X, y_enc, 1, shuffle_seed, None, None, schedule)
+        # a schedule counts the network's epochs, so it goes on across calls by itself
+        history = self._train(network, X, y_enc, 1, shuffle_seed, None, None, get_schedule(self.schedule))
         self._set_fitted(attrs, network, shuffle_seed, history, losses)
         return self
 
@@ -359,16 +357,6 @@ class DNNRegressor(RegressorMixin, _DNNBase):
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
         return tags
-
-
-class _ContinuedSchedule:
-    """α(α0, epoch + offset): a schedule that goes on from epoch ``offset`` (for partial_fit)."""
-
-    def __init__(self, schedule, offset):
-        self.schedule, self.offset = schedule, offset
-
-    def __call__(self, lr0, epoch):
-        return self.schedule(lr0, epoch + self.offset)
 
 
 def _hidden_sizes(sizes):
