@@ -69,7 +69,7 @@ class Engine:
         self._current = np.zeros(1, np.int64)           # the current slot, 0 or 1
         self._call_start = 0
         self._halt = None           # (first diverging iteration + 1, its cost) on the device, deferred checks
-        self._workspaces = {}
+        self._workspaces, self._compiled_calls = {}, {}
         self.set_parameters(parameters)
 
     # --- buffers ---------------------------------------------------------------------------
@@ -162,24 +162,25 @@ class Engine:
                             for _ in range(2)]
             self._counters[self._slot(), T] = 0
             self._forget_previous()
-            self._workspaces = {}
+            self._forget_compiled()
         self.optimizer = optimizer
 
     def regularize(self, l2, keep_prob):
         """Use L2 strength l2 (>= 0) and keep_prob (one per hidden layer), already checked."""
         self.l2, self.keep_prob = l2, tuple(keep_prob)
-        self._workspaces = {}
+        self._forget_compiled()
 
     def set_parallel(self, parallel):
         """Step data-parallel through ``parallel`` (a distributed.DataParallel), or alone (None)."""
-        self.parallel, self._workspaces = parallel, {}
+        self.parallel = parallel
+        self._forget_compiled()
 
     def to(self, backend):
         """Move θ and the optimizer state to another backend (in place)."""
         with self.backend.device_scope():
             parameters, t, states = self.parameters(), self.t, [self.backend.to_numpy(s) for s in self.states]
         self.backend = backend
-        self._workspaces = {}
+        self._forget_compiled()
         with backend.device_scope():
             self.set_parameters(parameters)
             for s, host in zip(self.states, states):
@@ -187,6 +188,24 @@ class Engine:
         self._counters[self._slot(), T] = t
 
     # --- workspaces --------------------------------------------------------------------------
+    def _forget_compiled(self):
+        """Workspaces and compiled calls depend on the optimizer, regularization, parallelism and
+        backend: made again after any of them changes."""
+        self._workspaces, self._compiled_calls = {}, {}
+
+    def _compiled(self, kind, m):
+        """The backend's compiled whole epoch (kind "epoch", batches of m) or loop of full-batch steps
+        ("loop", m examples) for this network and optimizer, or None: when a step needs Python between
+        its ops (dropout, L2, data-parallel) or the backend has none. Resolved once per setting."""
+        if self.parallel is not None or self.l2 or any(p < 1 for p in self.keep_prob):
+            return None
+        key = (kind, m)
+        if key not in self._compiled_calls:
+            make = getattr(self.backend, f"fused_{kind}", None)
+            self._compiled_calls[key] = make and make(self.activations, self.loss, self.layer_dims, m,
+                                                      self.dtype, self.optimizer)
+        return self._compiled_calls[key]
+
     def workspace(self, m):
         """The training workspace for batches of m (the last two sizes are kept)."""
         ws = self._workspaces.get(m)
@@ -375,6 +394,22 @@ class Engine:
         raise TrainingDivergedError(j, self.backend.scalar(halted_cost), kept if j > start else None,
                                     self.epoch)
 
+    def train_steps(self, X, Y, rates, check=True):
+        """len(rates) full-batch steps, step i with α = rates[i]: one compiled call where the backend has
+        one (every cost checked inside), else one by one. Returns the first step's cost (a float when
+        ``check``)."""
+        loop = self._compiled("loop", X.shape[1])
+        if loop is None:
+            costs = [self.train_step(X, Y, lr, check=(check and i == 0) or self.checks_every_step())
+                     for i, lr in enumerate(rates)]
+            return costs[0]
+        ws = self.workspace(X.shape[1])
+        first, taken, bad = loop(X, Y, np.asarray(rates, self.dtype), tuple(self._thetas), self._states,
+                                 self._dtheta, ws.Zf, ws.Af, ws.dAf, self._counters, self._current)
+        if taken < len(rates):
+            self._diverged(bad)
+        return first
+
     def _commit(self, c):
         """Make the other slot current after a step from slot c (its counters first, then one store)."""
         s = 1 - c
@@ -426,6 +461,9 @@ class Engine:
         m, dp = XT.shape[0], self.parallel
         key = [seed, self.epoch] + ([dp.rank] if dp is not None and dp.rank else [])   # rank 0: as one process
         order = np.random.RandomState(key).permutation(m) if shuffle else np.arange(m)
+        epoch = self._compiled("epoch", batch_size or m)
+        if epoch is not None:
+            return self._compiled_epoch(epoch, XT, YT, order, learning_rate, batch_size or m, buffers)
         order = self.backend.asarray(order)
         total = 0.0
         shards, rank = ([m], 0) if dp is None else (dp.shard_sizes, dp.rank)
@@ -445,6 +483,21 @@ class Engine:
                                    m_total=m_batch)
             total = total + cost * (m_batch / m_all)
         self.check_halted()                  # deferred checks: once an epoch
+        self._counters[self._slot(), EPOCH] += 1
+        return total
+
+    def _compiled_epoch(self, epoch, XT, YT, order, learning_rate, B, buffers):
+        """One epoch as one compiled call (gathers, steps, updates and commits inside); its mean cost."""
+        ws = self.workspace(B)
+        if "compiled" not in buffers:
+            buffers["compiled"] = (self.backend.empty((B, XT.shape[1]), self.dtype),
+                                   self.backend.empty((YT.shape[1] * B,), self.dtype))
+        XbT, Ybf = buffers["compiled"]
+        total, bad_batch, bad_cost = epoch(XT, YT, order.astype(np.int64, copy=False), tuple(self._thetas),
+                                           self._states, self._dtheta, ws.Zf, ws.Af, ws.dAf, XbT, Ybf,
+                                           learning_rate, self._counters, self._current)
+        if bad_batch >= 0:
+            self._diverged(bad_cost)
         self._counters[self._slot(), EPOCH] += 1
         return total
 

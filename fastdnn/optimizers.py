@@ -22,7 +22,13 @@ class Optimizer:
 
     def corrections(self, t):
         """(c1, c2) for step t >= 1 (1, 1 unless the optimizer corrects a bias)."""
-        return 1.0, 1.0
+        return self.scalar_corrections()(t)
+
+    def scalar_corrections(self):
+        """corrections as a ``math``-only function of t, for compiled loops that step many times."""
+        def corrections(t):
+            return 1.0, 1.0
+        return corrections
 
     @property
     def key(self):
@@ -110,8 +116,12 @@ class Adam(Optimizer):
         self.beta1, self.beta2 = _fraction("beta1", beta1), _fraction("beta2", beta2)
         self.epsilon = _positive("epsilon", epsilon)
 
-    def corrections(self, t):
-        return 1.0 / (1.0 - self.beta1 ** t), 1.0 / (1.0 - self.beta2 ** t)
+    def scalar_corrections(self):
+        b1, b2 = self.beta1, self.beta2
+
+        def corrections(t):
+            return 1.0 / (1.0 - b1 ** t), 1.0 / (1.0 - b2 ** t)
+        return corrections
 
     def update(self, xp, theta, dtheta, states, states_out, lr, c1, c2, out):
         """v' = β1 v + (1-β1) dθ; s' = β2 s + (1-β2) dθ²; θ' = θ - α (v' c1) / (√(s' c2) + ε)."""

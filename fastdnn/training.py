@@ -33,13 +33,13 @@ class TrainingLoop:
         return (self.unit, self.count, self.batch_size, self.lr0, schedule, self.report_every,
                 self.validation is not None, self.patience)
 
-    def learning_rate(self):
-        """α for the next step or epoch: the schedule's, counted over every call (so N then M
-        iterations or epochs follow the same schedule as N + M), checked."""
+    def learning_rate(self, ahead=0):
+        """α for the step or epoch ``ahead`` after the next: the schedule's, counted over every call (so
+        N then M iterations or epochs follow the same schedule as N + M), checked."""
         if not self.schedule:
             return self.lr0
         engine = self.engine
-        counter = engine.iteration if self.unit == "iteration" else engine.epoch
+        counter = (engine.iteration if self.unit == "iteration" else engine.epoch) + ahead
         lr = self.schedule(self.lr0, counter)
         if not (isinstance(lr, (int, float, np.floating, np.integer)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"schedule {self.schedule!r} gave learning rate {lr!r} at {self.unit} {counter}; "
@@ -53,6 +53,15 @@ class TrainingLoop:
         return engine.train_epoch(self.Xd, self.Yd, learning_rate, self.batch_size, self.shuffle, self.seed,
                                   self.buffers)
 
+    def quiet_steps(self, n):
+        """n steps or epochs between two reports; full-batch steps go to the engine together (one
+        compiled call where the backend can)."""
+        if self.unit == "iteration":
+            self.engine.train_steps(self.Xd, self.Yd, [self.learning_rate(j) for j in range(n)], check=False)
+        else:
+            for _ in range(n):
+                self.step(self.learning_rate(), report=False)
+
     def run(self):
         engine, history, start = self.engine, self.history, time.perf_counter()
         count, validation = self.count, self.validation
@@ -62,23 +71,28 @@ class TrainingLoop:
         bar = _progress_bar(count, self.unit, verbose)
         engine.begin_call()
         try:
-            for i in range(count):
+            i = 0
+            while i < count:            # step i is reported: i % report_every == 0, or the last
                 learning_rate = self.learning_rate()
-                report = i % report_every == 0 or i == count - 1
-                cost = self.step(learning_rate, report)
-                if report:
-                    val = engine.evaluate(*validation, ws_val) if validation else (None, None)
-                    history.append(i, engine.backend.scalar(cost), time.perf_counter() - start, learning_rate, *val)
-                    self.show(bar, history[-1], verbose)
-                    if patience is not None:
-                        if best is None or val[0] < best[0]:
-                            theta = engine.theta
-                            best = (val[0], len(history) - 1, theta.copy() if best is None else _copy(best[2], theta))
-                        elif len(history) - 1 - best[1] >= patience:
-                            history.stopped_early = True
-                            break
+                cost = self.step(learning_rate, report=True)
+                val = engine.evaluate(*validation, ws_val) if validation else (None, None)
+                history.append(i, engine.backend.scalar(cost), time.perf_counter() - start, learning_rate, *val)
+                self.show(bar, history[-1], verbose)
                 if bar is not None:
                     bar.update(1)
+                if patience is not None:
+                    if best is None or val[0] < best[0]:
+                        theta = engine.theta
+                        best = (val[0], len(history) - 1, theta.copy() if best is None else _copy(best[2], theta))
+                    elif len(history) - 1 - best[1] >= patience:
+                        history.stopped_early = True
+                        break
+                following = min((i // report_every + 1) * report_every, count - 1)   # the next report
+                if following > i + 1:
+                    self.quiet_steps(following - i - 1)
+                    if bar is not None:
+                        bar.update(following - i - 1)
+                i = following if following > i else count
             if best is not None:
                 engine.restore_theta(best[2])
                 history.best = history[best[1]]

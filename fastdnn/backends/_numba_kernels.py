@@ -325,7 +325,7 @@ def _leading(A, size):
     return A.strides[0] // size if A.shape[0] > 1 else max(A.shape[1], 1)
 
 
-@njit
+@register_jitable(**_FLAGS)
 def _row_sum(dZ, db):
     for i in range(dZ.shape[0]):
         s = 0.0
@@ -335,15 +335,14 @@ def _row_sum(dZ, db):
 
 
 @functools.lru_cache(maxsize=None)
-def whole_step(hidden, output, loss, dtype, with_update, blas_bits=None):
-    """One training step of a network whose hidden layers all use ``hidden``, in one call; GEMMs as
-    loops, or through NumPy's BLAS when ``blas_bits`` (its integer width) is given.
+def _backprop(hidden, output, loss, dtype, blas_bits):
+    """The forward, cost and backward of one step, jitable: GEMMs as loops, or through NumPy's BLAS
+    when ``blas_bits`` (its integer width) is given.
 
-    step(X, xt, Y, theta, theta_out, dtheta, dims, pofs, wofs, Zf, Af, dAf, lr, inv_m) -> J: X is
-    (n0, m), or (m, n0) when ``xt`` (one example per row: the first layer's GEMMs take it transposed);
-    parameters are read from the flat θ (W[l] at pofs[l-1], b[l] after it), Z, A, dA from flat work
-    buffers (layer l at wofs[l-1]); dθ is written; with_update, θ_out = θ - α dθ is written too, only
-    when J is finite."""
+    backprop(X, xt, Y, theta, dtheta, dims, pofs, Zf, Af, dAf, inv_m) -> J: X is (n0, m), or (m, n0)
+    when ``xt`` (one example per row: the first layer's GEMMs take it transposed); parameters are read
+    from the flat θ (W[l] at pofs[l-1], b[l] after it), Z, A, dA from flat work buffers (layer l's
+    (n_l, m) block after the layers before it); dθ is written only when J is finite."""
     gemm = loop_gemm if blas_bits is None else blas_gemm(dtype, blas_bits)
     forward_hidden = _bias_activation(hidden, dtype)
     delta_hidden = _delta_row_sum(hidden, dtype)
@@ -352,11 +351,11 @@ def whole_step(hidden, output, loss, dtype, with_update, blas_bits=None):
     else:
         forward_output, output_pass = _bias_activation(output, dtype), _output_elementwise(loss, output, dtype)
 
-    def step(X, xt, Y, theta, theta_out, dtheta, dims, pofs, wofs, Zf, Af, dAf, lr, inv_m):
+    def backprop(X, xt, Y, theta, dtheta, dims, pofs, Zf, Af, dAf, inv_m):
         L, m = dims.shape[0] - 1, X.shape[0] if xt else X.shape[1]
-        A_prev = X
+        A_prev, wo = X, 0
         for l in range(1, L + 1):
-            n, k, po, wo = dims[l], dims[l - 1], pofs[l - 1], wofs[l - 1]
+            n, k, po = dims[l], dims[l - 1], pofs[l - 1]
             W = theta[po:po + n * k].reshape((n, k))
             b = theta[po + n * k:po + n * k + n].reshape((n, 1))
             Z, A = Zf[wo:wo + n * m].reshape((n, m)), Af[wo:wo + n * m].reshape((n, m))
@@ -366,26 +365,138 @@ def whole_step(hidden, output, loss, dtype, with_update, blas_bits=None):
             else:
                 forward_output(Z, b, A)
             A_prev = A
-        wo, n = wofs[L - 1], dims[L]
+            wo += n * m
+        n = dims[L]
+        wo -= n * m
         cost = output_pass(Zf[wo:wo + n * m].reshape((n, m)), Af[wo:wo + n * m].reshape((n, m)), Y,
                            dAf[wo:wo + n * m].reshape((n, m)), inv_m)
         if not np.isfinite(cost):
             return cost
         for l in range(L, 0, -1):
-            n, k, po, wo = dims[l], dims[l - 1], pofs[l - 1], wofs[l - 1]
+            n, k, po = dims[l], dims[l - 1], pofs[l - 1]
             dZ = dAf[wo:wo + n * m].reshape((n, m))
             db = dtheta[po + n * k:po + n * k + n].reshape((n, 1))
             if l < L:
                 delta_hidden(dZ, Zf[wo:wo + n * m].reshape((n, m)), Af[wo:wo + n * m].reshape((n, m)), db)
             else:
                 _row_sum(dZ, db)
-            A_prev = X if l == 1 else Af[wofs[l - 2]:wofs[l - 2] + k * m].reshape((k, m))
+            wp = wo - k * m
+            A_prev = X if l == 1 else Af[wp:wo].reshape((k, m))
             gemm(False, not (xt and l == 1), dZ, A_prev, dtheta[po:po + n * k].reshape((n, k)))
             if l > 1:
-                gemm(True, False, theta[po:po + n * k].reshape((n, k)), dZ,
-                     dAf[wofs[l - 2]:wofs[l - 2] + k * m].reshape((k, m)))
-        if with_update:
+                gemm(True, False, theta[po:po + n * k].reshape((n, k)), dZ, dAf[wp:wo].reshape((k, m)))
+            wo = wp
+        return cost
+
+    return jitable(backprop, hidden, output, loss, dtype, blas_bits)
+
+
+@functools.lru_cache(maxsize=None)
+def whole_step(hidden, output, loss, dtype, with_update, blas_bits=None):
+    """One training step of a network whose hidden layers all use ``hidden``, in one call (see
+    ``_backprop``): step(X, xt, Y, theta, theta_out, dtheta, dims, pofs, Zf, Af, dAf, lr, inv_m) -> J;
+    with_update, θ_out = θ - α dθ is written too, only when J is finite."""
+    backprop = _backprop(hidden, output, loss, dtype, blas_bits)
+
+    def step(X, xt, Y, theta, theta_out, dtheta, dims, pofs, Zf, Af, dAf, lr, inv_m):
+        cost = backprop(X, xt, Y, theta, dtheta, dims, pofs, Zf, Af, dAf, inv_m)
+        if with_update and np.isfinite(cost):
             sgd_update(theta, dtheta, lr, theta_out)
         return cost
 
     return njit(variant(step, hidden, output, loss, dtype, with_update, blas_bits))
+
+
+@functools.lru_cache(maxsize=None)
+def _update_and_commit(optimizer, dtype):
+    """One optimizer step from slot c to the other slot, then the commit: the other slot's counters
+    (t, iteration, epoch) are the current ones plus one step, and ``current`` names it — the last
+    store, so the network is always one whole step or the next. Jitable."""
+    step = jitable(optimizer.scalar(np.dtype(dtype).type), optimizer, dtype)
+    corrections = jitable(optimizer.scalar_corrections(), optimizer)
+    n_state, ftype = optimizer.n_state, np.dtype(dtype).type
+
+    def update(thetas, states1, states2, dtheta, lr, counters, current):
+        c = current[0]
+        o = 1 - c
+        theta, s1, s2 = thetas[c], states1[c], states2[c]
+        theta_out, s1_out, s2_out = thetas[o], states1[o], states2[o]
+        c1, c2 = corrections(counters[c, 0] + 1)
+        c1, c2 = ftype(c1), ftype(c2)
+        for p in range(theta.shape[0]):
+            t, a, b = step(theta[p], dtheta[p], s1[p], s2[p], lr, c1, c2)
+            theta_out[p] = t
+            if n_state >= 1:
+                s1_out[p] = a
+            if n_state >= 2:
+                s2_out[p] = b
+        for j in range(3):
+            counters[o, j] = counters[c, j]
+        counters[o, 0] += 1
+        counters[o, 1] += 1
+        current[0] = o
+
+    return jitable(update, optimizer, dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def whole_epoch(hidden, output, loss, optimizer, dtype, blas_bits=None):
+    """One shuffled mini-batch epoch in one call: for each batch, its rows gathered from the
+    example-major data, the step (``_backprop``) and the optimizer's update and commit
+    (``_update_and_commit``).
+
+    epoch(XT, YT, order, B, thetas, states1, states2, dtheta, dims, pofs, Zf, Af, dAf, XbT, Ybf, lr,
+    counters, current) -> (J, diverged at batch, its cost): XT (m, n0), YT (m, nL); order: the
+    permutation; batches of B (the last smaller); thetas, states1, states2: the two slots' buffers
+    (tuples; unused states any (P,) arrays); XbT (B, n0) and Ybf (nL B,) gather buffers. J is the mean
+    cost over the examples; a batch whose cost is not finite stops the epoch before its update (its
+    index returned, else -1)."""
+    backprop = _backprop(hidden, output, loss, dtype, blas_bits)
+    update = _update_and_commit(optimizer, dtype)
+    ftype = np.dtype(dtype).type
+
+    def epoch(XT, YT, order, B, thetas, states1, states2, dtheta, dims, pofs, Zf, Af, dAf, XbT, Ybf, lr,
+              counters, current):
+        m, n0, nL = XT.shape[0], XT.shape[1], YT.shape[1]
+        total = 0.0
+        for k, start in enumerate(range(0, m, B)):
+            mb = min(B, m - start)
+            Xb, Yb = XbT[:mb], Ybf[:nL * mb].reshape((nL, mb))
+            for r in range(mb):
+                src = order[start + r]
+                for c in range(n0):
+                    Xb[r, c] = XT[src, c]
+                for i in range(nL):
+                    Yb[i, r] = YT[src, i]
+            cost = backprop(Xb, True, Yb, thetas[current[0]], dtheta, dims, pofs, Zf, Af, dAf, ftype(1.0 / mb))
+            if not np.isfinite(cost):
+                return total, k, cost
+            update(thetas, states1, states2, dtheta, lr, counters, current)
+            total += cost * mb / m
+        return total, -1, 0.0
+
+    return njit(variant(epoch, hidden, output, loss, optimizer, dtype, blas_bits))
+
+
+@functools.lru_cache(maxsize=None)
+def whole_loop(hidden, output, loss, optimizer, dtype, blas_bits=None):
+    """k full-batch steps in one call: loop(X, xt, Y, rates, thetas, states1, states2, dtheta, dims,
+    pofs, Zf, Af, dAf, counters, current) -> (first J, steps taken, the diverging cost): ``rates``
+    holds each step's α; a step whose cost is not finite stops before its update."""
+    backprop = _backprop(hidden, output, loss, dtype, blas_bits)
+    update = _update_and_commit(optimizer, dtype)
+    ftype = np.dtype(dtype).type
+
+    def loop(X, xt, Y, rates, thetas, states1, states2, dtheta, dims, pofs, Zf, Af, dAf, counters, current):
+        inv_m = ftype(1.0 / (X.shape[0] if xt else X.shape[1]))
+        first = 0.0
+        for i in range(rates.shape[0]):
+            cost = backprop(X, xt, Y, thetas[current[0]], dtheta, dims, pofs, Zf, Af, dAf, inv_m)
+            if i == 0:
+                first = cost
+            if not np.isfinite(cost):
+                return first, i, cost
+            update(thetas, states1, states2, dtheta, rates[i], counters, current)
+        return first, rates.shape[0], 0.0
+
+    return njit(variant(loop, hidden, output, loss, optimizer, dtype, blas_bits))

@@ -5,7 +5,7 @@ BLAS from the compiled code (or, where that BLAS cannot be found, GEMMs as loops
 import numpy as np
 
 from ..activations import Linear
-from .._layout import flat_layout, workspace_offsets
+from .._layout import flat_layout
 from . import _blas
 from . import _numba_kernels as K
 from .base import Backend
@@ -70,11 +70,10 @@ class NumbaBackend(Backend):
             return K.output_softmax_ce(Z.dtype)(Z, A, Y, dZ, inv_m)
         return K.output_elementwise(loss, activation, Z.dtype)(Z, A, Y, dZ, inv_m)
 
-    def fused_step(self, activations, loss, layer_dims, m, dtype, optimizer):
-        """The whole step in one compiled call for networks whose hidden layers share one
-        elementwise activation (GEMMs through BLAS, else as loops for small networks); None
-        otherwise. It applies plain gradient descent itself; other optimizers follow as one fused
-        update pass."""
+    def _whole(self, activations, loss, layer_dims, m):
+        """(hidden activation, output, blas_bits) when a step of m examples can run as one compiled
+        call: the hidden layers share one elementwise activation (not softmax with another loss than
+        CE), and BLAS can be called from compiled code or the step is small; else None."""
         hidden, output = activations[:-1] or [Linear()], activations[-1]
         if len(set(hidden)) > 1 or (output.name == "softmax" and loss.name != "ce"):
             return None
@@ -83,24 +82,62 @@ class NumbaBackend(Backend):
         simd = hidden[0].transcendental and max(layer_dims[1:-1], default=0) * m >= SIMD_MIN_SIZE
         if large and (simd or blas_bits is None):
             return None
+        return hidden[0], output, blas_bits
+
+    def fused_step(self, activations, loss, layer_dims, m, dtype, optimizer):
+        """The whole step in one compiled call for networks ``_whole`` accepts (GEMMs through BLAS,
+        else as loops for small networks); None otherwise. It applies plain gradient descent itself;
+        other optimizers follow as one fused update pass."""
+        whole = self._whole(activations, loss, layer_dims, m)
+        if whole is None:
+            return None
+        hidden, output, blas_bits = whole
         updates = optimizer is not None and optimizer.name == "gd"
-        step = K.whole_step(hidden[0], output, loss, np.dtype(dtype), updates, blas_bits)
+        step = K.whole_step(hidden, output, loss, np.dtype(dtype), updates, blas_bits)
         ftype = np.dtype(dtype).type
         dims, pofs = flat_layout(layer_dims)
-        wofs = workspace_offsets(layer_dims, m)
         inv_m = ftype(1.0 / m)
 
         def run(X, Y, theta, theta_out, dtheta, Zf, Af, dAf, learning_rate):
-            xt = not X.flags.c_contiguous and X.flags.f_contiguous   # one example per row: X.T
-            if xt:
-                X = X.T
-            elif not X.flags.c_contiguous:
-                X = np.ascontiguousarray(X)          # BLAS and the loops take contiguous rows
-            return step(X, xt, Y, theta, theta_out, dtheta, dims, pofs, wofs, Zf, Af, dAf,
-                        ftype(learning_rate), inv_m)
+            X, xt = _rows(X)
+            return step(X, xt, Y, theta, theta_out, dtheta, dims, pofs, Zf, Af, dAf, ftype(learning_rate), inv_m)
 
         run.updates = updates
         return run
+
+    def fused_epoch(self, activations, loss, layer_dims, batch_size, dtype, optimizer):
+        """A whole shuffled mini-batch epoch — gathers, steps, updates, commits — in one compiled call
+        (``_numba_kernels.whole_epoch``), for networks ``_whole`` accepts at this batch size; else None.
+        epoch(XT, YT, order, thetas, states, dθ, Zf, Af, dAf, XbT, Ybf, α, counters, current)."""
+        whole = self._whole(activations, loss, layer_dims, batch_size)
+        if whole is None:
+            return None
+        hidden, output, blas_bits = whole
+        kernel = K.whole_epoch(hidden, output, loss, optimizer, np.dtype(dtype), blas_bits)
+        ftype, (dims, pofs) = np.dtype(dtype).type, flat_layout(layer_dims)
+
+        def epoch(XT, YT, order, thetas, states, dtheta, Zf, Af, dAf, XbT, Ybf, learning_rate, counters, current):
+            s1, s2 = _state_pairs(states, dtheta)
+            return kernel(XT, YT, order, batch_size, thetas, s1, s2, dtheta, dims, pofs, Zf, Af, dAf, XbT, Ybf,
+                          ftype(learning_rate), counters, current)
+        return epoch
+
+    def fused_loop(self, activations, loss, layer_dims, m, dtype, optimizer):
+        """k full-batch steps with their updates and commits in one compiled call
+        (``_numba_kernels.whole_loop``), for networks ``_whole`` accepts; else None.
+        loop(X, Y, rates, thetas, states, dθ, Zf, Af, dAf, counters, current)."""
+        whole = self._whole(activations, loss, layer_dims, m)
+        if whole is None:
+            return None
+        hidden, output, blas_bits = whole
+        kernel = K.whole_loop(hidden, output, loss, optimizer, np.dtype(dtype), blas_bits)
+        dims, pofs = flat_layout(layer_dims)
+
+        def loop(X, Y, rates, thetas, states, dtheta, Zf, Af, dAf, counters, current):
+            X, xt = _rows(X)
+            s1, s2 = _state_pairs(states, dtheta)
+            return kernel(X, xt, Y, rates, thetas, s1, s2, dtheta, dims, pofs, Zf, Af, dAf, counters, current)
+        return loop
 
     def update(self, optimizer, theta, dtheta, states, learning_rate, t, out, states_out):
         """The optimizer's update in one fused pass over the flat parameter, gradient and state buffers."""
@@ -111,3 +148,18 @@ class NumbaBackend(Backend):
         K.optimizer_update(optimizer, theta.dtype)(theta, dtheta, s1, s2, ftype(learning_rate),
                                                    ftype(c1), ftype(c2), out, s1_out, s2_out)
         return out
+
+
+def _rows(X):
+    """(X with contiguous rows, xt): X itself (n0, m), or its transpose (m, n0) with xt when X is an
+    F-ordered view of example-major data, or a C copy of any other layout (BLAS and the loops need it)."""
+    if not X.flags.c_contiguous and X.flags.f_contiguous:
+        return X.T, True
+    return (X if X.flags.c_contiguous else np.ascontiguousarray(X)), False
+
+
+def _state_pairs(states, dtheta):
+    """(s1 of slot 0, s1 of slot 1), (s2 ...): each slot's first two state buffers, dθ standing in for
+    the unused ones (read, never written)."""
+    padded = [list(slot) + [dtheta, dtheta] for slot in states]
+    return (padded[0][0], padded[1][0]), (padded[0][1], padded[1][1])
