@@ -93,7 +93,8 @@ def test_forward_cost_gradients_match_the_oracle(fake_cupy, acts, device, dtype)
     n_out = 3 if output == "softmax" else 1
     net = fastdnn.Network([4, 6, 5, n_out], hidden_activation=hidden, output_activation=output, loss=loss,
                           device=device, dtype=dtype, seed=2)
-    Yh = np.eye(3)[:, np.arange(37) % 3] if output == "softmax" else Y
+    # one-hot Y in Fortran order: the device copy keeps it, the fused output kernel needs C order
+    Yh = np.asfortranarray(np.eye(3)[:, np.arange(37) % 3]) if output == "softmax" else Y
     params = {k: v.astype(np.float64) for k, v in net.parameters.items()}
     names = [hidden, hidden, output]
     Xr = X.astype(dtype).astype(np.float64)
@@ -300,3 +301,14 @@ def test_mpi_staged_path_matches_numpy(fake_cupy, device, monkeypatch):
     nets[1].fit(X, Y, epochs=2, batch_size=16, optimizer="adam", learning_rate=0.01, seed=1, verbose=0)
     assert_same_network(*nets, "float64")
     assert fake_cupy.counts["pinned_alloc"] >= 1
+
+
+def test_gpu_benchmark_times_both_backends_on_the_device_asked_for(fake_cupy):
+    """``fastdnn bench --gpu`` through the stand-in (its CUDA events time the CPU: only the code path
+    is checked): a row per backend, every GEMM and launch on cuda:1."""
+    from fastdnn import bench, gpu_bench
+    config = bench.CONFIGS[0]._replace(layer_dims=[4, 5, 1], m=16)
+    rows = gpu_bench.run(configs=[config], dtypes=("float32",), steps=1, device=1)
+    assert [r["backend"] for r in rows] == ["cupy", "cupy-fused"]
+    assert "cupy-fused" in gpu_bench.table(rows)
+    assert fake_cupy.counts["gemm@0"] == fake_cupy.counts["launch@0"] == 0 < fake_cupy.counts["launch@1"]

@@ -148,13 +148,10 @@ class CupyFusedBackend(CupyBackend):
 
     def update_guarded(self, optimizer, theta, dtheta, states, learning_rate, t, out, states_out, cost, halted):
         """One kernel over the flat (P,) buffers: halted (0-d int64) != 0 -> copies θ, states into out,
-        states_out; else cost (0-d) not finite -> nothing written; else the optimizer's update."""
+        states_out; else cost (0-d device array of θ's dtype) not finite -> nothing written; else the
+        optimizer's update."""
         dtype = theta.dtype
         f = dtype.type
-        if not (self.is_native(cost) and cost.dtype == dtype and cost.ndim == 0):
-            buf = self._buffer("cost-in", (), dtype)
-            buf[...] = cost
-            cost = buf
         s1, s2 = (list(states) + [dtheta, dtheta])[:2]
         s1_out, s2_out = (list(states_out) + [dtheta, dtheta])[:2]     # unused ones are never written
         c1, c2 = optimizer.corrections(t)
