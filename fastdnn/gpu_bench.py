@@ -1,4 +1,4 @@
-"""The GPU benchmark: one training step per configuration on `cupy` and `cupy-numba`, against the
+"""The GPU benchmark: one training step per configuration on `cupy` and `cupy-fused`, against the
 GPU GEMM floor, timed with CUDA events (warm-up outside the timing), with the time in cuBLAS vs the
 rest and the achieved TFLOP/s. ``fastdnn bench --gpu``. Without a usable CUDA device it stops with
 the reason; it never times the CPU instead."""
@@ -38,11 +38,13 @@ def run(configs=bench.CONFIGS, dtypes=("float32", "float64"), steps=50, device=0
     for config in configs:
         for dtype in dtypes:
             floor_ms = _event_time(bench.gemm_floor(config, dtype, xp=cp).run, steps, cp)
-            for name in ("cupy", "cupy-numba"):
+            for name in ("cupy", "cupy-fused"):
                 net = Network(config.layer_dims, config.hidden, config.output, device=f"{name}:{device}",
                               dtype=dtype, seed=0)
                 Xd, Yd = net.prepare(*bench.problem(config, dtype))          # moved to the GPU once
-                ms = _event_time(lambda: net.engine.train_step(Xd, Yd, 1e-3, check=False), steps, cp)
+                with net.backend.device_scope():
+                    net.engine.begin_call()         # the deferred divergence check's halt flag
+                    ms = _event_time(lambda: net.engine.train_step(Xd, Yd, 1e-3, check=False), steps, cp)
                 rows.append(dict(config=config.name, dtype=dtype, backend=name, ms_per_step=ms,
                                  cublas_ms=floor_ms, rest_ms=ms - floor_ms, vs_floor=ms / floor_ms,
                                  tflops=bench.flops_per_step(config) / (ms * 1e-3) / 1e12,
@@ -61,7 +63,7 @@ def table(rows):
 # NVIDIA H100 SXM5 80GB datasheet: fp32 (CUDA cores) 67 TFLOP/s, tf32 tensor cores 495 TFLOP/s
 # dense, fp64 34 TFLOP/s (67 on tensor cores), HBM3 3.35 TB/s. A device-to-device copy on one H100
 # of this workplace moved 3.0 TB/s. Launch cost per kernel or cuBLAS call from Python: 5-20 µs
-# (CUDA's launch latency is a few µs; CuPy's and numba-cuda's Python dispatch add to it) — an
+# (CUDA's launch latency is a few µs; CuPy's Python dispatch adds to it) — an
 # assumption to be measured with `fastdnn bench --gpu`.
 H100 = dict(fp32=67e12, tf32=495e12, fp64=34e12, bandwidth=3.35e12)
 LAUNCH_S = (5e-6, 20e-6)
@@ -80,10 +82,11 @@ def bytes_per_step(config, itemsize):
 
 
 def launches_per_step(config):
-    """cupy-numba: L forward kernels, 2 for the output pass, L-1 backward kernels, 1 update, and
-    3L-1 cuBLAS GEMMs."""
+    """cupy-fused, full batch: L forward kernels, 2 for the output pass (partials, fixed-order sum),
+    L-1 backward kernels, the update and the divergence mark (2L + 3; plus one final row sum per hidden
+    layer whose db is split over several blocks of columns), and 3L-1 cuBLAS GEMMs."""
     L = len(config.layer_dims) - 1
-    return (2 * L + 2) + (3 * L - 1)
+    return (2 * L + 3) + (3 * L - 1)
 
 
 def paper(cpu_rows):
@@ -122,7 +125,7 @@ if __name__ == "__main__":       # python -m fastdnn.gpu_bench > benchmarks/GPU_
           "sizes; the floor is the larger of FLOPs over the H100 SXM's datasheet rate (fp32 67 TFLOP/s for "
           "float32, as CuPy does not use tf32 tensor cores unless asked; fp64 34 TFLOP/s) and bytes over "
           "its 3.35 TB/s HBM3. Each step makes "
-          "2L + 2 Numba kernel launches and 3L - 1 cuBLAS calls; at an assumed 5-20 µs per launch from "
+          "2L + 3 RawKernel launches (`cupy-fused`) and 3L - 1 cuBLAS calls; at an assumed 5-20 µs per launch from "
           "Python they, not the arithmetic, dominate every configuration below. The CPU step is this "
           "machine's measured `numba` step (benchmarks/RESULTS.md); assuming both grow linearly in m, "
           "the last column is the batch size from which the GPU step is the faster one. "

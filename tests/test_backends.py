@@ -98,7 +98,7 @@ def test_auto_is_silent_and_cuda_backends_by_name_raise():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert get_backend("auto").device == "cpu"
-    for name in ("cupy", "cupy-numba"):
+    for name in ("cupy", "cupy-fused"):
         with pytest.raises(BackendUnavailableError, match=f"backend '{name}' unavailable"):
             get_backend(name)
 
@@ -150,28 +150,3 @@ def test_fallback_with_the_real_cupy_wheel_and_no_gpu():
     with pytest.raises(BackendUnavailableError) as e:
         get_backend("cuda:0", fallback=False)
     assert real in str(e.value)
-
-
-def test_cupy_numba_wraps_each_device_buffer_once_without_stream_sync(monkeypatch):
-    pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
-    from fastdnn.backends import _cuda_device
-    from fastdnn.backends.cupy_numba_backend import CupyNumbaBackend
-
-    class FakeDeviceArray:                       # what the launch sees of a CuPy array
-        __cuda_array_interface__ = {}
-
-        def __init__(self, ptr, shape):
-            self.data, self.shape = types.SimpleNamespace(ptr=ptr), shape
-            self.strides, self.dtype = (8,), np.dtype("float64")
-
-    made = []
-    monkeypatch.setattr(_cuda_device, "kernel_view", lambda a: made.append(a) or ("view", a.data.ptr))
-    backend = CupyNumbaBackend("cuda:0", xp=np)
-    monkeypatch.setattr(CupyNumbaBackend, "VIEWS_KEPT", 3)
-    a, b = FakeDeviceArray(100, (4,)), FakeDeviceArray(200, (4,))
-    assert [backend._view(x) for x in (a, a, b, a, 1.5)] == [("view", 100), ("view", 100), ("view", 200),
-                                                             ("view", 100), 1.5]
-    assert made == [a, b]                        # one view per buffer, reused at every launch
-    for ptr in (300, 400, 500):
-        backend._view(FakeDeviceArray(ptr, (4,)))
-    assert len(backend._views) == 3              # bounded: old buffers are not kept alive

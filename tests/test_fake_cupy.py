@@ -401,9 +401,9 @@ Y = (np.random.default_rng(4).random((1, 37)) > 0.5).astype(np.float64)
 
 def test_fastdnn_sees_a_usable_cuda_device_and_the_stand_in_goes_away(fake_cupy):
     infos = {b.name: b for b in fastdnn.available_backends()}
-    assert infos["cupy"].available and not infos["cupy-numba"].available
+    assert infos["cupy"].available and infos["cupy-fused"].available
     backend = fastdnn.get_backend("cuda", fallback=False)
-    assert backend.name == "cupy" and backend.xp is fake_cupy.cupy
+    assert backend.name == "cupy-fused" and backend.xp is fake_cupy.cupy
     assert fastdnn.get_backend("cuda:1").device == "cuda:1"
 
 

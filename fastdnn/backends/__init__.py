@@ -14,7 +14,7 @@ from .base import Backend
 
 # name -> (module, class, device kind); preference order within a kind is the order here.
 _REGISTRY = {
-    "cupy-numba": ("fastdnn.backends.cupy_numba_backend", "CupyNumbaBackend", "cuda"),
+    "cupy-fused": ("fastdnn.backends.cupy_fused_backend", "CupyFusedBackend", "cuda"),
     "cupy": ("fastdnn.backends.cupy_backend", "CupyBackend", "cuda"),
     "numba": ("fastdnn.backends.numba_backend", "NumbaBackend", "cpu"),
     "numpy": ("fastdnn.backends.numpy_backend", "NumpyBackend", "cpu"),

@@ -22,6 +22,26 @@ def probe(device_index=0):
     return None
 
 
+_NVRTC_PROBE = "fdnn_probe"
+_NVRTC_SOURCE = 'extern "C" __global__ void fdnn_probe(float* x) { x[threadIdx.x] += 1.0f; }'
+_nvrtc_checked = {}       # (cupy module, device index) -> None or the reason
+
+
+def probe_nvrtc(device_index=0):
+    """Why CuPy cannot compile a RawKernel for CUDA device ``device_index`` (None: it can). Compiles one
+    tiny kernel once per device (NVRTC through the driver); call it only after :func:`probe` passed."""
+    cp = cupy()
+    key = (cp, device_index)
+    if key not in _nvrtc_checked:
+        try:
+            with cp.cuda.Device(device_index):
+                cp.RawKernel(_NVRTC_SOURCE, _NVRTC_PROBE).compile()
+            _nvrtc_checked[key] = None
+        except Exception as exc:  # noqa: BLE001  (CompileException, missing libnvrtc, driver errors)
+            _nvrtc_checked[key] = f"cupy-fused: NVRTC cannot compile a kernel: {type(exc).__name__}: {exc}"
+    return _nvrtc_checked[key]
+
+
 def cupy():
     """The cupy module (imported on first use only)."""
     import cupy as cp
@@ -73,12 +93,6 @@ def synchronize():
     cupy().cuda.get_current_stream().synchronize()
 
 
-def numba_stream():
-    """CuPy's current stream as a Numba stream, so kernels queue behind (and before) CuPy's work."""
-    from numba import cuda
-    return cuda.external_stream(cupy().cuda.get_current_stream().ptr)
-
-
 def empty(shape, dtype):
     """cupy.empty, turning CuPy's out-of-memory error into MemoryError with the bytes asked for."""
     cp = cupy()
@@ -89,11 +103,3 @@ def empty(shape, dtype):
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         raise MemoryError(f"out of GPU memory allocating {nbytes} bytes for the fastdnn workspace "
                           f"({exc})") from exc
-
-
-def kernel_view(x):
-    """A Numba device-array view of a CuPy array that does not synchronize the array's stream each
-    time a kernel uses it (``sync=False``): the kernels are queued on CuPy's current stream, behind
-    the work that produced the array, so no host-side wait is needed."""
-    from numba import cuda
-    return cuda.as_cuda_array(x, sync=False)

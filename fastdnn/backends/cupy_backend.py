@@ -1,8 +1,9 @@
 """The ``cupy`` backend: the xp-generic ops on CuPy (cuBLAS GEMMs, CuPy elementwise and reductions),
-unfused. The reference on the GPU, and the fallback when numba-cuda is absent.
+unfused. The reference on the GPU (``cupy-fused`` inherits from it), and the fallback when NVRTC cannot
+compile the fused kernels.
 
-Written against CuPy's documented API; no machine of this project has a GPU, so it has run here only
-in its failure paths (no device) — see README.
+Written against CuPy's documented API; no machine of this project has a GPU: it runs in CI through the
+strict CuPy stand-in (tests/fake_cupy.py) — see README.
 """
 import contextlib
 
@@ -69,7 +70,7 @@ class CupyBackend(Backend):
             return super().dropout_mask(D, keep_prob, rng)
         if not hasattr(self, "_rng"):
             self._rng = self.xp.random.default_rng(int(rng.integers(2**31)))
-        D[...] = self._rng.random(D.shape, dtype=D.dtype)
+        self._rng.random(D.shape, dtype=D.dtype, out=D)          # drawn in place: no allocation per step
         self.xp.less(D, keep_prob, out=D)
         D *= 1 / keep_prob
         return D

@@ -1,0 +1,192 @@
+"""The ``cupy-fused`` backend: cuBLAS GEMMs through CuPy into preallocated ``out`` (inherited), and every
+fused pass as a ``cupy.RawKernel`` whose CUDA C source comes from ``_cupy_kernels`` (the same scalar
+formulas as the CPU kernels): bias + activation; dZ with its deterministic row sum db; the output
+delta with the cost's partial sums and their fixed-order total; the optimizer update over the flat
+buffers with the divergence guard; L2 and dropout. CuPy launches each kernel on its current device and
+stream with its own arrays (no bridge); the cost stays on the device until it is reported.
+
+Scalars go to the kernels as typed NumPy scalars, exactly as each kernel's C signature says
+(``_cupy_kernels`` module docstring); arrays are C-contiguous (workspace, parameter and gradient views).
+"""
+import numpy as np
+
+from . import _cupy_kernels as K
+from .cupy_backend import CupyBackend
+
+# (cupy module, kind, formula object or None, dtype) -> cupy.RawKernel. CuPy compiles a RawKernel
+# lazily, once per device, and caches the binary on disk (its kernel cache).
+_KERNELS = {}
+
+
+def kernel(xp, kind, variant, dtype, *extra):
+    """The RawKernel of ``_cupy_kernels.<kind>(*variant_args, dtype)``, built once per key."""
+    key = (xp, kind, variant, extra, np.dtype(dtype).name)
+    k = _KERNELS.get(key)
+    if k is None:
+        args = [a for a in (*extra, variant) if a is not None]
+        source, name = getattr(K, kind)(*args, np.dtype(dtype))
+        k = _KERNELS[key] = xp.RawKernel(source, name)
+    return k
+
+
+def _i32(x):
+    return np.int32(x)
+
+
+def _i64(x):
+    return np.int64(x)
+
+
+class CupyFusedBackend(CupyBackend):
+    name = "cupy-fused"
+    defers_checks = True      # a step never reads its cost back: divergence is marked on the device
+
+    def __init__(self, device="cuda:0", xp=None):
+        super().__init__(device, xp)
+        self._scratch = {}    # (purpose, shape, dtype) -> device buffer kept between steps
+
+    @staticmethod
+    def probe(device_index=0):
+        from . import _cuda_device
+        return _cuda_device.probe(device_index) or _cuda_device.probe_nvrtc(device_index)
+
+    # --- plumbing -----------------------------------------------------------------------------
+    def _launch(self, k, launch, *args):
+        self.counters["launch"] += 1
+        k(tuple(launch.grid), tuple(launch.block), args)
+
+    def _buffer(self, purpose, shape, dtype, zero=False):
+        """A device buffer kept between steps (partial sums, 0-d results, constants)."""
+        key = (purpose, tuple(shape), np.dtype(dtype))
+        buf = self._scratch.get(key)
+        if buf is None:
+            buf = self._scratch[key] = (self.zeros if zero else self.empty)(key[1], key[2])
+        return buf
+
+    def _partials(self, plan):
+        """The float64 partial sums of a reducing kernel: one buffer, grown to the largest plan seen."""
+        need = max(1, plan.partials)
+        buf = self._scratch.get("partials")
+        if buf is None or buf.shape[0] < need:
+            buf = self._scratch["partials"] = self.empty((need,), np.float64)
+        return buf
+
+    def _total(self, partials, plan, scale, dtype, purpose):
+        """out = scale · Σ partials in a fixed order (one block); out: a 0-d buffer of dtype, reused."""
+        out = self._buffer(purpose, (), dtype)
+        self._launch(kernel(self.xp, "sum_partials", None, dtype), plan.final, partials,
+                     _i32(plan.final_count), dtype.type(scale), out)
+        return out
+
+    # --- forward ------------------------------------------------------------------------------
+    def linear_activation_forward(self, activation, A_prev, W, b, Z=None, A=None):
+        """Z = W · A_prev (cuBLAS), then one kernel: Z += b, A = g(Z). W (n_l, n_{l-1}), A_prev
+        (n_{l-1}, m) -> Z, A (n_l, m)."""
+        Z = self.gemm(W, A_prev, out=Z)
+        A = self.xp.empty_like(Z) if A is None else A
+        n, m = Z.shape
+        kind = "bias_softmax" if activation.name == "softmax" else "bias_activation"
+        k = kernel(self.xp, kind, None if kind == "bias_softmax" else activation, Z.dtype)
+        self._launch(k, K.plan(kind, (n, m)).main, Z, b, A, _i32(n), _i32(m))
+        return Z, A
+
+    # --- backward -----------------------------------------------------------------------------
+    def delta_row_sum(self, activation, dA, Z, A, db):
+        """dZ = dA * g'(Z) over dA and db = Σ_cols dZ (fixed order). dA, Z, A (n_l, m), db (n_l, 1)."""
+        if not activation.elementwise:
+            return super().delta_row_sum(activation, dA, Z, A, db)
+        n, m = dA.shape
+        plan = K.plan("delta_row_sum", (n, m))
+        partials = self._partials(plan)
+        self._launch(kernel(self.xp, "delta_row_sum", activation, dA.dtype), plan.main,
+                     dA, Z, A, db, partials, _i32(n), _i32(m))
+        if plan.final is not None:
+            self._launch(kernel(self.xp, "row_sum_partials", None, dA.dtype), plan.final,
+                         partials, db, _i32(n), _i32(plan.final_count))
+        return dA
+
+    def output_layer(self, loss, activation, Z, A, Y, dZ):
+        """dZ[L] = ∂J/∂Z[L] (written into dZ) and J = (1/m) Σ L(a, y) as a 0-d device array (valid until
+        the next call, which reuses its buffer): partial sums in one kernel, their fixed-order total
+        in a second. Z, A, Y, dZ (n_L, m)."""
+        kind, variant = self._output_kernel(loss, activation)
+        if kind is None:
+            return super().output_layer(loss, activation, Z, A, Y, dZ)
+        if not Y.flags.c_contiguous:
+            Y = self.xp.ascontiguousarray(Y)
+        n, m = Z.shape
+        dtype = Z.dtype
+        plan = K.plan(kind, (n, m))
+        partials = self._partials(plan)
+        inv_m = dtype.type(1.0 / m)
+        self._launch(kernel(self.xp, kind, variant, dtype, *(() if variant is None else (loss,))),
+                     plan.main, Z, A, Y, dZ, inv_m, partials, _i32(n), _i32(m))
+        return self._total(partials, plan, inv_m, dtype, "cost")
+
+    @staticmethod
+    def _output_kernel(loss, activation):
+        """(kind, activation or None) of the fused output kernel, or (None, None): use the reference."""
+        if activation.name == "softmax":
+            return ("output_softmax_ce", None) if loss.name == "ce" else (None, None)
+        if not activation.elementwise or not hasattr(loss, "scalar"):
+            return None, None
+        try:
+            K._check_delta_is_a_minus_y(loss, activation) if activation.name != loss.canonical else None
+        except ValueError:
+            return None, None
+        return "output_elementwise", activation
+
+    # --- update and the divergence guard -------------------------------------------------------
+    def update(self, optimizer, theta, dtheta, states, learning_rate, t, out, states_out):
+        """out, states_out = the optimizer's step from θ, dθ, states (flat (P,), out of place), with a
+        finite cost and no halt: the synchronous (data-parallel) path."""
+        dtype = theta.dtype
+        cost = self._buffer("finite", (), dtype, zero=True)
+        halted = self._buffer("not-halted", (), np.int64, zero=True)
+        return self.update_guarded(optimizer, theta, dtheta, states, learning_rate, t, out, states_out,
+                                   cost, halted)
+
+    def update_guarded(self, optimizer, theta, dtheta, states, learning_rate, t, out, states_out, cost, halted):
+        """One kernel over the flat (P,) buffers: halted (0-d int64) != 0 -> copies θ, states into out,
+        states_out; else cost (0-d device array of θ's dtype) not finite -> nothing written; else the
+        optimizer's update."""
+        dtype = theta.dtype
+        f = dtype.type
+        s1, s2 = (list(states) + [dtheta, dtheta])[:2]
+        s1_out, s2_out = (list(states_out) + [dtheta, dtheta])[:2]     # unused ones are never written
+        c1, c2 = optimizer.corrections(t)
+        self._launch(kernel(self.xp, "optimizer_update", optimizer, dtype), K.plan("optimizer_update", theta.shape).main,
+                     theta, dtheta, s1, s2, f(learning_rate), f(c1), f(c2), out, s1_out, s2_out, cost, halted,
+                     _i64(theta.shape[0]))
+        return out
+
+    def mark_divergence(self, cost, halted, halted_cost, iteration):
+        """halted = iteration + 1, halted_cost = cost when halted is 0 and the cost (0-d) is not finite;
+        one thread, on the device (no host sync)."""
+        self._launch(kernel(self.xp, "mark_divergence", None, halted_cost.dtype), K.plan("mark_divergence", ()).main,
+                     cost, halted, halted_cost, _i64(iteration))
+
+    # --- L2 and dropout ---------------------------------------------------------------------------
+    def add_scaled(self, dW, W, c):
+        """dW += c W elementwise. dW, W (n_l, n_{l-1})."""
+        self._launch(kernel(self.xp, "add_scaled", None, dW.dtype), K.plan("add_scaled", (dW.size,)).main,
+                     dW, W, dW.dtype.type(c), _i64(dW.size))
+        return dW
+
+    def sum_squares(self, W):
+        """||W||² = Σ W² in a fixed order, a 0-d device array (valid until the next call). W (n_l, n_{l-1})."""
+        plan = K.plan("sum_squares", (W.size,))
+        partials = self._partials(plan)
+        self._launch(kernel(self.xp, "sum_squares", None, W.dtype), plan.main, W, _i64(W.size), partials)
+        return self._total(partials, plan, 1.0, W.dtype, "sum_squares")
+
+    def dropout_mask(self, D, keep_prob, rng):
+        """D = (u < keep_prob) / keep_prob, u uniform in [0, 1) drawn into D by the device generator
+        (seeded once from rng), then one kernel in place. D (n_l, m); nothing allocated."""
+        if not hasattr(self, "_rng"):
+            self._rng = self.xp.random.default_rng(int(rng.integers(2**31)))
+        self._rng.random(D.shape, dtype=D.dtype, out=D)
+        f = D.dtype.type
+        self._launch(kernel(self.xp, "dropout_mask", None, D.dtype), K.plan("dropout_mask", (D.size,)).main,
+                     D, f(keep_prob), f(1 / keep_prob), _i64(D.size))
+        return D
