@@ -51,7 +51,8 @@ def vectorized(op, be, a):
         return lambda: be.linear_activation_backward(RELU, a["dA"], a["Z"], a["A"], a["A_prev"], a["W"],
                                                      a["dW"], a["db"], a["dA_prev"])
     sgd = GradientDescent()
-    return lambda: be.update(sgd, a["W"].reshape(-1), a["dW"].reshape(-1), [], 1e-3, 1, out=a["W"].reshape(-1))
+    return lambda: be.update(sgd, a["W"].reshape(-1), a["dW"].reshape(-1), [], 1e-3, 1,
+                             out=a["W"].reshape(-1), states_out=[])
 
 
 @pytest.mark.parametrize("impl", [*BACKENDS, "loop"])

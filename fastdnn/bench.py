@@ -355,8 +355,9 @@ def jax_adam_epoch(config, dtype, learning_rate=1e-3, beta1=0.9, beta2=0.999, ep
     def epoch(state, key, X, Y):
         key, sub = jax.random.split(key)
         order = jax.random.permutation(sub, m)
-        state = jax.lax.fori_loop(
-            0, full, lambda i, st: batch_step(st, jax.lax.dynamic_slice(order, (i * B,), (B,)), X, Y), state)
+        if full:
+            state = jax.lax.fori_loop(
+                0, full, lambda i, st: batch_step(st, jax.lax.dynamic_slice(order, (i * B,), (B,)), X, Y), state)
         if rest:
             state = batch_step(state, order[full * B:], X, Y)
         return state, key
@@ -438,7 +439,7 @@ def sklearn_adam_epoch(config, dtype, learning_rate=1e-3, seed=0):
     y = Y.argmax(axis=0) if config.output == "softmax" else Y[0].astype(int)
     classes = np.arange(C) if config.output == "softmax" else np.array([0, 1])
     clf = MLPClassifier(hidden_layer_sizes=tuple(config.layer_dims[1:-1]), activation=config.hidden,
-                        solver="adam", alpha=0.0, batch_size=config.batch_size, learning_rate_init=learning_rate,
+                        solver="adam", alpha=0.0, batch_size=min(config.batch_size, config.m), learning_rate_init=learning_rate,
                         beta_1=0.9, beta_2=0.999, epsilon=1e-8, shuffle=True, random_state=seed)
     Xs = np.ascontiguousarray(X.T)
     run = lambda: clf.partial_fit(Xs, y, classes=classes)
@@ -449,7 +450,7 @@ def sklearn_adam_epoch(config, dtype, learning_rate=1e-3, seed=0):
                      note="not identical work: its own initialization and loss bookkeeping (alpha=0: no L2)")
 
 
-def minibatch_candidates(config, dtype, backends=None):
+def minibatch_candidates(config, dtype, backends=None, others=True):
     """The full-batch step of B examples (the reference), then one shuffled Adam epoch per
     implementation that can run here."""
     from .backends import available_backends
@@ -457,7 +458,7 @@ def minibatch_candidates(config, dtype, backends=None):
     reference = "numba" if "numba" in names else names[0]
     found = [network_batch_step(config, dtype, reference)]
     found += [network_epoch(config, dtype, name) for name in names]
-    for make in (torch_adam_epoch, jax_adam_epoch, sklearn_adam_epoch):
+    for make in (torch_adam_epoch, jax_adam_epoch, sklearn_adam_epoch) if others else ():
         try:
             found.append(make(config, dtype))
         except ImportError:
@@ -465,7 +466,7 @@ def minibatch_candidates(config, dtype, backends=None):
     return found
 
 
-def candidates(config, dtype, loop_budget_s=0.05, backends=None):
+def candidates(config, dtype, loop_budget_s=0.05, backends=None, others=True):
     """Every implementation that can run here, for one configuration and dtype."""
     from .backends import available_backends
     found = [gemm_floor(config, dtype)]
@@ -478,14 +479,11 @@ def candidates(config, dtype, loop_budget_s=0.05, backends=None):
         found.append(scalar_loop(config, dtype, loop_budget_s, compiled=False))   # small sizes only
     if "numba" in names:
         found.append(scalar_loop(config, dtype, loop_budget_s, compiled=True))
-    try:
-        found += [torch_autograd(config, dtype), torch_by_hand(config, dtype)]
-    except ImportError:
-        pass
-    try:
-        found += [jax_step(config, dtype), jax_loop(config, dtype)]
-    except ImportError:
-        pass
+    for makers in ((torch_autograd, torch_by_hand), (jax_step, jax_loop)) if others else ():
+        try:
+            found += [make(config, dtype) for make in makers]
+        except ImportError:
+            pass
     return found
 
 
@@ -621,10 +619,12 @@ def _cpu_name():
 
 
 def run(configs=CONFIGS, dtypes=("float32", "float64"), rounds=7, loop_budget_s=0.05, progress=True,
-        minibatch="auto", gemm_n=2048):
+        minibatch="auto", gemm_n=2048, backends=None, others=True):
     """Measure every configuration x dtype, then the mini-batch section (``minibatch``: a list of
     MINIBATCH_CONFIGS entries; "auto": all of them when ``configs`` is every step configuration,
-    none otherwise); the peak GEMM rate of each dtype is measured once, first. Returns (rows, info)."""
+    none otherwise); the peak GEMM rate of each dtype is measured once, first. ``backends``: fastdnn's
+    (default: every available one); ``others``: PyTorch, JAX and scikit-learn rows where installed.
+    Returns (rows, info)."""
     if minibatch == "auto":
         minibatch = MINIBATCH_CONFIGS if {c.name for c in configs} >= {c.name for c in CONFIGS} else []
     rates = {dtype: peak_gemm_rate(dtype, gemm_n) for dtype in dtypes}
@@ -634,10 +634,10 @@ def run(configs=CONFIGS, dtypes=("float32", "float64"), rounds=7, loop_budget_s=
     for config, dtype in jobs:
         bar.set_description(f"{config.name} {dtype}")
         if config.batch_size:
-            rows += summarize_minibatch(config, dtype, measure(minibatch_candidates(config, dtype), rounds),
+            rows += summarize_minibatch(config, dtype, measure(minibatch_candidates(config, dtype, backends, others), rounds),
                                         rates[dtype])
         else:
-            found = measure(candidates(config, dtype, loop_budget_s), rounds)
+            found = measure(candidates(config, dtype, loop_budget_s, backends, others), rounds)
             rows += summarize(config, dtype, found, rates[dtype])
         bar.update(1)
     bar.close()
