@@ -207,6 +207,12 @@ def test_the_physical_limit_is_the_flops_at_the_rate():
     assert bench.physical_limit_s(mini, 1e9) == bench.flops_per_step(mini._replace(m=256)) / 1e9
 
 
+def test_the_peak_rate_is_2n_cubed_over_the_best_time(monkeypatch):
+    ticks = iter([0.0, 3.0, 10.0, 12.0, 20.0, 24.0])      # three timed products: 3 s, 2 s (the best), 4 s
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(ticks))
+    assert bench.peak_gemm_rate("float32", n=64, repeats=3) == 2 * 64 ** 3 / 2.0
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_the_physical_limit_is_below_the_gemm_floor(dtype):
     """mnist-256's GEMMs are smaller than the peak's square ones, so they cannot run faster; timing on a
