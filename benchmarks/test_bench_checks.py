@@ -247,3 +247,18 @@ def test_run_reports_the_limit_and_the_minibatch_section(tmp_path):
     paths = bench.write_reports(rows, info, str(tmp_path), "fastdnn bench --test")
     md = open(paths["md"]).read()
     assert "vs physical limit" in md and "Mini-batch" in md and "moons-b64" in md
+
+
+def test_run_takes_the_minibatch_section_with_every_configuration_and_only_moons_when_quick(monkeypatch):
+    monkeypatch.setattr(bench, "peak_gemm_rate", lambda dtype, n: 1e9)
+    for name in ("candidates", "minibatch_candidates"):
+        monkeypatch.setattr(bench, name, lambda config, dtype, *rest: config)
+    monkeypatch.setattr(bench, "measure", lambda found, rounds: found)
+    for name in ("summarize", "summarize_minibatch"):
+        monkeypatch.setattr(bench, name, lambda config, dtype, found, rate: [config.name])
+    monkeypatch.setattr(bench, "machine_info", dict)
+    names = lambda configs, rounds: bench.run(configs, ("float32",), rounds=rounds, progress=False)[0]
+    steps = [c.name for c in bench.CONFIGS]
+    assert names(bench.CONFIGS, 15) == steps + [c.name for c in bench.MINIBATCH_CONFIGS]
+    assert names(bench.CONFIGS, 3) == steps + ["moons-b64"]
+    assert names(bench.CONFIGS[:2], 15) == steps[:2]

@@ -621,12 +621,16 @@ def _cpu_name():
 def run(configs=CONFIGS, dtypes=("float32", "float64"), rounds=7, loop_budget_s=0.05, progress=True,
         minibatch="auto", gemm_n=2048, backends=None, others=True):
     """Measure every configuration x dtype, then the mini-batch section (``minibatch``: a list of
-    MINIBATCH_CONFIGS entries; "auto": all of them when ``configs`` is every step configuration,
-    none otherwise); the peak GEMM rate of each dtype is measured once, first. ``backends``: fastdnn's
+    MINIBATCH_CONFIGS entries, or "auto": when ``configs`` is every step configuration, all of them
+    with more than 3 rounds (``--full``), the moons one only with 3 or fewer (``--quick`` stays
+    under a minute: an mnist epoch is ~0.1-0.3 s and each candidate runs 5+ of them); none when
+    ``configs`` is a selection). The peak GEMM rate of each dtype is measured once, first. ``backends``: fastdnn's
     (default: every available one); ``others``: PyTorch, JAX and scikit-learn rows where installed.
     Returns (rows, info)."""
     if minibatch == "auto":
-        minibatch = MINIBATCH_CONFIGS if {c.name for c in configs} >= {c.name for c in CONFIGS} else []
+        every = {c.name for c in configs} >= {c.name for c in CONFIGS}
+        minibatch = [] if not every else MINIBATCH_CONFIGS if rounds > 3 else \
+            [c for c in MINIBATCH_CONFIGS if c.name == "moons-b64"]
     rates = {dtype: peak_gemm_rate(dtype, gemm_n) for dtype in dtypes}
     jobs = [(c, d) for c in [*configs, *minibatch] for d in dtypes]
     bar = _progress(len(jobs), progress)
