@@ -14,6 +14,7 @@ from fastdnn.optimizers import GradientDescent
 BACKENDS = [b.name for b in available_backends() if b.available]
 # (n_l, n_{l-1}, m): the largest layer of each configuration in fastdnn.bench.CONFIGS
 SIZES = [(4, 2, 400), (20, 12288, 209), (256, 784, 256), (256, 784, 2048), (1024, 1024, 512)]
+SMOKE = SIZES[0], SIZES[2]          # tiny and mnist-256: untimed runs (CI) take these only
 RELU = get_activation("relu")
 
 
@@ -51,13 +52,15 @@ def vectorized(op, be, a):
         return lambda: be.linear_activation_backward(RELU, a["dA"], a["Z"], a["A"], a["A_prev"], a["W"],
                                                      a["dW"], a["db"], a["dA_prev"])
     sgd = GradientDescent()
-    return lambda: be.update(sgd, a["W"].reshape(-1), a["dW"].reshape(-1), [], 1e-3, 1, out=a["W"].reshape(-1))
+    return lambda: be.update(sgd, a["W"].reshape(-1), a["dW"].reshape(-1), [], 1e-3, 1,
+                             out=a["W"].reshape(-1), states_out=[])
 
 
 @pytest.mark.parametrize("impl", [*BACKENDS, "loop"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("op", ["forward", "backward", "update"])
-@pytest.mark.parametrize("size", SIZES, ids=["n%dxk%dxm%d" % s for s in SIZES])
+@pytest.mark.parametrize("size", [pytest.param(s, id="n%dxk%dxm%d" % s, marks=() if s in SMOKE else pytest.mark.large)
+                                  for s in SIZES])
 def test_op(benchmark, size, op, dtype, impl):
     be = get_backend("numpy" if impl == "loop" else impl)
     a = arrays(be, size, dtype)

@@ -1,4 +1,6 @@
-"""Benchmarks of a training step: loops vs vectorized vs fused, against the GEMM floor and PyTorch.
+"""Benchmarks of a training step: loops vs vectorized vs fused, against the GEMM floor, the machine's
+physical limit, PyTorch and JAX; and of shuffled mini-batch Adam epochs (fastdnn, PyTorch, JAX,
+scikit-learn) against the full-batch step of the same batch size.
 
 Every candidate is a zero-argument callable doing one full training step (forward, cost, backward,
 update) of the same network on the same data. They are timed interleaved, round by round, so a
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-Config = namedtuple("Config", "name layer_dims m hidden output")
+Config = namedtuple("Config", "name layer_dims m hidden output batch_size", defaults=(None,))
 
 CONFIGS = [
     Config("tiny", [2, 4, 1], 400, "relu", "sigmoid"),
@@ -25,6 +27,12 @@ CONFIGS = [
     Config("mnist-256", [784, 256, 128, 10], 256, "relu", "softmax"),
     Config("mnist-2048", [784, 256, 128, 10], 2048, "relu", "softmax"),
     Config("wide", [1024, 1024, 1024, 1024, 10], 512, "relu", "softmax"),
+]
+# the mini-batch section: one shuffled Adam epoch over m examples, batch_size at a time
+MINIBATCH_CONFIGS = [
+    Config("mnist-16384-b64", [784, 256, 128, 10], 16384, "relu", "softmax", 64),
+    Config("mnist-16384-b256", [784, 256, 128, 10], 16384, "relu", "softmax", 256),
+    Config("moons-b64", [2, 5, 2, 1], 300, "relu", "sigmoid", 64),
 ]
 SETTLE_S = 0.15             # OpenBLAS spins ~0.1 s after a call; PyTorch's pool similarly
 
@@ -42,6 +50,10 @@ class Candidate:
     scale: float = 1.0
     times: list = field(default_factory=list)
     net: object = None        # the fastdnn Network it steps, if any
+    steps: int = 1            # optimizer steps one run() does (a compiled loop, an epoch)
+    params: object = None     # () -> {"W1": ..., "b1": ...} as float64 NumPy arrays, if it has any
+    steps_done: object = None # () -> optimizer steps taken so far, where the candidate counts them
+    note: str = ""            # how its work differs from fastdnn's, if it does
 
 
 def problem(config, dtype, seed=0):
@@ -85,7 +97,18 @@ def flops_per_step(config):
     return 2 * (2 * macs + sum(n * k * m for k, n in zip(dims[1:-1], dims[2:])))
 
 
-def network_step(config, dtype, backend, update=True):
+def initial_parameters(config, dtype):
+    """The parameters every candidate with parameters starts from: a seed-0 Network's (host arrays)."""
+    from . import Network
+    net = Network(config.layer_dims, config.hidden, config.output, device="numpy", dtype=dtype, seed=0)
+    return {k: np.array(v) for k, v in net.parameters.items()}
+
+
+def _host_params(net):
+    return {k: np.asarray(v, dtype=np.float64) for k, v in net.parameters.items()}
+
+
+def network_step(config, dtype, backend, update=True, learning_rate=1e-3):
     """A fastdnn Network's training step on data already on its device; without ``update``, all of
     it but the parameter update (forward, cost, backward): the difference is what the update costs."""
     from . import Network
@@ -96,7 +119,7 @@ def network_step(config, dtype, backend, update=True):
 
     if update:
         def run():
-            engine.train_step(Xd, Yd, 1e-3, check=True)
+            engine.train_step(Xd, Yd, learning_rate, check=True)
             sync()
     else:
         fused = net.backend.fused_step(net.activations, net.loss, net.layer_dims, Xd.shape[1], net.dtype, None)
@@ -106,7 +129,8 @@ def network_step(config, dtype, backend, update=True):
             sync()
     kind = "fused" if backend in ("numba", "cupy-numba") else "vectorized"
     name = f"fastdnn {net.backend.name}" + ("" if update else " without the update")
-    return Candidate(name, kind, "numpy", run, net.backend.name, net.device, net=net)
+    return Candidate(name, kind, "numpy", run, net.backend.name, net.device, net=net,
+                     params=lambda: _host_params(net), steps_done=lambda: net.iteration)
 
 
 def per_example_loop(config, dtype, budget_s):
@@ -147,39 +171,58 @@ def _examples_within(call, m, budget_s):
     return int(max(1, min(m, budget_s / one)))
 
 
-def torch_autograd(config, dtype):
+def torch_autograd(config, dtype, learning_rate=1e-3):
     """PyTorch: nn.Linear layers + autograd + torch.optim.SGD, batch-first as PyTorch expects."""
     import torch
-    torch.manual_seed(0)
-    tdtype = getattr(torch, dtype)
-    layers = []
-    for k, n in zip(config.layer_dims[:-1], config.layer_dims[1:]):
-        layers += [torch.nn.Linear(k, n, dtype=tdtype), _torch_activation(config.hidden)]
-    model = torch.nn.Sequential(*layers[:-1])
-    X, Y = (torch.from_numpy(a.T.copy()) for a in problem(config, dtype))
-    if config.output == "softmax":
-        Y, criterion = Y.argmax(dim=1), torch.nn.CrossEntropyLoss()
-    else:
-        criterion = torch.nn.BCEWithLogitsLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    model, X, Y, criterion = _torch_model(config, dtype)
+    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
 
     def run():
         optimizer.zero_grad(set_to_none=False)
         criterion(model(X), Y).backward()
         optimizer.step()
-    return Candidate("PyTorch autograd + SGD", "reference", "torch", run, f"torch {torch.__version__}")
+    return Candidate("PyTorch autograd + SGD", "reference", "torch", run, f"torch {torch.__version__}",
+                     params=lambda: _torch_params(model))
 
 
-def torch_by_hand(config, dtype):
+def _torch_model(config, dtype):
+    """nn.Sequential of Linear layers starting from initial_parameters; X (m, n0); Y class ids for
+    softmax (CrossEntropyLoss) or 0/1 (m, 1) (BCEWithLogitsLoss)."""
+    import torch
+    tdtype = getattr(torch, dtype)
+    layers = []
+    for k, n in zip(config.layer_dims[:-1], config.layer_dims[1:]):
+        layers += [torch.nn.Linear(k, n, dtype=tdtype), _torch_activation(config.hidden)]
+    model = torch.nn.Sequential(*layers[:-1])
+    start = initial_parameters(config, dtype)
+    with torch.no_grad():
+        for l, linear in enumerate(model[::2], start=1):
+            linear.weight.copy_(torch.from_numpy(start[f"W{l}"]))
+            linear.bias.copy_(torch.from_numpy(start[f"b{l}"].ravel()))
+    X, Y = (torch.from_numpy(a.T.copy()) for a in problem(config, dtype))
+    if config.output == "softmax":
+        return model, X, Y.argmax(dim=1), torch.nn.CrossEntropyLoss()
+    return model, X, Y, torch.nn.BCEWithLogitsLoss()
+
+
+def _torch_params(model):
+    out = {}
+    for l, linear in enumerate(model[::2], start=1):
+        out[f"W{l}"] = linear.weight.detach().double().numpy().copy()
+        out[f"b{l}"] = linear.bias.detach().double().numpy().reshape(-1, 1).copy()
+    return out
+
+
+def torch_by_hand(config, dtype, learning_rate=1e-3):
     """PyTorch tensors, the course's math written out (no autograd), course layout (n, m)."""
     import torch
-    torch.manual_seed(0)
-    tdtype = getattr(torch, dtype)
     dims, m = config.layer_dims, config.m
-    W = [torch.randn(n, k, dtype=tdtype) * (2 / k) ** 0.5 for k, n in zip(dims[:-1], dims[1:])]
-    b = [torch.zeros(n, 1, dtype=tdtype) for n in dims[1:]]
+    start = initial_parameters(config, dtype)
+    W = [torch.from_numpy(start[f"W{l}"].copy()) for l in range(1, len(dims))]
+    b = [torch.from_numpy(start[f"b{l}"].copy()) for l in range(1, len(dims))]
     X, Y = (torch.from_numpy(a) for a in problem(config, dtype))
     g = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}[config.hidden]
+    dg = {"relu": lambda Z, A: Z > 0, "tanh": lambda Z, A: 1 - A * A, "sigmoid": lambda Z, A: A * (1 - A)}[config.hidden]
 
     def run():
         with torch.no_grad():
@@ -194,10 +237,13 @@ def torch_by_hand(config, dtype):
             for l in range(len(W) - 1, -1, -1):
                 dW, db = dZ @ As[l].T, dZ.sum(1, keepdim=True)
                 if l > 0:
-                    dZ = (W[l].T @ dZ) * (Zs[l - 1] > 0)
-                W[l] -= 1e-3 * dW
-                b[l] -= 1e-3 * db
-    return Candidate("PyTorch by hand (no autograd)", "reference", "torch", run, f"torch {torch.__version__}")
+                    dZ = (W[l].T @ dZ) * dg(Zs[l - 1], As[l])
+                W[l] -= learning_rate * dW
+                b[l] -= learning_rate * db
+    params = lambda: {k: v.double().numpy().copy() for l in range(len(W))
+                      for k, v in ((f"W{l + 1}", W[l]), (f"b{l + 1}", b[l]))}
+    return Candidate("PyTorch by hand (no autograd)", "reference", "torch", run, f"torch {torch.__version__}",
+                     params=params)
 
 
 def _torch_activation(name):
@@ -205,7 +251,222 @@ def _torch_activation(name):
     return {"relu": torch.nn.ReLU(), "tanh": torch.nn.Tanh(), "sigmoid": torch.nn.Sigmoid()}[name]
 
 
-def candidates(config, dtype, loop_budget_s=0.05, backends=None):
+# --- JAX ------------------------------------------------------------------------------------------
+def _jax():
+    """jax and jax.numpy with float64 enabled (arrays carry their dtype explicitly everywhere)."""
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    return jax, jax.numpy
+
+
+def _jax_cost(config):
+    """J(params, X, Y) of the course: Z = W·A + b, hidden g, sigmoid + BCE or softmax + CE, / m
+    (written on the logits, log-sigmoid / log-softmax, so its gradient is dZ[L] = A[L] - Y)."""
+    jax, jnp = _jax()
+    g = {"relu": jax.nn.relu, "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid}[config.hidden]
+
+    def cost(params, X, Y):
+        A = X
+        for W, b in params[:-1]:
+            A = g(W @ A + b)
+        W, b = params[-1]
+        Z = W @ A + b
+        if config.output == "softmax":
+            return -jnp.sum(Y * jax.nn.log_softmax(Z, axis=0)) / X.shape[1]
+        return -jnp.sum(Y * jax.nn.log_sigmoid(Z) + (1 - Y) * jax.nn.log_sigmoid(-Z)) / X.shape[1]
+    return cost
+
+
+def _jax_start(config, dtype):
+    jax, jnp = _jax()
+    start = initial_parameters(config, dtype)
+    return [(jnp.asarray(start[f"W{l}"]), jnp.asarray(start[f"b{l}"])) for l in range(1, len(config.layer_dims))]
+
+
+def _jax_params(params):
+    return {k: np.asarray(v, dtype=np.float64) for l, (W, b) in enumerate(params, start=1)
+            for k, v in ((f"W{l}", W), (f"b{l}", b))}
+
+
+def _jax_gd(config, learning_rate):
+    """(params, X, Y) -> (params - α ∇J, J) (J before the step)."""
+    jax, _ = _jax()
+    grad = jax.value_and_grad(_jax_cost(config))
+
+    def step(params, X, Y):
+        J, d = grad(params, X, Y)
+        return jax.tree_util.tree_map(lambda p, dp: p - learning_rate * dp, params, d), J
+    return step
+
+
+def jax_step(config, dtype, learning_rate=1e-3):
+    """JAX: one jax.jit gradient-descent step (jax.grad) with the parameters donated, compiled before
+    the timing (in the warm-up); each call waits for its result (block_until_ready)."""
+    jax, jnp = _jax()
+    X, Y = (jnp.asarray(a) for a in problem(config, dtype))
+    step = jax.jit(_jax_gd(config, learning_rate), donate_argnums=0)
+    state = [_jax_start(config, dtype)]
+
+    def run():
+        state[0], J = step(state[0], X, Y)
+        jax.block_until_ready((state[0], J))
+    return Candidate("JAX jit step (donated)", "reference", "jax", run, f"jax {jax.__version__}",
+                     params=lambda: _jax_params(state[0]))
+
+
+def jax_loop(config, dtype, learning_rate=1e-3, steps=None):
+    """JAX: ``steps`` gradient-descent steps in one jax.jit (lax.fori_loop), reported per step; by
+    default as many steps as make ~1 GFLOP (2 to 50)."""
+    jax, jnp = _jax()
+    if steps is None:
+        steps = int(min(50, max(2, 1e9 // flops_per_step(config))))
+    X, Y = (jnp.asarray(a) for a in problem(config, dtype))
+    gd = _jax_gd(config, learning_rate)
+    loop = jax.jit(lambda p, X, Y: jax.lax.fori_loop(0, steps, lambda i, q: gd(q, X, Y)[0], p),
+                   donate_argnums=0)
+    state = [_jax_start(config, dtype)]
+
+    def run():
+        state[0] = loop(state[0], X, Y)
+        jax.block_until_ready(state[0])
+    return Candidate(f"JAX loop in one jit ({steps} steps)", "reference", "jax", run, f"jax {jax.__version__}",
+                     steps=steps, params=lambda: _jax_params(state[0]))
+
+
+def jax_adam_epoch(config, dtype, learning_rate=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8, seed=0):
+    """JAX: one shuffled Adam epoch in one jax.jit: a permutation, then per batch the column gather,
+    jax.grad and Adam (bias-corrected, as fastdnn's); the last batch smaller when m does not divide."""
+    jax, jnp = _jax()
+    m, B = config.m, config.batch_size
+    full, rest = divmod(m, B)
+    cost = _jax_cost(config)
+    tree = jax.tree_util.tree_map
+
+    def batch_step(state, idx, X, Y):
+        params, v, s, t = state
+        d = jax.grad(cost)(params, jnp.take(X, idx, axis=1), jnp.take(Y, idx, axis=1))
+        t = t + 1
+        v = tree(lambda v, g: beta1 * v + (1 - beta1) * g, v, d)
+        s = tree(lambda s, g: beta2 * s + (1 - beta2) * g * g, s, d)
+        c1, c2 = 1 / (1 - beta1 ** t), 1 / (1 - beta2 ** t)
+        params = tree(lambda p, v, s: p - learning_rate * (v * c1) / (jnp.sqrt(s * c2) + epsilon), params, v, s)
+        return params, v, s, t
+
+    def epoch(state, key, X, Y):
+        key, sub = jax.random.split(key)
+        order = jax.random.permutation(sub, m)
+        if full:
+            state = jax.lax.fori_loop(
+                0, full, lambda i, st: batch_step(st, jax.lax.dynamic_slice(order, (i * B,), (B,)), X, Y), state)
+        if rest:
+            state = batch_step(state, order[full * B:], X, Y)
+        return state, key
+
+    run_epoch = jax.jit(epoch, donate_argnums=(0, 1))
+    X, Y = (jnp.asarray(a) for a in problem(config, dtype))
+    params = _jax_start(config, dtype)
+    zeros = tree(jnp.zeros_like, params)
+    state = [(params, zeros, tree(jnp.zeros_like, params), jnp.zeros((), dtype)), jax.random.PRNGKey(seed)]
+
+    def run():
+        state[0], state[1] = run_epoch(state[0], state[1], X, Y)
+        jax.block_until_ready(state[0])
+    return Candidate("JAX epoch in one jit (gather + Adam)", "reference", "jax", run, f"jax {jax.__version__}",
+                     steps=-(-m // B), params=lambda: _jax_params(state[0][0]),
+                     steps_done=lambda: int(state[0][3]))
+
+
+# --- the mini-batch section -------------------------------------------------------------------------
+def network_epoch(config, dtype, backend, learning_rate=1e-3):
+    """fastdnn through its public API: one ``net.fit(epochs=1, batch_size=B, optimizer="adam")`` call
+    is one shuffled epoch (the network keeps its parameters and Adam state between calls)."""
+    from . import Network
+    X, Y = problem(config, dtype)
+    net = Network(config.layer_dims, config.hidden, config.output, device=backend, dtype=dtype, seed=0)
+    run = lambda: net.fit(X, Y, epochs=1, batch_size=config.batch_size, optimizer="adam",
+                          learning_rate=learning_rate, verbose=0)
+    return Candidate(f"fastdnn {net.backend.name} fit epoch", "epoch", "numpy", run, net.backend.name,
+                     net.device, net=net, steps=-(-config.m // config.batch_size),
+                     params=lambda: _host_params(net), steps_done=lambda: net.iteration)
+
+
+def network_batch_step(config, dtype, backend, learning_rate=1e-3):
+    """The full-batch step the epoch is measured against: ``engine.train_step`` with Adam on B
+    examples prepared once (no shuffle, no gather, no Python per step beyond the call)."""
+    from . import Network
+    X, Y = problem(config._replace(m=config.batch_size, batch_size=None), dtype)
+    net = Network(config.layer_dims, config.hidden, config.output, device=backend, dtype=dtype, seed=0)
+    net.step(X, Y, learning_rate=learning_rate, optimizer="adam")          # makes Adam the optimizer
+    Xd, Yd = net.prepare(X, Y)
+    engine, sync = net.engine, net.backend.synchronize
+
+    def run():
+        engine.train_step(Xd, Yd, learning_rate, check=True)
+        sync()
+    return Candidate(f"fastdnn {net.backend.name} full-batch step (B examples)", "batch step", "numpy", run,
+                     net.backend.name, net.device, net=net, steps_done=lambda: net.iteration)
+
+
+def torch_adam_epoch(config, dtype, learning_rate=1e-3, seed=0):
+    """PyTorch without a DataLoader: torch.randperm, index the batch rows, autograd, torch.optim.Adam."""
+    import torch
+    model, X, Y, criterion = _torch_model(config, dtype)
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, eps=1e-8)
+    generator = torch.Generator().manual_seed(seed)
+    m, B = config.m, config.batch_size
+
+    def run():
+        order = torch.randperm(m, generator=generator)
+        for i in range(0, m, B):
+            idx = order[i:i + B]
+            optimizer.zero_grad(set_to_none=False)
+            criterion(model(X[idx]), Y[idx]).backward()
+            optimizer.step()
+    first = next(model.parameters())
+    steps_done = lambda: int(optimizer.state[first]["step"]) if first in optimizer.state else 0
+    return Candidate("PyTorch epoch (randperm + Adam)", "epoch", "torch", run, f"torch {torch.__version__}",
+                     steps=-(-m // B), params=lambda: _torch_params(model), steps_done=steps_done)
+
+
+def sklearn_adam_epoch(config, dtype, learning_rate=1e-3, seed=0):
+    """scikit-learn: MLPClassifier(solver="adam", alpha=0).partial_fit, one shuffled epoch per call.
+    Not identical work: its own initialization, float64 loss bookkeeping, and a softmax output even
+    for 2 classes only when nL > 1 (a single logistic unit here, as ours)."""
+    import sklearn
+    from sklearn.neural_network import MLPClassifier
+    X, Y = problem(config, dtype)
+    C = config.layer_dims[-1]
+    y = Y.argmax(axis=0) if config.output == "softmax" else Y[0].astype(int)
+    classes = np.arange(C) if config.output == "softmax" else np.array([0, 1])
+    clf = MLPClassifier(hidden_layer_sizes=tuple(config.layer_dims[1:-1]), activation=config.hidden,
+                        solver="adam", alpha=0.0, batch_size=min(config.batch_size, config.m), learning_rate_init=learning_rate,
+                        beta_1=0.9, beta_2=0.999, epsilon=1e-8, shuffle=True, random_state=seed)
+    Xs = np.ascontiguousarray(X.T)
+    run = lambda: clf.partial_fit(Xs, y, classes=classes)
+    steps_done = lambda: int(clf._optimizer.t) if hasattr(clf, "_optimizer") else 0
+    return Candidate("scikit-learn MLPClassifier epoch (Adam)", "epoch", "numpy", run,
+                     f"scikit-learn {sklearn.__version__}", steps=-(-config.m // config.batch_size),
+                     steps_done=steps_done,
+                     note="not identical work: its own initialization and loss bookkeeping (alpha=0: no L2)")
+
+
+def minibatch_candidates(config, dtype, backends=None, others=True):
+    """The full-batch step of B examples (the reference), then one shuffled Adam epoch per
+    implementation that can run here."""
+    from .backends import available_backends
+    names = backends or [b.name for b in available_backends() if b.available]
+    reference = "numba" if "numba" in names else names[0]
+    found = [network_batch_step(config, dtype, reference)]
+    found += [network_epoch(config, dtype, name) for name in names]
+    for make in (torch_adam_epoch, jax_adam_epoch, sklearn_adam_epoch) if others else ():
+        try:
+            found.append(make(config, dtype))
+        except ImportError:
+            pass
+    return found
+
+
+def candidates(config, dtype, loop_budget_s=0.05, backends=None, others=True):
     """Every implementation that can run here, for one configuration and dtype."""
     from .backends import available_backends
     found = [gemm_floor(config, dtype)]
@@ -218,18 +479,43 @@ def candidates(config, dtype, loop_budget_s=0.05, backends=None):
         found.append(scalar_loop(config, dtype, loop_budget_s, compiled=False))   # small sizes only
     if "numba" in names:
         found.append(scalar_loop(config, dtype, loop_budget_s, compiled=True))
-    try:
-        found += [torch_autograd(config, dtype), torch_by_hand(config, dtype)]
-    except ImportError:
-        pass
+    for makers in ((torch_autograd, torch_by_hand), (jax_step, jax_loop)) if others else ():
+        try:
+            found += [make(config, dtype) for make in makers]
+        except ImportError:
+            pass
     return found
+
+
+def peak_gemm_rate(dtype, n=2048, repeats=3):
+    """This machine's GEMM rate in FLOP/s: 2n³ over the best of ``repeats`` (n, n)·(n, n) products
+    through NumPy's BLAS (sgemm / dgemm) after one warm-up."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.random((n, n)).astype(dtype) for _ in range(2))
+    c = np.empty_like(a)
+    np.matmul(a, b, out=c)
+    best = np.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.matmul(a, b, out=c)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best
+
+
+def physical_limit_s(config, rate):
+    """The step's FLOPs (flops_per_step, at the batch size for a mini-batch configuration) at ``rate``."""
+    if config.batch_size:
+        config = config._replace(m=config.batch_size)
+    return flops_per_step(config) / rate
 
 
 # --- the runner -------------------------------------------------------------------------------
 def measure(found, rounds, min_block_s=0.02, max_calls=1000):
     """Time every candidate interleaved for ``rounds`` rounds; fills Candidate.times (s per step)."""
     for c in found:                                  # warm up: JIT, BLAS threads, caches
-        for _ in range(2):
+        start = time.perf_counter()
+        c.run()
+        if time.perf_counter() - start < 0.1:        # a second warm-up unless one call is long
             c.run()
     calls = {}
     for c in found:
@@ -237,7 +523,7 @@ def measure(found, rounds, min_block_s=0.02, max_calls=1000):
         c.run()
         one = max(time.perf_counter() - start, 1e-7)
         calls[c.name] = int(max(1, min(max_calls, min_block_s / one)))
-    order = sorted(found, key=lambda c: c.family != "numpy")
+    order = sorted(found, key=lambda c: (c.family != "numpy", c.family))
     for _ in range(rounds):
         family = None
         for c in order:
@@ -248,27 +534,54 @@ def measure(found, rounds, min_block_s=0.02, max_calls=1000):
             start = time.perf_counter()
             for _ in range(n):
                 c.run()
-            c.times.append((time.perf_counter() - start) / n * c.scale)
+            c.times.append((time.perf_counter() - start) / n * c.scale / c.steps)
         time.sleep(SETTLE_S if family != "numpy" else 0)
     return found
 
 
-def summarize(config, dtype, found):
-    """Rows: median time per step, spread, ratio to the floor and to PyTorch, speed-up over loops."""
+def ratio(a, b):
+    """How many times slower a is than b: the median over rounds of a's time / b's time."""
+    return float(np.median(np.array(a.times) / np.array(b.times)))
+
+
+def summarize(config, dtype, found, rate=None):
+    """Rows: median time per step, spread, ratio to the floor and to PyTorch, speed-up over loops, and
+    (given the peak GEMM ``rate``) the physical limit and the ratio to it."""
     floor = next(c for c in found if c.kind == "floor")
     torch_ref = next((c for c in found if c.name.startswith("PyTorch autograd")), None)
     loop = next((c for c in found if c.name.startswith("loop over examples")), None)
-    ratio = lambda a, b: float(np.median(np.array(a.times) / np.array(b.times)))
+    limit = physical_limit_s(config, rate) if rate else None
     rows = []
     for c in found:
         t = np.array(c.times)
         rows.append(dict(
-            config=config.name, layer_dims=config.layer_dims, m=config.m, dtype=dtype,
+            section="step", config=config.name, layer_dims=config.layer_dims, m=config.m, dtype=dtype,
             implementation=c.name, kind=c.kind, backend=c.backend, device=c.device,
             median_s=float(np.median(t)), p25_s=float(np.percentile(t, 25)),
             p75_s=float(np.percentile(t, 75)), rounds=len(t), extrapolated=c.scale != 1.0,
-            vs_floor=ratio(c, floor), vs_torch=ratio(c, torch_ref) if torch_ref else None,
-            speedup_over_loop=ratio(loop, c) if loop else None))
+            steps_per_call=c.steps, vs_floor=ratio(c, floor), vs_torch=ratio(c, torch_ref) if torch_ref else None,
+            speedup_over_loop=ratio(loop, c) if loop else None,
+            limit_s=limit, peak_gflops=rate / 1e9 if rate else None,
+            vs_limit=float(np.median(t)) / limit if limit else None, note=c.note))
+    return rows
+
+
+def summarize_minibatch(config, dtype, found, rate=None):
+    """Rows of the mini-batch section: time per step (epoch time / batches), the epoch, and the
+    ratio to the full-batch step of the same batch size and to the physical limit."""
+    reference = next(c for c in found if c.kind == "batch step")
+    limit = physical_limit_s(config, rate) if rate else None
+    rows = []
+    for c in found:
+        t = np.array(c.times)
+        rows.append(dict(
+            section="minibatch", config=config.name, layer_dims=config.layer_dims, m=config.m,
+            batch_size=config.batch_size, dtype=dtype, implementation=c.name, kind=c.kind,
+            backend=c.backend, device=c.device, steps_per_epoch=c.steps if c.kind != "batch step" else None,
+            median_s=float(np.median(t)), p25_s=float(np.percentile(t, 25)), p75_s=float(np.percentile(t, 75)),
+            epoch_s=float(np.median(t)) * c.steps if c.kind != "batch step" else None, rounds=len(t),
+            vs_batch_step=ratio(c, reference), limit_s=limit, peak_gflops=rate / 1e9 if rate else None,
+            vs_limit=float(np.median(t)) / limit if limit else None, identical_work=not c.note, note=c.note))
     return rows
 
 
@@ -277,7 +590,7 @@ def machine_info():
     info = dict(date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), python=sys.version.split()[0],
                 platform=platform.platform(), cpu=_cpu_name(), cores=os.cpu_count(),
                 numpy=np.__version__)
-    for module in ("numba", "torch", "cupy"):
+    for module in ("numba", "torch", "cupy", "jax", "sklearn"):
         try:
             info[module] = __import__(module).__version__
         except ImportError:
@@ -305,18 +618,36 @@ def _cpu_name():
     return platform.processor() or "unknown"
 
 
-def run(configs=CONFIGS, dtypes=("float32", "float64"), rounds=7, loop_budget_s=0.05, progress=True):
-    """Measure every configuration x dtype; returns (rows, machine info)."""
-    jobs = [(c, d) for c in configs for d in dtypes]
+def run(configs=CONFIGS, dtypes=("float32", "float64"), rounds=7, loop_budget_s=0.05, progress=True,
+        minibatch="auto", gemm_n=2048, backends=None, others=True):
+    """Measure every configuration x dtype, then the mini-batch section (``minibatch``: a list of
+    MINIBATCH_CONFIGS entries, or "auto": when ``configs`` is every step configuration, all of them
+    with more than 3 rounds (``--full``), the moons one only with 3 or fewer (``--quick`` stays
+    under a minute: an mnist epoch is ~0.1-0.3 s and each candidate runs 5+ of them); none when
+    ``configs`` is a selection). The peak GEMM rate of each dtype is measured once, first. ``backends``: fastdnn's
+    (default: every available one); ``others``: PyTorch, JAX and scikit-learn rows where installed.
+    Returns (rows, info)."""
+    if minibatch == "auto":
+        every = {c.name for c in configs} >= {c.name for c in CONFIGS}
+        minibatch = [] if not every else MINIBATCH_CONFIGS if rounds > 3 else \
+            [c for c in MINIBATCH_CONFIGS if c.name == "moons-b64"]
+    rates = {dtype: peak_gemm_rate(dtype, gemm_n) for dtype in dtypes}
+    jobs = [(c, d) for c in [*configs, *minibatch] for d in dtypes]
     bar = _progress(len(jobs), progress)
     rows = []
     for config, dtype in jobs:
         bar.set_description(f"{config.name} {dtype}")
-        found = measure(candidates(config, dtype, loop_budget_s), rounds)
-        rows += summarize(config, dtype, found)
+        if config.batch_size:
+            rows += summarize_minibatch(config, dtype, measure(minibatch_candidates(config, dtype, backends, others), rounds),
+                                        rates[dtype])
+        else:
+            found = measure(candidates(config, dtype, loop_budget_s, backends, others), rounds)
+            rows += summarize(config, dtype, found, rates[dtype])
         bar.update(1)
     bar.close()
-    return rows, machine_info()
+    info = machine_info()
+    info["peak_gemm"] = {d: dict(n=gemm_n, gflops=r / 1e9) for d, r in rates.items()}
+    return rows, info
 
 
 def _progress(total, enabled):
@@ -356,21 +687,49 @@ def markdown_table(header, rows):
 
 
 def table(rows):
-    """Markdown tables, one per configuration and dtype."""
+    """Markdown tables, one per configuration and dtype: the step section, then the mini-batch one."""
     out = []
-    for key in dict.fromkeys((r["config"], r["dtype"]) for r in rows):
-        group = [r for r in rows if (r["config"], r["dtype"]) == key]
+    step_rows = [r for r in rows if r.get("section", "step") == "step"]
+    for key in dict.fromkeys((r["config"], r["dtype"]) for r in step_rows):
+        group = [r for r in step_rows if (r["config"], r["dtype"]) == key]
         r0 = group[0]
-        out.append(f"\n**{r0['config']}**: {r0['layer_dims']}, m = {r0['m']}, {r0['dtype']}\n")
-        out.append("| implementation | backend / device | time per step (IQR) | vs loop | vs GEMM floor | vs PyTorch |")
-        out.append("|---|---|---|---|---|---|")
+        out.append(f"\n**{r0['config']}**: {r0['layer_dims']}, m = {r0['m']}, {r0['dtype']}{_limit_text(r0)}\n")
+        out.append("| implementation | backend / device | time per step (IQR) | vs loop | vs GEMM floor "
+                   "| vs physical limit | vs PyTorch |")
+        out.append("|---|---|---|---|---|---|---|")
         for r in sorted(group, key=lambda r: r["median_s"]):
             extra = " (extrapolated)" if r["extrapolated"] else ""
             out.append(f"| {r['implementation']} | {r['backend']} / {r['device']} | "
                        f"{_fmt_time(r['median_s'])}{extra} ({_fmt_time(r['p25_s'])}–{_fmt_time(r['p75_s'])}) | "
                        f"{_fmt_ratio(r['speedup_over_loop'], 1)} | {_fmt_ratio(r['vs_floor'])} | "
-                       f"{_fmt_ratio(r['vs_torch'])} |")
+                       f"{_fmt_ratio(r.get('vs_limit'))} | {_fmt_ratio(r['vs_torch'])} |")
+    mini = [r for r in rows if r.get("section") == "minibatch"]
+    if mini:
+        out.append("\n### Mini-batch: one shuffled Adam epoch, per step\n")
+    for key in dict.fromkeys((r["config"], r["dtype"]) for r in mini):
+        group = [r for r in mini if (r["config"], r["dtype"]) == key]
+        r0 = group[0]
+        out.append(f"\n**{r0['config']}**: {r0['layer_dims']}, m = {r0['m']}, batch {r0['batch_size']}, "
+                   f"{r0['dtype']}{_limit_text(r0)}\n")
+        out.append("| implementation | backend / device | steps | time per step (IQR) | epoch "
+                   "| vs full-batch step | vs physical limit |")
+        out.append("|---|---|---|---|---|---|---|")
+        for r in sorted(group, key=lambda r: r["median_s"]):
+            mark = " *" if not r["identical_work"] else ""
+            out.append(f"| {r['implementation']}{mark} | {r['backend']} / {r['device']} | "
+                       f"{r['steps_per_epoch'] or 1} | {_fmt_time(r['median_s'])} "
+                       f"({_fmt_time(r['p25_s'])}–{_fmt_time(r['p75_s'])}) | "
+                       f"{_fmt_time(r['epoch_s']) if r['epoch_s'] else '—'} | {_fmt_ratio(r['vs_batch_step'])} | "
+                       f"{_fmt_ratio(r['vs_limit'])} |")
+        notes = dict.fromkeys(r["note"] for r in group if r["note"])
+        out += [f"\n\\* {n}" for n in notes]
     return "\n".join(out)
+
+
+def _limit_text(r):
+    if not r.get("limit_s"):
+        return ""
+    return f"; physical limit {_fmt_time(r['limit_s'])} per step (its FLOPs at {r['peak_gflops']:.0f} GFLOP/s)"
 
 
 def write_reports(rows, info, directory, command):
@@ -385,18 +744,29 @@ def write_reports(rows, info, directory, command):
         if isinstance(info["threadpools"], list) else info["threadpools"]
     header = (f"# fastdnn benchmark results\n\nMeasured {info['date']} on {info['cpu']} "
               f"({info['cores']} cores; {threads}), Python {info['python']}, NumPy {info['numpy']}, "
-              f"Numba {info['numba']}, PyTorch {info['torch']}.\n"
+              f"Numba {info['numba']}, PyTorch {info['torch']}, JAX {info.get('jax')}, "
+              f"scikit-learn {info.get('sklearn')}.\n"
               f"Environment: {info['env'] or 'no BLAS/OpenMP/Numba variables set'}.\n\n"
               f"Reproduce with:\n\n```sh\n{command}\n```\n\n"
               "Each time is the median over interleaved rounds (IQR in brackets); ratios are medians "
               "of per-round ratios. 'vs loop' is the speed-up over the Python loop over examples; "
               "'vs GEMM floor' is the step time over the time of its GEMMs alone; "
+              "'vs physical limit' is the step time over the step's FLOPs at this machine's peak GEMM rate "
+              f"({_peak_text(info)}); "
               "'vs PyTorch' is over PyTorch autograd + SGD. Loop times marked extrapolated were "
-              "measured on a subset of the examples and scaled to m.\n")
+              "measured on a subset of the examples and scaled to m. JAX loop rows run several steps "
+              "in one jit call and report the time per step. The mini-batch section times one shuffled "
+              "Adam epoch per call and reports epoch time / batches; 'vs full-batch step' is over "
+              "fastdnn's fused step (engine.train_step, Adam) on B examples.\n")
     _atomic_write(paths["md"], header + table(rows) + "\n\n![chart](results.png)\n")
     if not chart(rows, paths["png"]):
         paths.pop("png")
     return paths
+
+
+def _peak_text(info):
+    peak = info.get("peak_gemm") or {}
+    return ", ".join(f"{d} {p['gflops']:.0f} GFLOP/s at n = {p['n']}" for d, p in peak.items()) or "not measured"
 
 
 def chart(rows, path):
@@ -407,6 +777,7 @@ def chart(rows, path):
         import matplotlib.pyplot as plt
     except ImportError:
         return False
+    rows = [r for r in rows if r.get("section", "step") == "step"]
     keys = list(dict.fromkeys((r["config"], r["dtype"]) for r in rows))
     impls = [i for i in dict.fromkeys(r["implementation"] for r in rows)]
     fig, axes = plt.subplots(2, 1, figsize=(max(8, 1.3 * len(keys)), 9))
