@@ -127,7 +127,7 @@ def network_step(config, dtype, backend, update=True, learning_rate=1e-3):
         def run():
             engine.backprop(Xd, Yd, fused)
             sync()
-    kind = "fused" if backend in ("numba", "cupy-numba") else "vectorized"
+    kind = "fused" if backend in ("numba", "cupy-fused") else "vectorized"
     name = f"fastdnn {net.backend.name}" + ("" if update else " without the update")
     return Candidate(name, kind, "numpy", run, net.backend.name, net.device, net=net,
                      params=lambda: _host_params(net), steps_done=lambda: net.iteration)

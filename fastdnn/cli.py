@@ -341,7 +341,7 @@ def _bench_parser(sub):
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="3 rounds, loops timed briefly (the default)")
     mode.add_argument("--full", action="store_true", help="15 rounds, loops timed longer")
-    mode.add_argument("--gpu", action="store_true", help="cupy vs cupy-numba vs the GPU GEMM floor, timed "
+    mode.add_argument("--gpu", action="store_true", help="cupy vs cupy-fused vs the GPU GEMM floor, timed "
                       "with CUDA events (needs a CUDA device; prints only)")
     names = [c.name for c in bench.CONFIGS]
     p.add_argument("--config", nargs="+", choices=names, metavar="NAME",
