@@ -101,5 +101,5 @@ def test_gpu_on_paper_table_covers_every_configuration():
     rows = json.load(open(__file__.replace("tests/test_loops_bench.py", "benchmarks/results.json")))["rows"]
     text = gpu_bench.paper(rows)
     assert all(f"| {c.name} {c.layer_dims} m={c.m} | float32 |" in text for c in bench.CONFIGS)
-    assert gpu_bench.launches_per_step(bench.CONFIGS[1]) == 5 * 4 + 1
+    assert gpu_bench.launches_per_step(bench.CONFIGS[1]) == (2 * 4 + 3) + (3 * 4 - 1)
     assert bench.flops_per_step(bench.Config("x", [3, 2, 1], 10, "relu", "sigmoid")) == 2 * (2 * (60 + 20) + 20)
