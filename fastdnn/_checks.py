@@ -29,10 +29,16 @@ def as_float_array(backend, x, name, dtype):
     return x
 
 
-def check_finite(backend, x, name):
-    if not bool(backend.xp.isfinite(x).all()):
-        bad = np.argwhere(~np.isfinite(backend.to_numpy(x)))[0]
-        raise ValueError(f"{name} contains NaN or infinity (first at index {tuple(int(i) for i in bad)})")
+def check_finite(backend, x, name, source=None):
+    """NaN or ±inf anywhere in x -> ValueError naming the first; NaN-propagating min and max, so no
+    x-sized temporary. ``source``: the data before the cast to x's dtype, to tell an overflow apart."""
+    if x.size == 0 or (np.isfinite(backend.scalar(x.min())) and np.isfinite(backend.scalar(x.max()))):
+        return
+    bad = tuple(int(i) for i in np.argwhere(~np.isfinite(backend.to_numpy(x)))[0])
+    if source is not None and np.isfinite(source[bad]):
+        raise ValueError(f"{name} holds {source[bad]!r} at index {bad}, beyond the range of {x.dtype} "
+                         f"(max {np.finfo(x.dtype).max:.4g}): scale the data or use dtype='float64'")
+    raise ValueError(f"{name} contains NaN or infinity (first at index {bad})")
 
 
 def check_X(X, W1_shape, L, activation):
@@ -75,6 +81,10 @@ def labels(backend, Y, loss, n_L, m, L, activation, dtype):
     if loss.name == "ce" and (Yh.min() < 0 or Yh.max() > 1):
         raise ValueError("Y for loss 'ce' must be one-hot (or probabilities) of shape "
                          f"({n_L}, m), or integer class ids of shape (m,) or (1, m)")
+    if loss.name == "ce" and not np.allclose(Yh.sum(axis=0), 1):
+        j = int(np.argmax(~np.isclose(Yh.sum(axis=0), 1)))
+        raise ValueError(f"Y for loss 'ce' must have columns summing to 1 (one-hot or probabilities); "
+                         f"column {j} sums to {Yh[:, j].sum():g}")
     return backend.asarray(np.ascontiguousarray(Yh), dtype=dtype)
 
 

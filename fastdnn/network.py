@@ -54,8 +54,12 @@ def _layer_activations(hidden, output, L):
 
 
 def _check_dims(layer_dims):
-    dims = list(layer_dims)
-    if len(dims) < 2 or not all(isinstance(n, (int, np.integer)) and n >= 1 for n in dims):
+    try:
+        dims = list(layer_dims)
+    except TypeError:
+        dims = []
+    if len(dims) < 2 or not all(isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_))
+                                and n >= 1 for n in dims):
         raise ValueError(f"layer_dims must be at least two positive integers [n0, ..., nL]; got {layer_dims!r}")
     return [int(n) for n in dims]
 
@@ -74,6 +78,9 @@ class Network:
                  init="he", device="auto", dtype="float32", seed=None, l2=0.0, keep_prob=1.0):
         self.layer_dims = _check_dims(layer_dims)
         self.activations = _layer_activations(hidden_activation, output_activation, self.L)
+        if self.activations[-1].name == "softmax" and self.layer_dims[-1] < 2:
+            raise ValueError(f"a softmax output needs at least 2 units (classes); layer_dims {self.layer_dims} "
+                             "has 1: use a sigmoid output for two classes")
         self.loss = get_loss(loss, self.activations[-1])
         self.dtype = _check_dtype(dtype)
         # a seed is always drawn and kept, so every run (init, dropout, mini-batch order) can be repeated
@@ -169,7 +176,8 @@ class Network:
         if keep_prob is None:
             return l2, self.keep_prob
         probs = list(keep_prob) if isinstance(keep_prob, (list, tuple)) else [keep_prob] * (self.L - 1)
-        if self.L == 1 and not all(_number("keep_prob", p) == 1 for p in probs):
+        given = keep_prob if isinstance(keep_prob, (list, tuple)) else [keep_prob]
+        if self.L == 1 and not all(_number("keep_prob", p) == 1 for p in given):
             raise ValueError(f"keep_prob={keep_prob} has no hidden layer to drop units from "
                              f"(layer_dims {self.layer_dims})")
         if len(probs) != self.L - 1 or not all(0 < _number("keep_prob", p) <= 1 for p in probs):
@@ -262,7 +270,7 @@ class Network:
         once to call ``step`` many times without copying it again."""
         Xd = _checks.as_float_array(self.backend, X, "X", self.dtype)
         _checks.check_X(Xd, self.engine.layers[0][0].shape, self.L, self.activations[0])
-        _checks.check_finite(self.backend, Xd, "X")
+        _checks.check_finite(self.backend, Xd, "X", X if isinstance(X, np.ndarray) else None)
         if Y is None:
             return Xd
         Yd = _checks.labels(self.backend, Y, self.loss, self.layer_dims[-1], Xd.shape[1], self.L,
@@ -435,8 +443,10 @@ def _default(value, default):
 
 
 def _count(name, value):
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1; got {value}")
+    """value as an int >= 1 (an integral float too), or ValueError naming the argument."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
+            or not math.isfinite(value) or int(value) != value or value < 1):
+        raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
     return int(value)
 
 

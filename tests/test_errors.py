@@ -115,7 +115,7 @@ def test_divergence_stops_with_iteration_and_keeps_last_finite_parameters(backen
 
     net.engine.train_step = recording
     with pytest.raises(TrainingDivergedError) as e:
-        net.fit(X, Y, learning_rate=50.0, iterations=1000)
+        net.fit(X, Y, learning_rate=50.0, iterations=1000, report_every=1)   # a Python call per step
     err = e.value
     assert err.iteration >= 1 and not np.isfinite(err.cost)
     assert f"at iteration {err.iteration}" in str(err)

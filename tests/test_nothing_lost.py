@@ -236,3 +236,41 @@ def test_real_interrupts_at_random_moments_leave_a_consistent_network(backend, b
             if steps != twin.iteration:
                 continue        # mid-epoch: counters consistent; the partial epoch is replayed on resume
         assert_same_state(state(net), state(twin))
+
+
+BAD_ARGUMENTS = [
+    ("softmax with one unit", lambda: Network([2, 3, 1], "relu", "softmax", device="numpy"), "at least 2 units"),
+    ("booleans as layer_dims", lambda: Network([True, True], device="numpy"), "layer_dims"),
+    ("a string as layer_dims", lambda: Network("23", device="numpy"), "layer_dims"),
+    ("iterations=inf", lambda: Network([2, 3, 1], device="numpy").fit(*moons(), iterations=float("inf")),
+     "iterations must be an integer"),
+    ("epochs='3'", lambda: Network([2, 3, 1], device="numpy").fit(*moons(), epochs="3"), "epochs must be"),
+    ("learning_rate='abc'", lambda: Network([2, 3, 1], device="numpy").fit(*moons(), learning_rate="abc"),
+     "learning_rate must be a number"),
+    ("validation_data=X", lambda: Network([2, 3, 1], device="numpy").fit(*moons(), validation_data=moons()[0]),
+     "validation_data must be a pair"),
+    ("keep_prob without hidden layers", lambda: Network([2, 1], device="numpy", keep_prob=0.5), "no hidden layer"),
+    ("float64 X beyond float32", lambda: Network([2, 3, 1], device="numpy").cost(moons()[0] * 1e39, moons()[1]),
+     "beyond the range of float32"),
+    ("a one-hot column of zeros", lambda: Network([2, 3, 2], "relu", "softmax", device="numpy").cost(
+        moons()[0], np.zeros((2, 64))), "column 0 sums to 0"),
+]
+
+
+@pytest.mark.parametrize("what, call, message", BAD_ARGUMENTS, ids=[b[0] for b in BAD_ARGUMENTS])
+def test_bad_arguments_are_named(what, call, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        call()
+
+
+def test_checking_X_allocates_no_X_sized_temporary(backend):
+    import tracemalloc
+    X, Y = np.random.RandomState(0).rand(200, 4096), (np.arange(4096) % 2).reshape(1, -1)
+    net = Network([200, 4, 1], device=backend, dtype="float64", seed=0)
+    Xd, Yd = net.prepare(X, Y)
+    net.step(Xd, Yd)
+    tracemalloc.start()
+    net.step(Xd, Yd)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < X.nbytes / 8, peak        # an X-sized bool temporary alone would be X.nbytes / 8
