@@ -206,3 +206,40 @@ def test_every_kernel_variant_has_its_own_compiled_name():
             "print(K._bias_activation(g('relu'), np.dtype('float64')).__qualname__)")
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert other.stdout.strip() == names[0]
+
+
+@pytest.mark.parametrize("optimizer", ["gd", "adam"])
+def test_a_compiled_epoch_allocates_nothing_after_its_first_step(optimizer):
+    """A whole shuffled epoch (64 steps) as one compiled call: the permutation is drawn before its first
+    step; nothing else is allocated while it runs (tracemalloc over the whole epoch)."""
+    rng = np.random.RandomState(0)
+    X, Y = rng.rand(64, 4096), rng.randint(0, 10, 4096)
+    net = Network([64, 32, 16, 10], "relu", "softmax", device="numba", dtype="float32", seed=0)
+    fit = dict(epochs=1, batch_size=64, optimizer=optimizer, learning_rate=1e-3, verbose=0)
+    net.fit(X, Y, **fit)                                       # JIT, workspace, buffers
+    assert net.engine._compiled("epoch", 64) is not None
+    Xd, Yd = net.prepare(X, Y)
+    XT, YT = net.engine.example_major(Xd, Yd)
+    buffers = {}
+    net.engine.train_epoch(XT, YT, 1e-3, 64, True, 1, buffers)      # this call's gather buffers
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        net.engine.train_epoch(XT, YT, 1e-3, 64, True, 1, buffers)
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    assert grown < 64 * 1024
+    assert net.iteration == 3 * 64 and net.epoch == 3
+
+
+def test_whole_epochs_and_loops_are_compiled_calls_where_the_step_is(path):
+    """The paths the equivalence tests run: whole-step and blas-step networks train epochs and runs of
+    full-batch steps as compiled calls, per-op ones step from Python."""
+    net = Network([2, 5, 4, 1], "tanh", device="numba", dtype="float64", seed=3)
+    compiled = path != "per-op"
+    assert (net.engine._compiled("epoch", 32) is not None) == compiled
+    assert (net.engine._compiled("loop", 90) is not None) == compiled
+    net.regularize(l2=0.1)                            # L2 adds Python between the ops
+    assert net.engine._compiled("epoch", 32) is None
