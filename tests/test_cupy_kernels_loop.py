@@ -86,3 +86,12 @@ def test_one_thread_kernel_compiles_for_real_gpus(dtype, arch):
         assert r.cubin[:4] == b"\x7fELF" and f".target {arch}" in r.ptx
         fig = r.resources[name]
         assert fig["spill_stores"] == fig["spill_loads"] == fig["stack"] == 0, (name, fig)
+
+
+@pytest.mark.skipif(_nvrtc.unavailable_reason() is not None,
+                    reason=f"NVRTC unavailable: {_nvrtc.unavailable_reason()}")
+@pytest.mark.parametrize("arch", _nvrtc.ARCHS)
+def test_gpu_checks_hold_kernel_compiles_for_real_gpus(arch):
+    from fastdnn import gpu_check
+    r = _nvrtc.compile_source(gpu_check.HOLD_SOURCE, arch, options=_nvrtc.CUPY_ADDED + ("--std=c++17",))
+    assert "globaltimer" in r.ptx and r.cubin[:4] == b"\x7fELF"
