@@ -1,4 +1,4 @@
-"""The ``fastdnn`` command: demo, train, sweep, bench and backends.
+"""The ``fastdnn`` command: demo, train, sweep, bench, gpu-check and backends.
 
 Every value is checked when the command line is parsed, by the argparse types below (positive
 integer, probability, existing file, writable output path, ...), and every combination of options
@@ -353,8 +353,19 @@ def _bench_parser(sub):
                    f"and results.png (default: {BENCH_OUT})")
 
 
+def _gpu_check_parser(sub):
+    p = _command(sub, "gpu-check", "the GPU acceptance check: run it first on a machine with an NVIDIA GPU",
+                 "Check the GPU backends on a CUDA device, in under 2 minutes: for cupy and cupy-fused in "
+                 "float64 and float32, full-batch and mini-batch fit against the CPU (numpy) result, "
+                 "training steps queued with synchronizations refused, device memory over 100 predict "
+                 "calls, launches per step, cuda:1 when present; then the GPU benchmark. Prints PASS/FAIL "
+                 "per check and exits with status 1 when any check fails (2 without a CUDA device).",
+                 _gpu_check)
+    p.add_argument("--device", type=nonnegative_int, default=0, metavar="N", help="the CUDA device to check")
+
+
 def build_parser():
-    """The ``fastdnn`` parser with its five commands."""
+    """The ``fastdnn`` parser with its six commands."""
     parser = argparse.ArgumentParser(prog="fastdnn", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"fastdnn {__version__}")
@@ -363,6 +374,7 @@ def build_parser():
     _train_parser(sub)
     _sweep_parser(sub)
     _bench_parser(sub)
+    _gpu_check_parser(sub)
     _command(sub, "backends", "list the backends and what each device string selects",
              "List every backend, whether it can run here (and why not), and which backend each "
              "device string selects.", _backends)
@@ -568,6 +580,14 @@ def _bench(args):
     paths = bench.write_reports(rows, info, BENCH_OUT if args.out is None else args.out, command)
     print("\nwrote " + ", ".join(paths.values()))
     return 0
+
+
+def _gpu_check(args):
+    from . import gpu_bench, gpu_check
+    try:
+        return gpu_check.main(args.device)
+    except gpu_bench.NoCudaDevice as exc:
+        raise FastDNNError(str(exc)) from exc
 
 
 def _backends(args):

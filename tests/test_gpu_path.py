@@ -308,7 +308,7 @@ def test_gpu_benchmark_times_both_backends_on_the_device_asked_for(fake_cupy):
     is checked): a row per backend, every GEMM and launch on cuda:1."""
     from fastdnn import bench, gpu_bench
     config = bench.CONFIGS[0]._replace(layer_dims=[4, 5, 1], m=16)
-    rows = gpu_bench.run(configs=[config], dtypes=("float32",), steps=1, device=1)
+    rows = gpu_bench.run(configs=[config], dtypes=("float32",), steps=1, device=1, loops=False)
     assert [r["backend"] for r in rows] == ["cupy", "cupy-fused"]
     assert "cupy-fused" in gpu_bench.table(rows)
     assert fake_cupy.counts["gemm@0"] == fake_cupy.counts["launch@0"] == 0 < fake_cupy.counts["launch@1"]

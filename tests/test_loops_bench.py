@@ -100,6 +100,52 @@ def test_gpu_on_paper_table_covers_every_configuration():
     from fastdnn import bench, gpu_bench
     rows = json.load(open(__file__.replace("tests/test_loops_bench.py", "benchmarks/results.json")))["rows"]
     text = gpu_bench.paper(rows)
-    assert all(f"| {c.name} {c.layer_dims} m={c.m} | float32 |" in text for c in bench.CONFIGS)
-    assert gpu_bench.launches_per_step(bench.CONFIGS[1]) == (2 * 4 + 3) + (3 * 4 - 1)
+    assert all(f"| {c.name} {c.layer_dims} m={c.m} | {d} | {b} |" in text for c in bench.CONFIGS
+               for d in ("float32", "float64") for b in ("cupy", "cupy-fused"))
+    mnist = bench.CONFIGS[2]                      # [784, 256, 128, 10], m = 256: both hidden dbs split
+    assert gpu_bench.launches_per_step(mnist, "cupy-fused") == (2 * 3 + 3 + 2 + 1, 3 * 3 - 1)
+    assert gpu_bench.launches_per_step(mnist, "cupy") == (2 * (1 + 1 + 2 + 1) + (1 + 5 + 11 + 3) + 2, 8)
+    low, high = gpu_bench.launch_seconds(mnist, "cupy-fused")
+    assert low == pytest.approx(11 * 3e-6 + 1 * 11e-6 + 8 * 11e-6)
+    assert high == pytest.approx(11 * 12e-6 + 1 * 25e-6 + 8 * 25e-6)
+    assert "| mnist-256 [784, 256, 128, 10] m=256 | 12 + 8 | 132–357 µs | 3.5–8 µs | 128–349 µs |" in \
+        gpu_bench.graphs_on_paper()
+    with pytest.raises(ValueError, match="unknown GPU backend 'cupy-numba'; expected one of 'cupy', 'cupy-fused'"):
+        gpu_bench.launches_per_step(mnist, "cupy-numba")
     assert bench.flops_per_step(bench.Config("x", [3, 2, 1], 10, "relu", "sigmoid")) == 2 * (2 * (60 + 20) + 20)
+
+
+def test_gpu_on_paper_report_is_the_committed_one():
+    from fastdnn import gpu_bench
+    root = __file__.replace("tests/test_loops_bench.py", "")
+    rows = json.load(open(root + "benchmarks/results.json"))["rows"]
+    assert gpu_bench._report(rows) + "\n" == open(root + "benchmarks/GPU_ON_PAPER.md", encoding="utf-8").read()
+
+
+# --- the GPU loop twins through the strict CuPy stand-in (no GPU: code path and results only) ---------
+def test_gpu_per_example_loop_equals_the_cpu_loop(fake_cupy):
+    from fastdnn import gpu_bench
+    cp = fake_cupy.cupy
+    for hidden, output, loss, n_out in CASES:
+        net, X, Y, before, cost = case(hidden, output, loss, n_out)
+        params = {k: cp.asarray(v) for k, v in before.items()}
+        J = gpu_bench.per_example_step(params, cp.asarray(X), cp.asarray(Y), net.activations, net.loss, 0.1, cp)
+        assert float(J) == pytest.approx(cost, rel=1e-12)
+        np.testing.assert_allclose(flat({k: cp.asnumpy(v) for k, v in params.items()}), flat(net.parameters),
+                                   rtol=1e-12, atol=1e-15)
+
+
+def test_gpu_benchmark_has_both_loop_rows_labelled_extrapolated(fake_cupy):
+    pytest.importorskip("cuda_on_cpu")
+    from fastdnn import gpu_bench
+    config = bench.Config("t", [3, 5, 2], 40, "tanh", "softmax")
+    rows = gpu_bench.run(configs=[config], dtypes=("float64",), steps=1, loop_budget_s=1e-9)
+    assert [(r["kind"], r["backend"]) for r in rows] == [("vectorized", "cupy"), ("vectorized", "cupy-fused"),
+                                                         ("loop", "cupy"), ("loop", "cupy")]
+    labels = [r["implementation"] for r in rows[2:]]
+    assert labels == ["loop over examples (CuPy ops; 1 of 40 timed, extrapolated)",
+                      "scalar loops in one GPU thread (RawKernel; 1 of 40 timed, extrapolated)"]
+    assert all(r["examples_timed"] == 1 and r["ms_per_step"] > 0 for r in rows[2:])
+    text = gpu_bench.table(rows)
+    assert "| t | float64 | scalar loops in one GPU thread (RawKernel; 1 of 40 timed, extrapolated) |" in text
+    assert fake_cupy.counts["launch"] > 0

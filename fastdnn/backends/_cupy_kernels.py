@@ -599,3 +599,124 @@ def catalog(dtype):
         ("dropout_mask", dropout_mask))]
     out += [("optimizer_update", name, optimizer_update(cls(), dtype)) for name, cls in OPTIMIZERS.items()]
     return out
+
+
+# --- the scalar loops' GPU twin (benchmark only: vectorization's yardstick, never used to train) -------
+def scalar_loop_step(hidden, output, loss, dtype):
+    """One gradient-descent step over the m examples, one after another, in ONE GPU thread: the loops of
+    ``fastdnn.loops.scalar_step`` (forward neuron by neuron, backward weight by weight, the gradient summed
+    over the examples, then θ -= α dθ) in CUDA C, from the same scalar formulas as every other kernel.
+    Launch (1, 1, 1) x (1, 1, 1). Arguments: const T* X (n0, ld), const T* Y (nL, ld) (examples 0..m-1
+    of ld columns are used), T* theta, T* grad (P,) laid out W1, b1, W2, b2, ...; const long long* dims
+    (L + 1,), const long long* pofs (L + 1,) (``_layout.flat_layout``); T* z, T* a, T* dz: scratch of
+    Σ n_l values; T lr; int L, int m, int ld; double* cost: J = (1/m) Σ L(a, y) before the step."""
+    T, s, dtype = _t(dtype)
+    softmax = output.name == "softmax"
+    if softmax and loss.name != "ce":
+        raise ValueError(f"softmax output needs loss 'ce', not {loss.name!r}")
+    canonical = output.name == loss.canonical
+    g, dg = activation_functions(hidden, dtype)
+    parts = [g.source, dg.source]
+    if not softmax:
+        g_out, dg_out = activation_functions(output, dtype)
+        cost = loss_function(loss, dtype)
+        parts += [g_out.source, dg_out.source, cost.source] if output != hidden else [cost.source]
+        if not canonical:
+            _check_delta_is_a_minus_y(loss, output)
+    name = f"fdnn_scalar_loop_step_{c_identifier(hidden.name)}_{c_identifier(output.name)}_" \
+           f"{c_identifier(loss.name)}_{s}"
+    exp, log = ("expf", "logf") if T == "float" else ("exp", "log")
+    fmax = "fdnn_maxf" if T == "float" else "fdnn_max"
+    if softmax:
+        output_pass = f"""
+            {T} zmax = z[uo_last];
+            for (long long j = 0; j < n; j++) {{
+                zmax = {fmax}(zmax, z[uo_last + j]);
+            }}
+            {T} total = {literal(0.0, dtype)};
+            for (long long j = 0; j < n; j++) {{
+                a[uo_last + j] = {exp}(z[uo_last + j] - zmax);
+                total += a[uo_last + j];
+            }}
+            for (long long j = 0; j < n; j++) {{
+                a[uo_last + j] = a[uo_last + j] / total;
+                const {T} y = Y[(long long)j * ld + i];
+                if (y != {literal(0.0, dtype)}) {{
+                    J -= (double)y * (double)(z[uo_last + j] - zmax - {log}(total));
+                }}
+            }}"""
+        output_value, delta = "", "a[uo_last + j] - Y[(long long)j * ld + i]"
+    else:
+        output_pass = ""
+        output_value = f"else {{ a[uo + j] = {g_out.name}(v); }}"
+        delta = "aj - yj" if canonical else f"(aj - yj) * {dg_out.name}(zj, aj)"
+    cost_term = "" if softmax else f"J += (double){cost.name}(zj, aj, yj);"
+    return _source(*parts, f"""
+extern "C" __global__ void {name}(const {T}* X, const {T}* Y, {T}* theta, {T}* grad, const long long* dims,
+                                  const long long* pofs, {T}* z, {T}* a, {T}* dz, {T} lr, int L, int m,
+                                  int ld, double* cost) {{
+    if (blockIdx.x != 0u || threadIdx.x != 0u) {{
+        return;
+    }}
+    const long long P = pofs[L];
+    const {T} m_t = ({T})m;
+    for (long long p = 0; p < P; p++) {{
+        grad[p] = {literal(0.0, dtype)};
+    }}
+    double J = 0.0;
+    for (int i = 0; i < m; i++) {{
+        /* forward, neuron by neuron; layer l's units start at uo = n_1 + ... + n_(l-1) */
+        long long uo_prev = 0, uo = 0;
+        for (int l = 1; l <= L; l++) {{
+            const long long n = dims[l], k = dims[l - 1], po = pofs[l - 1];
+            for (long long j = 0; j < n; j++) {{
+                {T} v = theta[po + n * k + j];
+                for (long long q = 0; q < k; q++) {{
+                    v += theta[po + j * k + q] * (l == 1 ? X[q * ld + i] : a[uo_prev + q]);
+                }}
+                z[uo + j] = v;
+                if (l < L) {{ a[uo + j] = {g.name}(v); }} {output_value}
+            }}
+            uo_prev = uo;
+            uo += n;
+        }}
+        const long long n = dims[L], uo_last = uo_prev;
+        {{{output_pass}
+        }}
+        /* the output delta dZ[L] = (A - Y) / m (times g'(Z) off the canonical pairing) */
+        for (long long j = 0; j < n; j++) {{
+            const {T} zj = z[uo_last + j], aj = a[uo_last + j], yj = Y[(long long)j * ld + i];
+            {cost_term}
+            (void)zj; (void)aj; (void)yj;
+            dz[uo_last + j] = ({delta}) / m_t;
+        }}
+        /* backward, weight by weight */
+        uo = uo_last;
+        for (int l = L; l >= 1; l--) {{
+            const long long nl = dims[l], k = dims[l - 1], po = pofs[l - 1];
+            const long long up = uo - k;
+            for (long long j = 0; j < nl; j++) {{
+                const {T} d = dz[uo + j];
+                grad[po + nl * k + j] += d;
+                for (long long q = 0; q < k; q++) {{
+                    grad[po + j * k + q] += d * (l == 1 ? X[q * ld + i] : a[up + q]);
+                }}
+            }}
+            if (l > 1) {{
+                for (long long q = 0; q < k; q++) {{
+                    {T} v = {literal(0.0, dtype)};
+                    for (long long j = 0; j < nl; j++) {{
+                        v += theta[po + j * k + q] * dz[uo + j];
+                    }}
+                    dz[up + q] = v * {dg.name}(z[up + q], a[up + q]);
+                }}
+            }}
+            uo = up;
+        }}
+    }}
+    for (long long p = 0; p < P; p++) {{
+        theta[p] -= lr * grad[p];
+    }}
+    *cost = J / (double)m;
+}}
+"""), name
