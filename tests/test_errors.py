@@ -107,13 +107,13 @@ def test_divergence_stops_with_iteration_and_keeps_last_finite_parameters(backen
     X = X * 1e3                                # a learning rate far too large for this scale
     net = Network([2, 8, 1], "relu", device=backend, dtype="float32", seed=0)
     snapshots = []
-    original = net.engine.train_step
+    original = net.engine.train_steps          # one call per step when every step is reported
 
     def recording(*args, **kwargs):
         snapshots.append(net.parameters)
         return original(*args, **kwargs)
 
-    net.engine.train_step = recording
+    net.engine.train_steps = recording
     with pytest.raises(TrainingDivergedError) as e:
         net.fit(X, Y, learning_rate=50.0, iterations=1000, report_every=1)   # a Python call per step
     err = e.value
