@@ -274,3 +274,26 @@ def test_checking_X_allocates_no_X_sized_temporary(backend):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < X.nbytes / 8, peak        # an X-sized bool temporary alone would be X.nbytes / 8
+
+
+LAYOUTS = {
+    "reversed rows": lambda X: X[::-1],
+    "reversed columns": lambda X: X[:, ::-1],
+    "broadcast rows": lambda X: np.broadcast_to(X[:1], X.shape),
+    "overlapping rows": lambda X: np.lib.stride_tricks.sliding_window_view(X.ravel(), X.shape[1])[:X.shape[0]],
+    "column slice": lambda X: np.ascontiguousarray(np.hstack([X, X]))[:, ::2],
+    "Fortran order": lambda X: np.asfortranarray(X),
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_any_layout_numpy_accepts_trains_as_on_the_numpy_backend(backend, layout):
+    """Strides BLAS cannot take (negative, zero, overlapping) are copied first: the compiled step once
+    passed them on and trained on uninitialised memory."""
+    X, Y = moons()
+    X = np.vstack([X, X[:1] * 2])                       # 3 features, so row tricks differ from columns
+    Xl = LAYOUTS[layout](X)
+    nets = [Network([3, 6, 1], device=b, dtype="float64", seed=0) for b in (backend, "numpy")]
+    costs = [n.fit(Xl, Y, learning_rate=0.1, iterations=5, report_every=1).costs for n in nets]
+    np.testing.assert_allclose(costs[0], costs[1], rtol=1e-10)
+    np.testing.assert_allclose(nets[0].forward(Xl), nets[1].forward(np.ascontiguousarray(Xl)), rtol=1e-10)
