@@ -21,20 +21,25 @@ NPY_HEADER_MAX_BYTES = 4096     # a .npy member's own header, beside its data
 
 
 def write_state(path, state_dict):
-    """Write a state dict to path (.npz) atomically: a temporary file in the target's folder, fsync,
-    rename, fsync of the folder. Writing through a symbolic link replaces the file it points to; an
-    existing file keeps its permissions, a new one gets the default ones (umask). An interrupted
-    write leaves any earlier file untouched and no temporary behind."""
+    """Write a state dict to path (.npz) atomically (``replace_file``)."""
     config = state_dict["config"]
     arrays = {k: v for k, v in state_dict.items() if k != "config"}
     arrays["header"] = np.array(json.dumps(config))
+    return replace_file(path, lambda f: np.savez(f, **arrays))
+
+
+def replace_file(path, write):
+    """Replace the file at path by what write(f) writes to a binary file f, atomically: a temporary
+    file in the target's folder, fsync, rename, fsync of the folder. Through a symbolic link, the file
+    it points to is replaced; an existing file keeps its permissions, a new one gets the default ones
+    (umask). An interrupted write leaves any earlier file untouched and no temporary behind."""
     target = os.path.realpath(path)
     directory = os.path.dirname(target)
-    fd, tmp = tempfile.mkstemp(prefix=".fastdnn-", suffix=".npz.tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".fastdnn-", suffix=".tmp", dir=directory)
     try:
         os.fchmod(fd, _mode_for(target))
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)

@@ -24,10 +24,10 @@ Mul and Where, like every other op used here, run in float32 and float64 there a
 ``import fastdnn`` does not import onnx; it is imported when an export runs (the ``onnx`` extra).
 """
 import json
-import os
-import tempfile
 
 import numpy as np
+
+from . import io
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 13          # Softmax(axis=1) means "per example" from opset 13 on
@@ -183,18 +183,7 @@ def to_onnx(net, path, opset=None):
     export leaves no temporary behind and any earlier file at path untouched. Returns path.
     Needs the ``onnx`` extra (pip install 'fastdnn[onnx]'); run the file with onnxruntime."""
     data = to_model(net, opset).SerializeToString()
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".fastdnn-", suffix=".onnx.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+    return io.replace_file(path, lambda f: f.write(data))
 
 
 def _version():

@@ -199,7 +199,7 @@ def test_an_interrupted_export_leaves_the_old_file_and_no_temporary(onnx, tmp_pa
     def broken(*args):
         raise OSError(f"disk failed in {where}")
 
-    monkeypatch.setattr(onnx_export.os, where, broken)
+    monkeypatch.setattr(fastdnn.io.os, where, broken)           # the atomic write is io.replace_file
     with pytest.raises(OSError, match="disk failed"):
         onnx_export.to_onnx(network(), str(path))
     monkeypatch.undo()

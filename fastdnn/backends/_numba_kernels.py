@@ -207,10 +207,8 @@ def add_bias(Z, b, out):
 
 
 @functools.lru_cache(maxsize=None)
-def optimizer_update(optimizer, dtype):
-    """out = θ' and s1_out, s2_out = the state', one pass over the flat buffers: the optimizer's scalar
-    update per parameter. s1, s2 (read) and s1_out, s2_out (written): state buffers (any (P,) arrays
-    if unused, never written then)."""
+def _optimizer_pass(optimizer, dtype):
+    """The optimizer's scalar update per parameter, jitable: out = θ', s1_out, s2_out = the state'."""
     step, n_state = jitable(optimizer.scalar(np.dtype(dtype).type), optimizer, dtype), optimizer.n_state
 
     def kernel(theta, dtheta, s1, s2, lr, c1, c2, out, s1_out, s2_out):
@@ -221,6 +219,19 @@ def optimizer_update(optimizer, dtype):
                 s1_out[p] = a
             if n_state >= 2:
                 s2_out[p] = b
+
+    return jitable(kernel, optimizer, dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def optimizer_update(optimizer, dtype):
+    """out = θ' and s1_out, s2_out = the state', one pass over the flat buffers: the optimizer's scalar
+    update per parameter. s1, s2 (read) and s1_out, s2_out (written): state buffers (any (P,) arrays
+    if unused, never written then)."""
+    update = _optimizer_pass(optimizer, dtype)
+
+    def kernel(theta, dtheta, s1, s2, lr, c1, c2, out, s1_out, s2_out):
+        update(theta, dtheta, s1, s2, lr, c1, c2, out, s1_out, s2_out)
 
     return njit(variant(kernel, optimizer, dtype))
 
@@ -412,24 +423,16 @@ def _update_and_commit(optimizer, dtype):
     """One optimizer step from slot c to the other slot, then the commit: the other slot's counters
     (t, iteration, epoch) are the current ones plus one step, and ``current`` names it — the last
     store, so the network is always one whole step or the next. Jitable."""
-    step = jitable(optimizer.scalar(np.dtype(dtype).type), optimizer, dtype)
+    optimizer_pass = _optimizer_pass(optimizer, dtype)
     corrections = jitable(optimizer.scalar_corrections(), optimizer)
-    n_state, ftype = optimizer.n_state, np.dtype(dtype).type
+    ftype = np.dtype(dtype).type
 
     def update(thetas, states1, states2, dtheta, lr, counters, current):
         c = current[0]
         o = 1 - c
-        theta, s1, s2 = thetas[c], states1[c], states2[c]
-        theta_out, s1_out, s2_out = thetas[o], states1[o], states2[o]
         c1, c2 = corrections(counters[c, 0] + 1)
-        c1, c2 = ftype(c1), ftype(c2)
-        for p in range(theta.shape[0]):
-            t, a, b = step(theta[p], dtheta[p], s1[p], s2[p], lr, c1, c2)
-            theta_out[p] = t
-            if n_state >= 1:
-                s1_out[p] = a
-            if n_state >= 2:
-                s2_out[p] = b
+        optimizer_pass(thetas[c], dtheta, states1[c], states2[c], lr, ftype(c1), ftype(c2), thetas[o],
+                       states1[o], states2[o])
         for j in range(3):
             counters[o, j] = counters[c, j]
         counters[o, 0] += 1
