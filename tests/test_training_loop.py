@@ -14,16 +14,30 @@ def test_schedules_follow_their_formulas():
         get_schedule("cosine")
 
 
+def test_named_schedules_keep_a_useful_rate_for_thousands_of_epochs():
+    """The defaults: the course's schedule_lr_decay (decay_rate 1, time_interval 1000) for inverse_time,
+    and no default that takes the rate below α0 / 50 within 5000 epochs."""
+    from fastdnn.course import schedule_lr_decay
+    inverse = get_schedule("inverse_time")
+    for epoch in (0, 1, 999, 1000, 2500, 4999, 5000):
+        assert inverse(0.0007, epoch) == pytest.approx(schedule_lr_decay(0.0007, epoch, 1.0), rel=1e-15)
+    assert get_schedule("step")(1.0, 999) == 1.0 and get_schedule("step")(1.0, 2000) == 0.25
+    assert get_schedule("exponential")(1.0, 5000) == pytest.approx(0.9995 ** 5000, rel=1e-12)
+    for name in ("inverse_time", "exponential", "step"):
+        rate = get_schedule(name)(0.0007, 5000)
+        assert 0.0007 / 50 < rate < 0.0007, name
+
+
 def test_fit_applies_the_schedule_every_epoch(backend):
     X, Y = datasets.moons(m=64, seed=0)
     net = Network([2, 4, 1], device=backend, dtype="float64", seed=0)
-    history = net.fit(X, Y, learning_rate=0.4, epochs=4, batch_size=16, schedule=InverseTimeDecay(1.0))
+    history = net.fit(X, Y, learning_rate=0.4, epochs=4, batch_size=16, schedule=InverseTimeDecay(1.0, 1))
     assert history.learning_rates == pytest.approx([0.4, 0.2, 0.4 / 3, 0.1])
     manual = Network([2, 4, 1], device=backend, dtype="float64", seed=0)
     for e in range(4):                  # the same as four one-epoch fits at the decayed rates
         manual.fit(X, Y, learning_rate=0.4 / (1 + e), epochs=1, batch_size=16, seed=0)
     again = Network([2, 4, 1], device=backend, dtype="float64", seed=0)
-    again.fit(X, Y, learning_rate=0.4, epochs=4, batch_size=16, seed=0, schedule="inverse_time")
+    again.fit(X, Y, learning_rate=0.4, epochs=4, batch_size=16, seed=0, schedule=InverseTimeDecay(time_interval=1))
     for key, value in again.parameters.items():
         np.testing.assert_allclose(manual.parameters[key], value, rtol=1e-12)
 
