@@ -1,4 +1,9 @@
 """fit: learning-rate schedules, validation data, early stopping, progress output."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -76,3 +81,35 @@ def test_progress_bar_only_when_asked_or_in_a_terminal(capsys):
     net.fit(X, Y, iterations=30, report_every=10, verbose=1)
     err = capsys.readouterr().err
     assert "cost=" in err and "30/30" in err
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="no pseudo-terminals on this platform")
+def test_progress_bar_out_of_the_box_when_stderr_is_a_terminal(tmp_path):
+    """fit with its defaults, stderr a (pseudo-)terminal, tqdm installed (every user extra brings it):
+    the bar is drawn; the same run with stderr a file stays silent."""
+    pytest.importorskip("tqdm", reason="the progress bar needs tqdm (in every extra)")
+    code = ("from fastdnn import Network, datasets\nX, Y = datasets.moons(m=40)\n"
+            "Network([2, 3, 1], seed=0, device='numpy').fit(X, Y, iterations=30, report_every=10)\n")
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    command = [sys.executable, "-c", code]
+    leader, follower = os.openpty()
+    import fcntl, struct, termios       # noqa: E401  a 24 x 100 terminal (a fresh pty is 0 x 0: tqdm draws nothing)
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    with subprocess.Popen(command, stderr=follower, stdout=subprocess.DEVNULL, env=env) as child:
+        os.close(follower)               # the child holds the terminal now; read it while it runs
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:              # Linux: EIO once the child has closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    os.close(leader)
+    assert child.returncode == 0
+    in_terminal = b"".join(chunks).decode("utf-8", "replace")
+    in_file = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert in_file.returncode == 0 and in_file.stderr == "", in_file.stderr
+    assert "30/30" in in_terminal and "cost=" in in_terminal, in_terminal
