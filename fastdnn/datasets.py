@@ -4,13 +4,27 @@ Generated in code: ``flower`` (the course's planar petals), ``moons``, ``circles
 Loaded from disk: ``load_catvnoncat(directory)`` (the course's HDF5 cat images; needs h5py,
 the ``data`` extra).
 """
+from __future__ import annotations
+
 import os
-from collections import namedtuple
+from typing import NamedTuple
 
 import numpy as np
 
-CatData = namedtuple("CatData", "train_x train_y test_x test_y classes")
-Split = namedtuple("Split", "train_x train_y test_x test_y")
+
+class CatData(NamedTuple):
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    classes: np.ndarray
+
+
+class Split(NamedTuple):
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
 
 
 def _check_m(m, parts):
@@ -31,7 +45,7 @@ def _finish(points, labels, rng):
     return X[:, order], Y[order].reshape(1, -1).astype(np.int64)
 
 
-def flower(m=400, noise=0.2, petals=4, seed=1):
+def flower(m: int = 400, noise: float = 0.2, petals: int = 4, seed: int | None = 1) -> tuple[np.ndarray, np.ndarray]:
     """Two classes on the petals of r = 4 sin(petals·t), t in [3.12 j, 3.12 (j+1)] for class j."""
     m = _check_m(m, 2)
     rng = np.random.RandomState(seed)
@@ -44,7 +58,7 @@ def flower(m=400, noise=0.2, petals=4, seed=1):
     return _finish(points, labels, rng)
 
 
-def moons(m=300, noise=0.2, seed=3):
+def moons(m: int = 300, noise: float = 0.2, seed: int | None = 3) -> tuple[np.ndarray, np.ndarray]:
     """Two interleaved half circles: (cos t, sin t) and (1 - cos t, 0.5 - sin t), t in [0, π], plus noise."""
     m = _check_m(m, 2)
     rng = np.random.RandomState(seed)
@@ -55,7 +69,8 @@ def moons(m=300, noise=0.2, seed=3):
     return _finish(points, [np.zeros(n0), np.ones(n1)], rng)
 
 
-def circles(m=300, noise=0.05, factor=0.8, seed=1):
+def circles(m: int = 300, noise: float = 0.05, factor: float = 0.8,
+            seed: int | None = 1) -> tuple[np.ndarray, np.ndarray]:
     """Two concentric circles of radius 1 (class 0) and ``factor`` (class 1), plus noise."""
     m = _check_m(m, 2)
     if not 0 < factor < 1:
@@ -69,7 +84,8 @@ def circles(m=300, noise=0.05, factor=0.8, seed=1):
     return _finish(points, labels, rng)
 
 
-def spirals(m=300, classes=3, noise=0.2, seed=0):
+def spirals(m: int = 300, classes: int = 3, noise: float = 0.2,
+            seed: int | None = 0) -> tuple[np.ndarray, np.ndarray]:
     """``classes`` interleaved spiral arms: radius r in [0, 1], angle 4r + 2πj/classes + noise."""
     m = _check_m(m, classes)
     rng = np.random.RandomState(seed)
@@ -85,7 +101,7 @@ def spirals(m=300, classes=3, noise=0.2, seed=0):
 GENERATED = {"flower": flower, "moons": moons, "circles": circles, "spirals": spirals}
 
 
-def load_catvnoncat(directory, flatten=True, normalize=True):
+def load_catvnoncat(directory: str | os.PathLike[str], flatten: bool = True, normalize: bool = True) -> CatData:
     """The course's cat images from ``train_catvnoncat.h5`` / ``test_catvnoncat.h5`` in directory.
 
     Returns CatData(train_x, train_y, test_x, test_y, classes): with flatten, X is (12288, m) as in
@@ -109,7 +125,7 @@ def load_catvnoncat(directory, flatten=True, normalize=True):
     return CatData(*parts["train"], *parts["test"], classes)
 
 
-def load_course2(path):
+def load_course2(path: str | os.PathLike[str]) -> Split:
     """The course's regularization data (``data.mat``: the 2-D football positions): Split(train_x
     (2, 211), train_y (1, 211), test_x (2, 200), test_y (1, 200)). Needs SciPy (the ``data`` extra)."""
     try:

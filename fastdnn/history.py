@@ -1,8 +1,17 @@
 """History of a training run: one Record per reported iteration or epoch."""
-from collections import namedtuple
+from __future__ import annotations
 
-Record = namedtuple("Record", "iteration cost seconds learning_rate val_cost val_accuracy",
-                    defaults=(None, None, None))
+from collections.abc import Iterator
+from typing import NamedTuple
+
+
+class Record(NamedTuple):
+    iteration: int
+    cost: float
+    seconds: float
+    learning_rate: float | None = None
+    val_cost: float | None = None
+    val_accuracy: float | None = None
 
 
 class History:
@@ -11,23 +20,24 @@ class History:
     "epoch". ``stopped_early`` and ``best`` (the record whose parameters were kept) are set by early
     stopping."""
 
-    def __init__(self, unit="iteration"):
-        self.unit = unit
-        self.records = []
-        self.stopped_early = False
-        self.best = None
+    def __init__(self, unit: str = "iteration") -> None:
+        self.unit: str = unit
+        self.records: list[Record] = []
+        self.stopped_early: bool = False
+        self.best: Record | None = None
 
-    def append(self, iteration, cost, seconds, learning_rate=None, val_cost=None, val_accuracy=None):
+    def append(self, iteration: int, cost: float, seconds: float, learning_rate: float | None = None,
+               val_cost: float | None = None, val_accuracy: float | None = None) -> None:
         self.records.append(Record(int(iteration), float(cost), float(seconds), learning_rate,
                                    val_cost, val_accuracy))
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Record]:
         return iter(self.records)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int) -> Record:
         return self.records[i]
 
     def _column(self, name):
@@ -40,7 +50,7 @@ class History:
     val_costs = property(lambda self: self._column("val_cost"))
     val_accuracies = property(lambda self: self._column("val_accuracy"))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         if not self.records:
             return "History([])"
         first, last = self.records[0], self.records[-1]

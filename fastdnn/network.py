@@ -4,23 +4,32 @@ X = A[0] (n[0], m); Z[l] = W[l] · A[l-1] + b[l]; A[l] = g[l](Z[l]); A[L] = ŷ; 
 The network checks the user's arguments and data and holds an ``Engine`` (fastdnn.engine), which owns
 the flat buffers and computes; the network knows a Backend, never which library runs it.
 """
+from __future__ import annotations
+
 import functools
 import math
+import os
 import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from . import _checks, io, state
 from .activations import ACTIVATIONS, get_activation
 from .backends import get_backend
+from .backends.base import Backend
 from .errors import BackendUnavailableError, DeviceFallbackWarning, ModelFileError
 from .distributed import DataParallel
 from .engine import Engine
+from .history import History
 from .initializers import initialize
 from .losses import get_loss
-from .optimizers import OPTIMIZERS, get_optimizer
+from .optimizers import OPTIMIZERS, Optimizer, get_optimizer
 from .schedules import get_schedule
 from .training import TrainingLoop
+
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -74,8 +83,10 @@ def _check_dtype(dtype):
 class Network:
     """An L-layer network layer_dims = [n0, n1, ..., nL], trained on X (n0, m), Y (nL, m)."""
 
-    def __init__(self, layer_dims, hidden_activation="relu", output_activation=None, loss=None,
-                 init="he", device="auto", dtype="float32", seed=None, l2=0.0, keep_prob=1.0):
+    def __init__(self, layer_dims: Sequence[int], hidden_activation: str | Sequence[str] = "relu",
+                 output_activation: str | None = None, loss: str | None = None,
+                 init: str | Mapping[str, ArrayLike] = "he", device: str = "auto", dtype: DTypeLike = "float32",
+                 seed: int | None = None, l2: float = 0.0, keep_prob: float | Sequence[float] = 1.0) -> None:
         self.layer_dims = _check_dims(layer_dims)
         self.activations = _layer_activations(hidden_activation, output_activation, self.L)
         if self.activations[-1].name == "softmax" and self.layer_dims[-1] < 2:
@@ -100,8 +111,9 @@ class Network:
         self.history = None         # the History of the last fit, filled as it runs
 
     @classmethod
-    def from_parameters(cls, parameters, hidden_activation="relu", output_activation=None, loss=None,
-                        device="auto", dtype=None):
+    def from_parameters(cls, parameters: Mapping[str, ArrayLike], hidden_activation: str | Sequence[str] = "relu",
+                        output_activation: str | None = None, loss: str | None = None, device: str = "auto",
+                        dtype: DTypeLike | None = None) -> Network:
         """A network with these parameters ({'W1': (n1, n0), 'b1': (n1, 1), ...}); dtype None keeps
         theirs (float32 or float64; anything else becomes float64)."""
         dims = _checks.parameter_shapes(parameters)
@@ -113,52 +125,52 @@ class Network:
 
     # --- state -----------------------------------------------------------------------------
     @property
-    def L(self):
+    def L(self) -> int:
         return len(self.layer_dims) - 1
 
     @property
-    def backend(self):
+    def backend(self) -> Backend:
         return self.engine.backend
 
     @property
-    def device(self):
+    def device(self) -> str:
         return self.engine.backend.device
 
     @property
-    def optimizer(self):
+    def optimizer(self) -> Optimizer:
         return self.engine.optimizer
 
     @property
-    def l2(self):
+    def l2(self) -> float:
         return self.engine.l2
 
     @property
-    def keep_prob(self):
+    def keep_prob(self) -> tuple[float, ...]:
         return self.engine.keep_prob
 
     @property
-    def seed(self):
+    def seed(self) -> int:
         """The network's seed (drawn when none was given): initial parameters, dropout masks and the
         default mini-batch order all follow from it."""
         return self.engine.seed
 
     @property
-    def iteration(self):
+    def iteration(self) -> int:
         """Optimizer steps taken so far (over every fit/step call)."""
         return self.engine.iteration
 
     @property
-    def epoch(self):
+    def epoch(self) -> int:
         """Mini-batch epochs completed so far (each epoch's order depends on it)."""
         return self.engine.epoch
 
     @property
     @_on_device
-    def parameters(self):
+    def parameters(self) -> dict[str, np.ndarray]:
         """Host NumPy copies {'W1': (n1, n0), 'b1': (n1, 1), ...} in the network's dtype."""
         return self.engine.parameters()
 
-    def regularize(self, l2=None, keep_prob=None):
+    def regularize(self, l2: float | None = None, keep_prob: float | Sequence[float] | None = None) -> Network:
         """Set L2 (J += λ/(2m) Σ ||W[l]||², dW[l] += (λ/m) W[l]) and inverted dropout on the hidden
         layers during training (keep_prob: one value, or one per hidden layer; 1 = off). None keeps
         the current value."""
@@ -185,27 +197,27 @@ class Network:
                              f"({self.L - 1}); got {keep_prob}")
         return l2, tuple(float(p) for p in probs)
 
-    def to(self, device):
+    def to(self, device: str) -> Network:
         """Move the parameters and the optimizer state to another device or backend (in place);
         returns self."""
         self.engine.to(get_backend(device, _stacklevel=3))
         return self
 
     @_on_device
-    def save(self, path):
+    def save(self, path: str | os.PathLike[str]) -> str | os.PathLike[str]:
         """Write the network (its state_dict: parameters, architecture, dtype, optimizer state, counters,
         seed) to one .npz file, atomically; read it back with fastdnn.load(path)."""
         return io.write_state(path, self.state_dict())
 
     @_on_device
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """Everything needed to rebuild the network, as plain data: {'config': a JSON-able dict
         (architecture, dtype, optimizer and its hyper-parameters, counters, L2, keep_prob, seed, the
         dropout generator's state), 'W1': ..., 'b1': ..., ..., 'state0': ...: host NumPy arrays}."""
         return state.make(self)
 
     @classmethod
-    def from_state_dict(cls, state_dict, device="auto"):
+    def from_state_dict(cls, state_dict: Mapping[str, Any], device: str = "auto") -> Network:
         """The network a ``state_dict()`` describes, on ``device``; every field checked first
         (ValueError/TypeError naming it)."""
         if not isinstance(state_dict, dict):
@@ -251,7 +263,7 @@ class Network:
         self.history = pickled.get("history")
 
     @_on_device
-    def to_onnx(self, path, opset=None):
+    def to_onnx(self, path: str | os.PathLike[str], opset: int | None = None) -> str | os.PathLike[str]:
         """Write the network as an ONNX graph, X (batch, n0) -> probabilities (batch, nL) = forward(X.T).T
         (fastdnn.onnx_export.to_onnx; needs the onnx extra); returns path."""
         from .onnx_export import to_onnx
@@ -264,7 +276,7 @@ class Network:
 
     # --- public API ------------------------------------------------------------------------
     @_on_device
-    def prepare(self, X, Y=None):
+    def prepare(self, X: ArrayLike, Y: ArrayLike | None = None) -> Any:
         """X (n0, m) (and Y (nL, m), or class ids for softmax) checked, converted to the network's
         dtype and moved to its backend: what every method does with its data first. Prepare data
         once to call ``step`` many times without copying it again."""
@@ -284,24 +296,25 @@ class Network:
         return self.backend.to_numpy(A)
 
     @_on_device
-    def forward(self, X):
+    def forward(self, X: ArrayLike) -> Any:
         """A[L] = ŷ for X (n0, m) -> (nL, m)."""
         return self._result(self.engine.forward(self.prepare(X)), X)
 
     predict_proba = forward
 
     @_on_device
-    def cost(self, X, Y):
+    def cost(self, X: ArrayLike, Y: ArrayLike) -> float:
         """J = (1/m) Σ L(ŷ, y) as a Python float."""
         return self.engine.cost(*self.prepare(X, Y))
 
     @_on_device
-    def gradients(self, X, Y):
+    def gradients(self, X: ArrayLike, Y: ArrayLike) -> dict[str, np.ndarray]:
         """{'dW1': (n1, n0), 'db1': (n1, 1), ...} = ∂J/∂W[l], ∂J/∂b[l], as host NumPy arrays."""
         return self.engine.gradients(*self.prepare(X, Y))
 
     @_on_device
-    def step(self, X, Y, learning_rate=None, optimizer=None):
+    def step(self, X: ArrayLike, Y: ArrayLike, learning_rate: float | None = None,
+             optimizer: str | Optimizer | None = None) -> float:
         """One optimizer step on (X, Y) (plain gradient descent W[l] -= α dW[l] by default);
         returns J before the step. A step that raises leaves the network as it was."""
         new_optimizer = None if optimizer is None else get_optimizer(optimizer)
@@ -315,9 +328,13 @@ class Network:
         return cost
 
     @_on_device
-    def fit(self, X, Y, *, learning_rate=None, iterations=None, epochs=None, batch_size=None,
-            shuffle=True, seed=None, optimizer=None, l2=None, keep_prob=None, schedule=None,
-            validation_data=None, patience=None, report_every=None, verbose=None, comm=None):
+    def fit(self, X: ArrayLike, Y: ArrayLike, *, learning_rate: float | None = None, iterations: int | None = None,
+            epochs: int | None = None, batch_size: int | None = None, shuffle: bool = True, seed: int | None = None,
+            optimizer: str | Optimizer | None = None, l2: float | None = None,
+            keep_prob: float | Sequence[float] | None = None,
+            schedule: str | Callable[[float, int], float] | None = None,
+            validation_data: tuple[ArrayLike, ArrayLike] | None = None, patience: int | None = None,
+            report_every: int | None = None, verbose: int | None = None, comm: Any = None) -> History:
         """Train; returns a History.
 
         Full batch (the course's first part): ``iterations`` steps (default 3000); the History has J at
@@ -400,7 +417,7 @@ class Network:
         return _check_rate(learning_rate if learning_rate is not None else optimizer.learning_rate or 0.0075)
 
     @_on_device
-    def predict(self, X):
+    def predict(self, X: ArrayLike) -> Any:
         """Class predictions: (A > 0.5) as 0/1 (nL, m) for sigmoid, argmax ids (1, m) for softmax;
         A itself for regression outputs."""
         A = self.forward(X)
@@ -413,7 +430,7 @@ class Network:
         return A
 
     @_on_device
-    def accuracy(self, X, Y):
+    def accuracy(self, X: ArrayLike, Y: ArrayLike) -> float:
         """Fraction of correct predictions (all outputs of all examples), a Python float."""
         name = self.activations[-1].name
         if name not in ("sigmoid", "softmax"):
@@ -427,7 +444,7 @@ class Network:
         return float(np.mean(p == Y1))
 
 
-def load(path, device="auto"):
+def load(path: str | os.PathLike[str], device: str = "auto") -> Network:
     """The Network saved at path (``Network.save``), on ``device``, with its optimizer state and
     counters; ModelFileError naming the problem for a file that is truncated, corrupted, hostile, not a
     fastdnn network or of an unknown version."""
