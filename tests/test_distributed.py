@@ -15,10 +15,10 @@ import pytest
 import fastdnn
 from fastdnn import distributed
 
+pytest.importorskip("mpi4py", reason="mpi4py is not installed (the mpi/dev extras)")
 sys.path.insert(0, os.path.dirname(__file__))
 import mpi_worker  # noqa: E402  (the worker's data and shard layout)
 
-pytest.importorskip("mpi4py", reason="mpi4py is not installed (the mpi/dev extras)")
 MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
 pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec (pip install mpich)")
 BACKENDS = [b for b in ("numpy", "numba") if b in [i.name for i in fastdnn.available_backends() if i.available]]

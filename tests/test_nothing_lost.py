@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fastdnn import Network, TrainingDivergedError, datasets
+from fastdnn.schedules import InverseTimeDecay
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")   # NumPy reports overflows first
 
@@ -151,7 +152,7 @@ def test_a_schedule_that_gives_a_bad_rate_is_named(backend):
 @pytest.mark.parametrize("unit", ["iteration", "epoch"])
 def test_a_schedule_continues_across_calls(backend, unit):
     X, Y = moons(96)
-    kw = dict(schedule="inverse_time", learning_rate=0.1, optimizer="adam", seed=3)
+    kw = dict(schedule=InverseTimeDecay(time_interval=1), learning_rate=0.1, optimizer="adam", seed=3)
     count = (lambda n: dict(iterations=n)) if unit == "iteration" else (lambda n: dict(epochs=n, batch_size=32))
     one = Network([2, 8, 1], device=backend, dtype="float64", seed=0)
     whole = one.fit(X, Y, **count(7), **kw, report_every=1)

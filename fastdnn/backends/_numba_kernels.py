@@ -23,6 +23,8 @@ import numba
 import numpy as np
 from numba.extending import register_jitable
 
+from ._fastmath import fast_loss_scalar, fast_scalar
+
 _FLAGS = dict(nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
 
 
@@ -42,7 +44,7 @@ njit = functools.partial(numba.njit, cache=True, **_FLAGS)
 
 @functools.lru_cache(maxsize=None)
 def _scalar(activation, dtype):
-    g, dg = activation.scalar(np.dtype(dtype).type)
+    g, dg = fast_scalar(activation, dtype)      # vectorizable forms of tanh, sigmoid (see _fastmath)
     return jitable(g, activation, dtype), jitable(dg, activation, dtype)
 
 
@@ -109,7 +111,7 @@ def _delta_row_sum(activation, dtype):
 @functools.lru_cache(maxsize=None)
 def _output_elementwise(loss, activation, dtype):
     key = (loss, activation, dtype)
-    cost = jitable(loss.scalar(np.dtype(dtype).type), loss, dtype)
+    cost = jitable(fast_loss_scalar(loss, dtype), loss, dtype)
     canonical = activation.name == loss.canonical
     _, dg = _scalar(activation, dtype)
 
