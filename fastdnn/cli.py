@@ -293,6 +293,8 @@ def _train_parser(sub):
                    help="dropout: probability of keeping a hidden unit (1: no dropout)")
     _run_options(p)
     p.add_argument("--save", type=output_file, metavar="FILE.npz", help="write the trained network here")
+    p.add_argument("--onnx", type=output_file, metavar="FILE.onnx",
+                   help="also write the trained network as an ONNX graph (needs the onnx extra)")
     p.add_argument("--plot", type=output_file, metavar="FILE.png", help="write the cost curve here")
     p.add_argument("--boundary", type=output_file, metavar="FILE.png",
                    help="write the decision boundary here (data with two features)")
@@ -519,6 +521,8 @@ def _train(args):
           + (f", test accuracy {100 * net.accuracy(Xt, Yt):.2f} %" if Xt is not None else ""))
     if args.save:
         print(f"saved {net.save(args.save)}")
+    if args.onnx:
+        print(f"wrote {net.to_onnx(args.onnx)}")
     if args.plot:
         from . import plot
         plot.cost_curve(history, args.plot)

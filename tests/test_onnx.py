@@ -227,3 +227,11 @@ def test_import_fastdnn_does_not_import_onnx():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(fastdnn.__file__))))
     assert result.stdout.strip() == "[]"
+
+
+def test_fastdnn_train_writes_the_onnx_graph_too(onnx, tmp_path, capsys):
+    from fastdnn.cli import main
+    path = tmp_path / "m.onnx"
+    assert main(["train", "--iterations", "5", "--device", "numpy", "--onnx", str(path)]) == 0
+    assert f"wrote {path}" in capsys.readouterr().out
+    onnx.checker.check_model(onnx.load(str(path)))
