@@ -252,3 +252,31 @@ def test_course_predict_prints_the_right_accuracy(capsys):
     out = capsys.readouterr().out
     assert out.startswith("Accuracy: ") and float(out.split()[1]) == pytest.approx(expected, abs=1e-12)
     assert 0 < expected < 1
+
+
+# --- any layout NumPy accepts trains like a C-ordered copy ---------------------------------------------
+def layouts(X):
+    """Views of the same data with strides BLAS cannot take as they are, and a Fortran copy."""
+    n, m = X.shape
+    wide = np.zeros((n, 2 * m))
+    wide[:, ::2] = X
+    return {"reversed rows": np.ascontiguousarray(X[::-1])[::-1], "every other column": wide[:, ::2],
+            "fortran": np.asfortranarray(X), "transposed": np.ascontiguousarray(X.T).T,
+            "broadcast row": np.broadcast_to(X[:1], X.shape)}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_layout_of_X_gives_the_numpy_backends_step(dtype, path):
+    """Mutants: _checks.as_float_array passing a layout BLAS cannot take; the compiled BLAS call's
+    leading dimension ignoring the row stride. A step on X[::-1]-like views equals the numpy step on a
+    C-ordered copy (costs like 9e33 before the fix)."""
+    X, Y = datasets.moons(m=37, seed=4)
+    for name, view in layouts(X).items():
+        nets = {d: Network([2, 5, 3, 1], device=d, dtype=dtype, seed=2) for d in BACKENDS}
+        plain = Network([2, 5, 3, 1], device="numpy", dtype=dtype, seed=2)
+        expected = plain.step(np.ascontiguousarray(view), Y, learning_rate=0.1)
+        for device, net in nets.items():
+            cost = net.step(view, Y, learning_rate=0.1)
+            assert cost == pytest.approx(expected, rel=1e-5), (name, device)
+            for k, v in plain.parameters.items():
+                assert_close(net.parameters[k], v, dtype)
