@@ -236,24 +236,6 @@ def test_every_rank_draws_its_own_reproducible_dropout_masks(device):
     assert {float(v) for v in np.unique(per_rank[1][0])} == {0.0, 2.0}
 
 
-# --- the course's predict prints the accuracy it computed --------------------------------------------
-def test_course_predict_prints_the_right_accuracy(capsys):
-    """Mutant: course.predict printing a wrong accuracy (only the 'Accuracy: ' prefix was checked)."""
-    from fastdnn import course
-    X, Y = datasets.moons(m=50, seed=1)
-    params = course.initialize_parameters_deep([2, 4, 1], seed=3)
-    p = course.predict(X, Y, params)
-    A = X
-    for l in (1, 2):
-        Z = params[f"W{l}"] @ A + params[f"b{l}"]
-        A = np.maximum(Z, 0) if l == 1 else 1 / (1 + np.exp(-Z))
-    expected = np.mean((A > 0.5) == (Y == 1))
-    np.testing.assert_array_equal(p, (A > 0.5).astype(float))
-    out = capsys.readouterr().out
-    assert out.startswith("Accuracy: ") and float(out.split()[1]) == pytest.approx(expected, abs=1e-12)
-    assert 0 < expected < 1
-
-
 # --- any layout NumPy accepts trains like a C-ordered copy ---------------------------------------------
 def layouts(X):
     """Views of the same data with strides BLAS cannot take as they are, and a Fortran copy."""
