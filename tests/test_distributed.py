@@ -208,6 +208,9 @@ def test_cuda_aware_detection():
     assert distributed.cuda_aware({"MPICH_GPU_SUPPORT_ENABLED": "1"})
     assert not distributed.cuda_aware({"MPICH_GPU_SUPPORT_ENABLED": "1", "FASTDNN_MPI_CUDA_AWARE": "0"})
     assert distributed.cuda_aware({"FASTDNN_MPI_CUDA_AWARE": "1"})
+    assert distributed.cuda_aware({"OMPI_MCA_opal_cuda_support": " TRUE\n"})     # as a shell may leave it
+    assert not distributed.cuda_aware({"OMPI_MCA_opal_cuda_support": "false"})
+    assert distributed.cuda_aware({"FASTDNN_MPI_CUDA_AWARE": " Yes "})
 
 
 @pytest.mark.parametrize("aware", ["0", "1"], ids=["staged through the host", "CUDA-aware"])

@@ -166,6 +166,34 @@ def test_load_refuses_a_broadcastable_optimizer_state(tmp_path, name):
         fastdnn.load(rewrite(tmp_path, header, dict(arrays, **{name: np.zeros(1)})))
 
 
+def test_a_header_that_is_not_one_string_is_a_corrupted_header(tmp_path):
+    """Mutant: io._read_header without its check that the header is a 0-d string array."""
+    header, arrays = saved_arrays(tmp_path)
+    path = str(tmp_path / "numeric-header.npz")
+    np.savez(path, header=np.array(7.0), **arrays)
+    with pytest.raises(ModelFileError, match=r"corrupted header \(a float64 array of shape \(\)\)"):
+        fastdnn.load(path)
+
+
+def test_the_iteration_and_the_optimizer_step_are_saved_apart(tmp_path):
+    """Mutant: the state dict writing the optimizer's step count as the iteration. A new optimizer
+    starts its own count, so after 3 gd steps and 2 Adam steps they are 5 and 2."""
+    X, Y = datasets.moons(m=20, seed=0)
+    net = Network([2, 3, 1], device="numpy", dtype="float64", seed=1)
+    net.fit(X, Y, iterations=3, learning_rate=0.1, verbose=0)
+    net.fit(X, Y, iterations=2, optimizer="adam", learning_rate=0.01, verbose=0)
+    config = net.state_dict()["config"]
+    assert (config["iteration"], config["optimizer_step"]) == (5, 2)
+    path = str(tmp_path / "net.npz")
+    net.save(path)
+    back = fastdnn.load(path, device="numpy")
+    assert back.iteration == 5 and back.engine.t == 2
+    back.step(X, Y)                         # Adam's bias correction continues from its own step 2
+    net.step(X, Y)
+    for k, v in net.parameters.items():
+        np.testing.assert_array_equal(back.parameters[k], v)
+
+
 @pytest.mark.parametrize("name", ["state0", "state1", "W1"])
 def test_a_state_dict_with_a_broadcastable_array_is_refused(name):
     """Mutant: state.check_arrays without its shape check (load has a second check in io.py; a state
