@@ -21,7 +21,7 @@ from support import BACKENDS  # noqa: E402
 
 CLEAR = (FastDNNError, ValueError, TypeError)
 RTOL = {"float32": 2e-4, "float64": 1e-9}
-SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 # --- arguments: mostly valid, some wrong in one way --------------------------------------------------
