@@ -3,7 +3,8 @@
 python tests/mpi_worker.py SPEC.json OUT_DIR — SPEC has "shards" (examples per rank, in rank order)
 and "scenarios" ({"name", "backend", "fit": fit's keyword arguments, "network": Network's
 keyword arguments besides relu, "fail": an optional failure to inject}); each rank writes OUT_DIR/<name>.rank<r>.npz
-with its final parameters, History costs and validation costs (or the error it raised).
+with its final parameters, History costs and validation costs (or the error it raised), and the next
+draws of its dropout generator.
 """
 import json
 import sys
@@ -73,6 +74,7 @@ def run(scenario, shards, comm, out):
         if getattr(exc, "iteration", None) is not None:
             result.update(iteration=exc.iteration)
     result.update({k: v for k, v in net.parameters.items()})
+    result.update(next_draws=net.engine.rng.random(8))      # where this rank's dropout stream stands
     np.savez(f"{out}/{scenario['name']}.rank{rank}.npz", **result)
 
 

@@ -140,10 +140,18 @@ def test_course_gradients_equal_network_gradients():
 
 
 def test_course_predict_prints_accuracy(capsys):
-    X, Y = datasets.moons(m=10)
-    p = course.predict(X, Y, course.initialize_parameters_deep([2, 3, 1]))
-    assert p.shape == (1, 10) and set(np.unique(p)) <= {0.0, 1.0}
-    assert capsys.readouterr().out.startswith("Accuracy: ")
+    """p = 1 where AL > 0.5 (AL from a float64 forward written here), and the printed accuracy is
+    the fraction of p equal to y."""
+    X, Y = datasets.moons(m=50, seed=1)
+    params = course.initialize_parameters_deep([2, 4, 1], seed=3)
+    p = course.predict(X, Y, params)
+    A = np.maximum(params["W1"] @ X + params["b1"], 0)
+    AL = 1 / (1 + np.exp(-(params["W2"] @ A + params["b2"])))
+    np.testing.assert_array_equal(p, (AL > 0.5).astype(float))
+    expected = np.mean(p == Y)
+    assert 0 < expected < 1                        # neither all right nor all wrong: the value matters
+    out = capsys.readouterr().out
+    assert out.startswith("Accuracy: ") and float(out.split()[1]) == pytest.approx(expected, abs=1e-12)
 
 
 needs_cats = pytest.mark.skipif(not os.path.isdir(CAT_DIR),

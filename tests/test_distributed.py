@@ -19,6 +19,9 @@ pytest.importorskip("mpi4py", reason="mpi4py is not installed (the mpi/dev extra
 sys.path.insert(0, os.path.dirname(__file__))
 import mpi_worker  # noqa: E402  (the worker's data and shard layout)
 
+# the ranks import the fastdnn of this checkout, not an installed one
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHECKOUT_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
 MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
 pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec (pip install mpich)")
 BACKENDS = [b for b in ("numpy", "numba") if b in [i.name for i in fastdnn.available_backends() if i.available]]
@@ -29,7 +32,7 @@ def launch(shards, scenarios, tmp_path, timeout=240):
     """mpiexec -n len(shards) the worker; returns (CompletedProcess, {name: [per-rank npz dict]})."""
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"shards": shards, "scenarios": scenarios}))
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    env = dict(CHECKOUT_ENV, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
     worker = os.path.join(os.path.dirname(__file__), "mpi_worker.py")
     proc = subprocess.run([MPIEXEC, "-n", str(len(shards)), sys.executable, worker, str(spec), str(tmp_path)],
                           capture_output=True, text=True, timeout=timeout, env=env)
@@ -107,6 +110,23 @@ def test_minibatches_split_across_unequal_shards_equal_one_process(tmp_path):
                                        for o, m in zip(offsets, shards)])
                 net.step(X[:, cols], Y[:, cols], learning_rate=0.01, optimizer="adam")
         assert_same_parameters(results[s["name"]], net.parameters)
+
+
+def test_every_rank_draws_its_own_dropout_masks_reproducibly(tmp_path):
+    """Each rank's dropout generator is its own stream (rank 0's jumped by the rank): after the same
+    training the ranks' generators stand at different places, the same run gives every rank the same
+    place again, and the parameters are the same on every rank."""
+    fit = dict(iterations=4, learning_rate=0.1)
+    scenarios = [dict(name=f"dropout_{k}", backend="numpy", fit=fit, network=dict(keep_prob=0.7))
+                 for k in "ab"]
+    proc, results = launch([100, 100, 100], scenarios, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    first, again = results["dropout_a"], results["dropout_b"]
+    draws = [r["next_draws"] for r in first]
+    assert all((draws[r] != draws[s]).all() for r in range(3) for s in range(r + 1, 3))
+    for r in range(3):
+        np.testing.assert_array_equal(again[r]["next_draws"], draws[r])
+    assert_same_parameters(first[1:], {k: v for k, v in first[0].items() if k[0] in "Wb"})
 
 
 def test_divergence_stops_every_rank_at_the_same_iteration(tmp_path):
@@ -188,6 +208,9 @@ def test_cuda_aware_detection():
     assert distributed.cuda_aware({"MPICH_GPU_SUPPORT_ENABLED": "1"})
     assert not distributed.cuda_aware({"MPICH_GPU_SUPPORT_ENABLED": "1", "FASTDNN_MPI_CUDA_AWARE": "0"})
     assert distributed.cuda_aware({"FASTDNN_MPI_CUDA_AWARE": "1"})
+    assert distributed.cuda_aware({"OMPI_MCA_opal_cuda_support": " TRUE\n"})     # as a shell may leave it
+    assert not distributed.cuda_aware({"OMPI_MCA_opal_cuda_support": "false"})
+    assert distributed.cuda_aware({"FASTDNN_MPI_CUDA_AWARE": " Yes "})
 
 
 @pytest.mark.parametrize("aware", ["0", "1"], ids=["staged through the host", "CUDA-aware"])
@@ -235,7 +258,8 @@ def test_cli_train_under_mpiexec_is_data_parallel(tmp_path):
     cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "fastdnn", "train", "--epochs", "30", "--device", "numpy",
            "--save", str(model)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
+                          cwd=ROOT,
+                          env=dict(CHECKOUT_ENV, OPENBLAS_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("data-parallel over 2 MPI ranks") == 1 and proc.stdout.count("saved") == 1
     assert fastdnn.load(model).layer_dims == [2, 8, 8, 1]
