@@ -2,7 +2,7 @@ import pytest
 
 import fastdnn
 
-from support import BACKENDS, DTYPES
+from support import BACKENDS, DTYPES, NUMBA_PATHS
 
 
 @pytest.fixture(params=BACKENDS)
@@ -15,9 +15,6 @@ def dtype(request):
     return request.param
 
 
-# The numba backend's three ways of running a step, forced whatever the network's size: one
-# compiled call with GEMMs as loops, or through BLAS; op by op from Python.
-NUMBA_PATHS = {"whole-step": (10**12, False), "blas-step": (0, True), "per-op": (0, False)}
 
 
 @pytest.fixture(params=list(NUMBA_PATHS))

@@ -10,6 +10,9 @@ DTYPES = ["float64", "float32"]
 RTOL = {"float64": 1e-10, "float32": 1e-5}
 ACTIVATIONS = ["sigmoid", "tanh", "relu", "leaky_relu", "linear"]
 OUTPUTS = [("sigmoid", "bce"), ("softmax", "ce"), ("linear", "mse"), ("tanh", "mse")]
+# The numba backend's three ways of running a step, forced whatever the network's size: one
+# compiled call with GEMMs as loops, or through BLAS; op by op from Python.
+NUMBA_PATHS = {"whole-step": (10**12, False), "blas-step": (0, True), "per-op": (0, False)}
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 CAT_DIR = os.path.join(SHARED, "catvnoncat")
 

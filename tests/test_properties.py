@@ -16,7 +16,7 @@ import fastdnn  # noqa: E402
 from fastdnn import Network  # noqa: E402
 from fastdnn.errors import FastDNNError, TrainingDivergedError  # noqa: E402
 
-from conftest import NUMBA_PATHS  # noqa: E402
+from support import NUMBA_PATHS  # noqa: E402
 from support import BACKENDS  # noqa: E402
 
 CLEAR = (FastDNNError, ValueError, TypeError)
