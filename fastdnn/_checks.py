@@ -32,7 +32,7 @@ def as_float_array(backend, x, name, dtype):
 def check_finite(backend, x, name, source=None):
     """NaN or ±inf anywhere in x -> ValueError naming the first; NaN-propagating min and max, so no
     x-sized temporary. ``source``: the data before the cast to x's dtype, to tell an overflow apart."""
-    if x.size == 0 or (np.isfinite(backend.scalar(x.min())) and np.isfinite(backend.scalar(x.max()))):
+    if x.size == 0 or np.isfinite(backend.to_numpy(backend.xp.stack([x.min(), x.max()]))).all():
         return
     bad = tuple(int(i) for i in np.argwhere(~np.isfinite(backend.to_numpy(x)))[0])
     if source is not None and np.isfinite(source[bad]):
@@ -54,38 +54,56 @@ def check_X(X, W1_shape, L, activation):
 
 def labels(backend, Y, loss, n_L, m, L, activation, dtype):
     """Y as (n_L, m) on the backend, checked for the loss: {0,1} for bce, one-hot (C, m) or
-    integer class ids (m,) / (1, m) for ce (converted to one-hot), any finite value for mse."""
+    integer class ids (m,) / (1, m) for ce (converted to one-hot), any finite value for mse.
+    Checked where Y lives: a device Y is summarized on the device and only the summary (a few
+    numbers, one read) comes to the host."""
     if type(Y).__module__.split(".")[0] == "cupy" and backend.xp is np:
         as_float_array(backend, Y, "Y", dtype)           # raises with the remedy
-    Yh = backend.to_numpy(Y) if not isinstance(Y, np.ndarray) else np.asarray(Y)
-    if Yh.dtype.kind not in "biuf":
-        raise TypeError(f"Y must hold numbers; got dtype {Yh.dtype}")
-    if not np.isfinite(Yh).all():
+    if not hasattr(Y, "dtype"):
+        Y = np.asarray(Y)
+    if np.dtype(Y.dtype).kind not in "biuf":
+        raise TypeError(f"Y must hold numbers; got dtype {Y.dtype}")
+    xp, Yd, expected = backend.xp, backend.asarray(Y), (n_L, m)
+    ids = loss.name == "ce" and Yd.size == m and Yd.shape in ((m,), (1, m)) and n_L != 1
+    if Yd.ndim == 1 and (n_L == 1 or ids):
+        Yd = Yd.reshape(1, -1)
+    lo, hi, whole, not_binary, off_one = _label_summary(backend, Yd, loss, ids, Yd.shape == expected)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
         raise ValueError("Y contains NaN or infinity")
-    expected = (n_L, m)
-    if loss.name == "ce" and Yh.size == m and Yh.shape in ((m,), (1, m)) and n_L != 1:
-        ids = Yh.reshape(-1)
-        if not (np.all(ids == np.round(ids)) and ids.min() >= 0 and ids.max() < n_L):
-            raise ValueError(f"class ids in Y must be integers in [0, {n_L}); got values from "
-                             f"{ids.min()} to {ids.max()}")
-        Yh = np.zeros(expected)
-        Yh[ids.astype(np.int64), np.arange(m)] = 1
-    if Yh.ndim == 1 and n_L == 1:
-        Yh = Yh.reshape(1, -1)
-    if Yh.shape != expected:
-        raise ShapeError(f"{layer_name(L, L, activation)}: Y has shape {tuple(Yh.shape)}, expected "
+    if ids:
+        if not (whole and lo >= 0 and hi < n_L):
+            raise ValueError(f"class ids in Y must be integers in [0, {n_L}); got values from {lo:g} to {hi:g}")
+        return (xp.arange(n_L).reshape(n_L, 1) == Yd).astype(dtype)      # one-hot, on the backend
+    if Yd.shape != expected:
+        raise ShapeError(f"{layer_name(L, L, activation)}: Y has shape {tuple(Yd.shape)}, expected "
                          f"{expected} to match A{L} {expected}")
-    if loss.name == "bce" and not np.isin(Yh, (0, 1)).all():
-        bad = Yh[~np.isin(Yh, (0, 1))][0]
-        raise ValueError(f"labels for loss 'bce' must be 0 or 1; Y contains {bad}")
-    if loss.name == "ce" and (Yh.min() < 0 or Yh.max() > 1):
+    if not_binary:
+        Yh = backend.to_numpy(Yd)
+        raise ValueError(f"labels for loss 'bce' must be 0 or 1; Y contains {Yh[~np.isin(Yh, (0, 1))][0]}")
+    if loss.name == "ce" and (lo < 0 or hi > 1):
         raise ValueError("Y for loss 'ce' must be one-hot (or probabilities) of shape "
                          f"({n_L}, m), or integer class ids of shape (m,) or (1, m)")
-    if loss.name == "ce" and not np.allclose(Yh.sum(axis=0), 1):
-        j = int(np.argmax(~np.isclose(Yh.sum(axis=0), 1)))
+    if off_one > 1e-8 + 1e-5:                            # np.allclose(column sums, 1)
+        sums = backend.to_numpy(Yd).sum(axis=0)
+        j = int(np.argmax(~np.isclose(sums, 1)))
         raise ValueError(f"Y for loss 'ce' must have columns summing to 1 (one-hot or probabilities); "
-                         f"column {j} sums to {Yh[:, j].sum():g}")
-    return backend.asarray(np.ascontiguousarray(Yh), dtype=dtype)
+                         f"column {j} sums to {sums[j]:g}")
+    return as_float_array(backend, Yd, "Y", dtype)
+
+
+def _label_summary(backend, Y, loss, ids, shaped):
+    """(min, max, all whole numbers, any not in {0, 1}, max |column sum - 1|) of Y as host floats,
+    from one device-to-host read: NaN-propagating min and max, the rest only where the loss needs it."""
+    xp, zero = backend.xp, backend.xp.zeros((), np.float64)
+    if Y.size == 0:
+        return 0.0, 0.0, True, False, 0.0
+    parts = [Y.min(), Y.max(),
+             xp.all(Y == xp.round(Y)) if ids else zero + 1,
+             xp.count_nonzero((Y != 0) & (Y != 1)) if loss.name == "bce" else zero,
+             xp.max(xp.abs(Y.sum(axis=0, dtype=np.float64) - 1)) if loss.name == "ce" and shaped and not ids
+             else zero]
+    lo, hi, whole, not_binary, off_one = backend.to_numpy(xp.stack([xp.asarray(p, np.float64) for p in parts]))
+    return lo, hi, bool(whole), bool(not_binary), off_one
 
 
 def parameter_shapes(parameters, activations=None):

@@ -465,9 +465,11 @@ class Engine:
         if epoch is not None:
             return self._compiled_epoch(epoch, XT, YT, order, learning_rate, batch_size or m, buffers)
         order = self.backend.asarray(order)
-        total = 0.0
         shards, rank = ([m], 0) if dp is None else (dp.shard_sizes, dp.rank)
         m_all = sum(shards)
+        sums = buffers.setdefault("cost sums", {})     # m_batch -> Σ J of its batches (0-d, on the backend)
+        for s in sums.values():
+            s.fill(0)
         for start, stop, m_batch in batches(shards, rank, batch_size or m_all):
             size = stop - start
             if size not in buffers:
@@ -481,10 +483,12 @@ class Engine:
             Yb[...] = YbT.T
             cost = self.train_step(XbT.T, Yb, learning_rate, check=self.checks_every_step(),
                                    m_total=m_batch)
-            total = total + cost * (m_batch / m_all)
+            if m_batch not in sums:
+                sums[m_batch] = self.backend.zeros((), self.dtype)
+            sums[m_batch] += cost                # in place: nothing allocated per batch
         self.check_halted()                  # deferred checks: once an epoch
         self._counters[self._slot(), EPOCH] += 1
-        return total
+        return sum(s * (m_batch / m_all) for m_batch, s in sums.items())
 
     def _compiled_epoch(self, epoch, XT, YT, order, learning_rate, B, buffers):
         """One epoch as one compiled call (gathers, steps, updates and commits inside); its mean cost."""

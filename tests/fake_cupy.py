@@ -776,6 +776,7 @@ class ndarray:
             return np.ndarray(self.shape, dtype=self.dtype)
         s.declare_sync()
         s.count("d2h", device=self._dev)
+        s.count("d2h_bytes", self.nbytes)
         if blocking:
             s.synced("get()")
         if out is not None:

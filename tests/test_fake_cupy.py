@@ -554,6 +554,58 @@ def test_mini_batch_fit_runs_on_the_stand_in(fake_cupy):
     net.fit(X, Y, epochs=2, batch_size=16, verbose=0)
 
 
+@pytest.mark.parametrize("loss_case", ["bce", "ce one-hot", "ce ids", "mse"])
+def test_device_data_is_checked_on_the_device(fake_cupy, cp, loss_case):
+    """Defect 8: a device X, Y is checked where it lives: a few numbers come back (one read each for
+    X and Y), never Y itself, and nothing goes to the device."""
+    m = 5000
+    rng = np.random.default_rng(0)
+    Xh = rng.standard_normal((4, m))
+    ids = rng.integers(0, 3, m)
+    Yh, dims, acts = {"bce": ((ids > 0)[None], [4, 5, 1], ("relu", "sigmoid")),
+                      "ce one-hot": (np.eye(3)[:, ids], [4, 5, 3], ("relu", "softmax")),
+                      "ce ids": (ids, [4, 5, 3], ("relu", "softmax")),
+                      "mse": (Xh[:1], [4, 5, 1], ("relu", "linear"))}[loss_case]
+    net = fastdnn.Network(dims, *acts, device="cupy", dtype="float64", seed=1)
+    Xd, Yd = cp.asarray(Xh), cp.asarray(Yh)
+    fake_cupy.reset_counts()
+    Xp, Yp = net.prepare(Xd, Yd)
+    assert fake_cupy.counts["h2d"] == 0 and fake_cupy.counts["d2h"] == 2
+    assert fake_cupy.counts["d2h_bytes"] <= 8 * 7
+    expected = np.eye(3)[:, ids] if loss_case == "ce ids" else np.asarray(Yh, np.float64).reshape(Yp.shape)
+    np.testing.assert_array_equal(Yp.get(), expected)
+    assert net.cost(Xp, Yp) == pytest.approx(fastdnn.Network(dims, *acts, device="numpy", dtype="float64",
+                                                             seed=1).cost(Xh, Yh), rel=1e-12)
+
+
+@pytest.mark.parametrize("Y, message", [(np.array([[0.0, 2.0] * 10]), "must be 0 or 1; Y contains 2.0"),
+                                        (np.array([[0.0, np.nan] * 10]), "NaN or infinity"),
+                                        (np.ones((2, 20)), "has shape \\(2, 20\\), expected \\(1, 20\\)")])
+def test_bad_device_labels_are_named_as_on_the_host(fake_cupy, cp, Y, message):
+    net = fastdnn.Network([4, 5, 1], device="cupy", seed=1)
+    Xh = np.random.default_rng(0).standard_normal((4, 20))
+    for y in (Y, cp.asarray(Y)):
+        with pytest.raises((ValueError, fastdnn.errors.ShapeError), match=message):
+            net.prepare(Xh, y)
+
+
+def test_a_mini_batch_epoch_allocates_nothing_per_batch(fake_cupy):
+    """Defect 8: the epoch's running cost is summed in place; on cupy-fused (whose steps allocate
+    nothing; the reference `cupy` backend's do) allocations per epoch do not grow with the batches."""
+    Xm, Ym = _host((4, 64)), (_host((1, 64), seed=1) > 0).astype(np.float64)
+    per_epoch = {}
+    for B in (8, 16, 32):
+        net = fastdnn.Network([4, 5, 1], device="cupy-fused", seed=1)
+        Xd, Yd = net.prepare(Xm, Ym)
+        counts = []
+        for epochs in (1, 1, 3):
+            fake_cupy.reset_counts()
+            net.fit(Xd, Yd, epochs=epochs, batch_size=B, verbose=0, report_every=10**6)
+            counts.append(fake_cupy.counts["alloc"])
+        per_epoch[B] = (counts[2] - counts[1]) / 2
+    assert per_epoch[8] == per_epoch[16] == per_epoch[32] <= 8, per_epoch
+
+
 def test_divergence_stops_at_the_first_non_finite_cost_on_the_gpu(fake_cupy):
     def diverge(device):
         net = fastdnn.Network([4, 5, 1], device=device, seed=1)
