@@ -273,7 +273,8 @@ def _report(rows):
     k_fused, g = launches_per_step(cfg, "cupy-fused")
     k_cupy, _ = launches_per_step(cfg, "cupy")
     out = ["# A training step on an H100, on paper\n",
-           "Nothing here ran on a GPU. FLOPs and the fewest bytes a step moves are counted from the layer "
+           "Nothing here ran on a GPU (a measured H200 is in benchmarks/GPU_H200.md: launch-bound as "
+           "estimated here, at about twice these per-launch costs). FLOPs and the fewest bytes a step moves are counted from the layer "
            "sizes; the floor is the larger of FLOPs over the H100 SXM's datasheet rate (fp32 67 TFLOP/s for "
            "float32, as CuPy does not use tf32 tensor cores unless asked; fp64 34 TFLOP/s) and bytes over "
            "its 3.35 TB/s HBM3. Launches are counted per backend for one full-batch gradient-descent step: "
@@ -300,7 +301,7 @@ def _report(rows):
            "documentation, Graphs), instead of every kernel and GEMM launch; the kernels still run their own "
            "time on the device. For `cupy-fused`:\n",
            graphs_on_paper(), "",
-           "It stays on paper until a GPU is available to measure it, and capture would need changes first: "
+           "It stays on paper until it is built and measured on a GPU, and capture would need changes first: "
            "cuBLAS allocates its workspace during the first calls, which must not happen inside a capture; "
            "CuPy raises on a synchronous transfer during capture; and a replay reuses the captured addresses "
            "and scalar arguments, so the learning rate, Adam's t and the divergence marker's iteration would "

@@ -90,3 +90,24 @@ def test_a_check_that_raises_is_a_failure_not_a_crash(fake_cupy, short, monkeypa
     monkeypatch.setattr(gpu_check, "problem", lambda m=300, seed=0: (np.zeros((2, 3)), np.zeros((1, 3))))
     c = gpu_check._safe(gpu_check.check_fit, "cupy", "float32", 0, "full-batch")
     assert c.ok is False and c.name == "fit cupy float32 0 full-batch" and "ShapeError" in c.detail
+
+
+def test_the_first_user_script_runs_through_the_stand_in(fake_cupy, monkeypatch, capsys):
+    """tools/gpu_user.py (run on the H200, benchmarks/GPU_H200.md) keeps working: every part prints its
+    line, each GPU result compared with the CPU one, and none reports an error."""
+    import runpy
+    from pathlib import Path
+
+    from fastdnn import bench
+    monkeypatch.setattr(bench, "CONFIGS", bench.CONFIGS[:1])
+    monkeypatch.setattr(bench, "MINIBATCH_CONFIGS", [c for c in bench.MINIBATCH_CONFIGS if c.name == "moons-b64"])
+    script = Path(__file__).parents[1] / "tools" / "gpu_user.py"
+    module = runpy.run_path(str(script))
+    for part in ("first_user", "divergence", "speeds"):
+        module[part]()
+    out = capsys.readouterr().out
+    assert "issue-14 repro: backend cupy-fused" in out and "NOT raised" not in out
+    assert out.count("parameters finite: True") == 2
+    assert out.count("epoch moons-b64") == 4 and out.count("fit step tiny") == 4
+    diffs = [float(line.rsplit(" ", 1)[1]) for line in out.splitlines() if line.startswith(("epoch", "fit step"))]
+    assert max(diffs) < 1e-5
