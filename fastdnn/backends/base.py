@@ -199,3 +199,40 @@ class Backend:
         (out of place: θ and states are only read). Flat (P,) buffers."""
         c1, c2 = optimizer.corrections(t)
         return optimizer.update(self.xp, theta, dtheta, states, states_out, learning_rate, c1, c2, out)
+
+    # --- batch normalization (course 2, week 3): Z̃ = γ·(Z − μ)/√(σ² + ε) + β over the batch ---------
+    def batch_stats(self, Z, mu, var):
+        """μ = (1/m) Σ_cols Z and σ² = (1/m) Σ_cols (Z − μ)² (two passes). Z (n_l, m) -> mu, var (n_l, 1)."""
+        xp = self.xp
+        mu[...] = xp.mean(Z, axis=1, keepdims=True)
+        var[...] = xp.mean(xp.square(Z - mu), axis=1, keepdims=True)
+        return mu, var
+
+    def batch_norm_activation(self, activation, Zn, mu, var, eps, gamma, beta, Z, A):
+        """Zn = (Zn − μ)/√(σ² + ε) in place (Zn holds W·A_prev on entry), Z = γ·Zn + β (the course's
+        z̃) and A = g(Z). Zn, Z, A (n_l, m); μ, σ², γ, β (n_l, 1). With the batch's μ, σ² in training,
+        the running ones outside it. Returns (Z, A)."""
+        xp = self.xp
+        inv_std = 1 / xp.sqrt(var + eps)
+        xp.subtract(Zn, mu, out=Zn)
+        xp.multiply(Zn, inv_std.astype(Zn.dtype, copy=False), out=Zn)
+        xp.multiply(Zn, gamma, out=Z)
+        xp.add(Z, beta, out=Z)
+        return Z, self.activation_forward(activation, Z, out=A)
+
+    def batch_norm_delta(self, activation, dA, Z, A, Zn, dgamma, dbeta):
+        """dZ̃ = dA * g'(Z̃) written over dA, dβ = Σ_cols dZ̃ and dγ = Σ_cols dZ̃·Zn. Returns dZ̃."""
+        dZt = self.delta_row_sum(activation, dA, Z, A, dbeta)
+        dgamma[...] = self.xp.sum(dZt * Zn, axis=1, keepdims=True)
+        return dZt
+
+    def batch_norm_backward(self, dZt, Zn, var, eps, gamma, dgamma, dbeta):
+        """dZ = γ/(m √(σ² + ε)) · (m dZ̃ − dβ − Zn·dγ) written over dZ̃ (n_l, m): the gradient through
+        the batch's own μ and σ²."""
+        xp, m = self.xp, dZt.shape[1]
+        c = (gamma / (m * xp.sqrt(var + eps))).astype(dZt.dtype, copy=False)
+        dZt *= m
+        dZt -= dbeta
+        dZt -= Zn * dgamma
+        dZt *= c
+        return dZt

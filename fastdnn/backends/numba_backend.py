@@ -7,6 +7,7 @@ import numpy as np
 from ..activations import Linear
 from .._layout import flat_layout
 from . import _blas
+from . import _numba_batchnorm as BN
 from . import _numba_kernels as K
 from .base import Backend
 
@@ -69,6 +70,30 @@ class NumbaBackend(Backend):
                 return super().output_layer(loss, activation, Z, A, Y, dZ)
             return K.output_softmax_ce(Z.dtype)(Z, A, Y, dZ, inv_m)
         return K.output_elementwise(loss, activation, Z.dtype)(Z, A, Y, dZ, inv_m)
+
+    def batch_stats(self, Z, mu, var):
+        """μ, σ² of each row in one compiled pass per row (float64 sums)."""
+        BN.batch_stats(Z, mu, var)
+        return mu, var
+
+    def batch_norm_activation(self, activation, Zn, mu, var, eps, gamma, beta, Z, A):
+        """Normalize, scale/shift and activate in one fused pass."""
+        if not activation.elementwise:
+            return super().batch_norm_activation(activation, Zn, mu, var, eps, gamma, beta, Z, A)
+        BN.batch_norm_activation(activation, Z.dtype)(Zn, mu, var, eps, gamma, beta, Z, A)
+        return Z, A
+
+    def batch_norm_delta(self, activation, dA, Z, A, Zn, dgamma, dbeta):
+        """dZ̃, dβ and dγ in one fused pass."""
+        if not activation.elementwise:
+            return super().batch_norm_delta(activation, dA, Z, A, Zn, dgamma, dbeta)
+        BN.batch_norm_delta(activation, dA.dtype)(dA, Z, A, Zn, dgamma, dbeta)
+        return dA
+
+    def batch_norm_backward(self, dZt, Zn, var, eps, gamma, dgamma, dbeta):
+        """dZ from dZ̃, dβ, dγ in one pass."""
+        BN.batch_norm_backward(dZt, Zn, var, eps, gamma, dgamma, dbeta)
+        return dZt
 
     def _whole(self, activations, loss, layer_dims, m):
         """(hidden activation, output, blas_bits) when a step of m examples can run as one compiled
