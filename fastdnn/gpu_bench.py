@@ -4,7 +4,7 @@ rest and the achieved TFLOP/s. ``fastdnn bench --gpu``. Without a usable CUDA de
 the reason; it never times the CPU instead."""
 import numpy as np
 
-from . import bench
+from . import bench, loops
 from .backends import _cuda_device
 
 
@@ -63,38 +63,7 @@ def run(configs=bench.CONFIGS, dtypes=("float32", "float64"), steps=50, device=0
     return rows
 
 
-# --- the loop twins on the GPU -----------------------------------------------------------------------
-def per_example_step(parameters, X, Y, activations, loss, learning_rate, xp):
-    """loops.per_example_step with CuPy operations: for each of the m examples, z = W · a + b per layer,
-    then the gradients summed over the loop; one update. The cost stays on the device (no sync per
-    example). parameters: W1, b1, ... device arrays, updated in place; X (n0, m), Y (nL, m). Returns J
-    as a 0-d device array."""
-    L, m = len(activations), X.shape[1]
-    grads = {f"d{k}": xp.zeros_like(v) for k, v in parameters.items()}
-    cost = xp.zeros((), X.dtype)
-    for i in range(m):
-        a, cache = X[:, i:i + 1], []
-        for l in range(1, L + 1):
-            z = parameters[f"W{l}"] @ a + parameters[f"b{l}"]
-            cache.append((a, z))
-            a = activations[l - 1].forward(xp, z)
-        y = Y[:, i:i + 1]
-        cost += loss.total(xp, z, a, y)
-        if activations[-1].name == loss.canonical:
-            dz = (a - y) / m
-        else:
-            dz = activations[-1].backward(xp, loss.dA(xp, a, y) / m, z, a)
-        for l in range(L, 0, -1):
-            a_prev = cache[l - 1][0]
-            grads[f"dW{l}"] += dz @ a_prev.T
-            grads[f"db{l}"] += dz
-            if l > 1:
-                dz = activations[l - 2].backward(xp, parameters[f"W{l}"].T @ dz, cache[l - 2][1], a_prev)
-    for key in parameters:
-        parameters[key] -= learning_rate * grads[f"d{key}"]
-    return cost / m
-
-
+# --- the loop twins on the GPU (loops.per_example_step with xp = cupy; a scalar-loop RawKernel) -----
 def _examples_within(call, m, budget_s, cp):
     """How many examples (1..m) one call can take within budget_s, from a 1-example call timed with
     CUDA events (after one warm-up call: compilation, cuBLAS handles)."""
@@ -110,7 +79,7 @@ def per_example_loop(config, dtype, cp, budget_s):
     X, Y = (cp.asarray(a) for a in bench.problem(config, dtype))
     params = {k: cp.asarray(v) for k, v in net.parameters.items()}
     acts, loss = net.activations, net.loss
-    call = lambda k: per_example_step(params, X[:, :k], Y[:, :k], acts, loss, 1e-3, cp)
+    call = lambda k: loops.per_example_step(params, X[:, :k], Y[:, :k], acts, loss, 1e-3, cp)
     k = _examples_within(call, config.m, budget_s, cp)
     return f"loop over examples (CuPy ops; {k} of {config.m} timed, extrapolated)", lambda: call(k), k
 

@@ -17,34 +17,34 @@ import numpy as np
 from ._layout import flat_layout  # noqa: F401  (the scalar loops' θ layout, re-exported)
 
 
-def per_example_step(parameters, X, Y, activations, loss, learning_rate):
-    """One step, one example at a time: X (n0, m), Y (nL, m) one-hot/0-1/targets; returns J."""
+def per_example_step(parameters, X, Y, activations, loss, learning_rate, xp=np):
+    """One step, one example at a time: X (n0, m), Y (nL, m) one-hot/0-1/targets; returns J. With
+    ``xp`` = cupy (the GPU twin) every operation is a CuPy one and J stays on the device (a 0-d array:
+    no synchronization per example); parameters (W1, b1, ... of xp) are updated in place."""
     L, m = len(activations), X.shape[1]
-    grads = {f"d{k}": np.zeros_like(v) for k, v in parameters.items()}
-    cost = 0.0
+    grads = {f"d{k}": xp.zeros_like(v) for k, v in parameters.items()}
+    cost = xp.zeros((), np.float64) if xp is np else xp.zeros((), X.dtype)
     for i in range(m):
         a, cache = X[:, i:i + 1], []
         for l in range(1, L + 1):
             z = parameters[f"W{l}"] @ a + parameters[f"b{l}"]
             cache.append((a, z))
-            a = activations[l - 1].forward(np, z)
+            a = activations[l - 1].forward(xp, z)
         y = Y[:, i:i + 1]
-        cost += float(loss.total(np, z, a, y))
+        cost += loss.total(xp, z, a, y)
         if activations[-1].name == loss.canonical:
             dz = (a - y) / m
         else:
-            dz = activations[-1].backward(np, loss.dA(np, a, y) / m, z, a)
+            dz = activations[-1].backward(xp, loss.dA(xp, a, y) / m, z, a)
         for l in range(L, 0, -1):
             a_prev, _ = cache[l - 1]
             grads[f"dW{l}"] += dz @ a_prev.T
             grads[f"db{l}"] += dz
             if l > 1:
-                da = parameters[f"W{l}"].T @ dz
-                z_prev = cache[l - 2][1]
-                dz = activations[l - 2].backward(np, da, z_prev, a_prev)
+                dz = activations[l - 2].backward(xp, parameters[f"W{l}"].T @ dz, cache[l - 2][1], a_prev)
     for key in parameters:
         parameters[key] -= learning_rate * grads[f"d{key}"]
-    return cost / m
+    return float(cost) / m if xp is np else cost / m
 
 
 def _scalar_step_source(g_hidden, dg_hidden, g_out, dg_out, cost_out, softmax, canonical):

@@ -129,7 +129,7 @@ def test_gpu_per_example_loop_equals_the_cpu_loop(fake_cupy):
     for hidden, output, loss, n_out in CASES:
         net, X, Y, before, cost = case(hidden, output, loss, n_out)
         params = {k: cp.asarray(v) for k, v in before.items()}
-        J = gpu_bench.per_example_step(params, cp.asarray(X), cp.asarray(Y), net.activations, net.loss, 0.1, cp)
+        J = loops.per_example_step(params, cp.asarray(X), cp.asarray(Y), net.activations, net.loss, 0.1, cp)
         assert float(J) == pytest.approx(cost, rel=1e-12)
         np.testing.assert_allclose(flat({k: cp.asnumpy(v) for k, v in params.items()}), flat(net.parameters),
                                    rtol=1e-12, atol=1e-15)
