@@ -67,6 +67,30 @@ def _bias_activation(activation, dtype):
 
 
 @functools.lru_cache(maxsize=None)
+def _bias_skip_activation(activation, dtype):
+    key = (activation, dtype)
+    g, _ = _scalar(activation, dtype)
+
+    def kernel(Z, b, S, A):
+        n, m = Z.shape
+        r = min(n, S.shape[0])
+        for i in range(r):
+            bi = b[i, 0]
+            for j in range(m):
+                z = Z[i, j] + bi + S[i, j]
+                Z[i, j] = z
+                A[i, j] = g(z)
+        for i in range(r, n):
+            bi = b[i, 0]
+            for j in range(m):
+                z = Z[i, j] + bi
+                Z[i, j] = z
+                A[i, j] = g(z)
+
+    return jitable(kernel, *key)
+
+
+@functools.lru_cache(maxsize=None)
 def _bias_softmax(dtype):
     key = (dtype,)
     zero = np.dtype(dtype).type(0.0)
@@ -104,6 +128,32 @@ def _delta_row_sum(activation, dtype):
                 dA[i, j] = d
                 s += d
             db[i, 0] = s
+
+    return jitable(kernel, *key)
+
+
+@functools.lru_cache(maxsize=None)
+def _delta_row_sum_skip(activation, dtype):
+    key = (activation, dtype)
+    _, dg = _scalar(activation, dtype)
+
+    def kernel(dA, Z, A, db, dS, accumulate):
+        n, m = dA.shape
+        r = min(n, dS.shape[0])
+        for i in range(n):
+            s = 0.0
+            for j in range(m):
+                d = dA[i, j] * dg(Z[i, j], A[i, j])
+                dA[i, j] = d
+                s += d
+            db[i, 0] = s
+            if i < r:
+                if accumulate:
+                    for j in range(m):
+                        dS[i, j] += dA[i, j]
+                else:
+                    for j in range(m):
+                        dS[i, j] = dA[i, j]
 
     return jitable(kernel, *key)
 
@@ -170,6 +220,20 @@ def _log_softmax(Z, i, j):
 def bias_activation(activation, dtype):
     """Z += b (broadcast over columns), A = g(Z), in one pass. Z, A (n, m), b (n, 1)."""
     return njit(_bias_activation(activation, dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def bias_skip_activation(activation, dtype):
+    """Z += b + S (S added to the first min(n, n_s) rows), A = g(Z), in one pass. Z, A (n, m), b (n, 1),
+    S (n_s, m): a skip connection's A[l], its identity or zero padding / truncation."""
+    return njit(_bias_skip_activation(activation, dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def delta_row_sum_skip(activation, dtype):
+    """dZ = dA * g'(Z) over dA, db = Σ_cols dZ, and dS[:r] = dZ[:r] (+= when ``accumulate``),
+    r = min(n, n_s), in one pass over dA. dA, Z, A (n, m), db (n, 1), dS (n_s, m): a skip's dA[l]."""
+    return njit(_delta_row_sum_skip(activation, dtype))
 
 
 @functools.lru_cache(maxsize=None)
@@ -305,9 +369,10 @@ def loop_gemm(trans_a, trans_b, A, B, C):
 
 
 @functools.lru_cache(maxsize=None)
-def blas_gemm(dtype, bits):
-    """C = op(A) · op(B) through NumPy's BLAS as registered by ``_blas`` (``bits``: its integer
-    width), for 2-D arrays with contiguous rows. (n, k) · (k, m) -> (n, m)."""
+def blas_gemm(dtype, bits, accumulate=False):
+    """C = op(A) · op(B) (C += op(A) · op(B) when ``accumulate``: BLAS's beta = 1) through NumPy's BLAS as
+    registered by ``_blas`` (``bits``: its integer width), for 2-D arrays with contiguous rows.
+    (n, k) · (k, m) -> (n, m)."""
     from numba import types
     from ._blas import NO_TRANS, ROW_MAJOR, TRANS, registered_name
     ftype = np.dtype(dtype).type
@@ -315,7 +380,7 @@ def blas_gemm(dtype, bits):
     cblas_gemm = types.ExternalFunction(registered_name("s" if ftype is np.float32 else "d", bits), types.void(
         types.int32, types.int32, types.int32, integer, integer, integer, real, types.intp, integer,
         types.intp, integer, real, types.intp, integer))
-    size, one, zero = np.dtype(dtype).itemsize, ftype(1.0), ftype(0.0)
+    size, one, zero = np.dtype(dtype).itemsize, ftype(1.0), ftype(1.0 if accumulate else 0.0)
 
     def gemm(trans_a, trans_b, A, B, C):
         n, m = C.shape
@@ -326,9 +391,21 @@ def blas_gemm(dtype, bits):
 
     # A module attribute under its own name: kernels capturing it hash it by reference in their cache
     # key (by value, the ExternalFunction would hash differently in every process: no cache hits).
-    gemm.__name__ = gemm.__qualname__ = f"blas_gemm_{np.dtype(dtype).name}_i{bits}"
+    gemm.__name__ = gemm.__qualname__ = f"blas_gemm_{np.dtype(dtype).name}_i{bits}" + ("_acc" if accumulate else "")
     globals()[gemm.__name__] = gemm
     return register_jitable(**_FLAGS)(gemm)
+
+
+@functools.lru_cache(maxsize=None)
+def gemm_accumulate(dtype, bits):
+    """C += op(A) · op(B) through NumPy's BLAS (beta = 1), callable from Python: the skip connections'
+    GEMMs that add onto what is already in C. Arrays with contiguous rows."""
+    gemm = blas_gemm(dtype, bits, True)
+
+    def kernel(trans_a, trans_b, A, B, C):
+        gemm(trans_a, trans_b, A, B, C)
+
+    return njit(variant(kernel, "gemm_accumulate", dtype, bits))
 
 
 @register_jitable(**_FLAGS)

@@ -41,24 +41,53 @@ class NumbaBackend(Backend):
         K.add_scaled(dW, W, dW.dtype.type(c))
         return dW
 
-    def linear_activation_forward(self, activation, A_prev, W, b, Z=None, A=None):
-        """Z = W · A_prev (BLAS), then Z += b and A = g(Z) in one fused pass. Where g needs exp or
-        tanh, NumPy's SIMD ufuncs beat a compiled scalar loop on large layers (measured 2x for
-        tanh), so those take the two-pass reference path (sigmoid's allocates a temporary)."""
-        if activation.transcendental and W.shape[0] * A_prev.shape[1] >= SIMD_MIN_SIZE:
-            return super().linear_activation_forward(activation, A_prev, W, b, Z, A)
+    def gemm(self, A, B, out=None, trans_a=False, trans_b=False, accumulate=False):
+        """op(A) · op(B) into out (np.matmul's BLAS); with ``accumulate``, out += op(A) · op(B) in one
+        BLAS call with beta = 1 (``_blas``), else (no callable BLAS, or a layout it cannot take) through
+        a temporary."""
+        if not accumulate:
+            return super().gemm(A, B, out, trans_a, trans_b)
+        bits = _blas.int_bits()
+        Ar, ta = _row_major(A, trans_a)
+        Br, tb = _row_major(B, trans_b)
+        if bits is None or Ar is None or Br is None or not out.flags.c_contiguous:
+            return super().gemm(A, B, out, trans_a, trans_b, accumulate=True)
+        self.counters["gemm"] += 1
+        K.gemm_accumulate(out.dtype, bits)(ta, tb, Ar, Br, out)
+        return out
+
+    def linear_activation_forward(self, activation, A_prev, W, b, Z=None, A=None, skip=None, Ws=None):
+        """Z = W · A_prev (BLAS; + Ws · S by a second GEMM with beta = 1), then Z += b (+ S) and A = g(Z)
+        in one fused pass. Where g needs exp or tanh, NumPy's SIMD ufuncs beat a compiled scalar loop on
+        large layers (measured 2x for tanh), so those take the reference path (sigmoid's allocates a
+        temporary), as does a softmax output with a skip into it."""
+        if (activation.transcendental and W.shape[0] * A_prev.shape[1] >= SIMD_MIN_SIZE) or \
+                (activation.name == "softmax" and skip is not None):
+            return super().linear_activation_forward(activation, A_prev, W, b, Z, A, skip, Ws)
         Z = self.gemm(W, A_prev, out=Z)
         A = np.empty_like(Z) if A is None else A   # only for callers outside a workspace
-        kernel = K.bias_softmax(Z.dtype) if activation.name == "softmax" else \
-            K.bias_activation(activation, Z.dtype)
-        kernel(Z, b, A)
+        if Ws is not None:
+            self.gemm(Ws, skip, out=Z, accumulate=True)
+            skip = None
+        if activation.name == "softmax":
+            K.bias_softmax(Z.dtype)(Z, b, A)
+        elif skip is None:
+            K.bias_activation(activation, Z.dtype)(Z, b, A)
+        else:
+            K.bias_skip_activation(activation, Z.dtype)(Z, b, skip, A)
         return Z, A
 
-    def delta_row_sum(self, activation, dA, Z, A, db):
-        """dZ = dA * g'(Z) and db = Σ_cols dZ in one fused pass."""
+    def delta_row_sum(self, activation, dA, Z, A, db, skip_out=None, skip_accumulate=False):
+        """dZ = dA * g'(Z) and db = Σ_cols dZ in one fused pass (which also writes, or adds, dZ into a
+        skip's ``skip_out``)."""
         if not activation.elementwise:
-            return super().delta_row_sum(activation, dA, Z, A, db)
-        K.delta_row_sum(activation, dA.dtype)(dA, Z, A, db)
+            return super().delta_row_sum(activation, dA, Z, A, db, skip_out, skip_accumulate)
+        if skip_out is None:
+            K.delta_row_sum(activation, dA.dtype)(dA, Z, A, db)
+            return dA
+        K.delta_row_sum_skip(activation, dA.dtype)(dA, Z, A, db, skip_out, skip_accumulate)
+        if not skip_accumulate:
+            skip_out[dA.shape[0]:] = 0           # truncation: the rows of a[l] that z[k] never saw
         return dA
 
     def output_layer(self, loss, activation, Z, A, Y, dZ):
@@ -148,6 +177,17 @@ class NumbaBackend(Backend):
         K.optimizer_update(optimizer, theta.dtype)(theta, dtheta, s1, s2, ftype(learning_rate),
                                                    ftype(c1), ftype(c2), out, s1_out, s2_out)
         return out
+
+
+def _row_major(M, trans):
+    """(M, trans) for BLAS's row-major calls: M itself when its rows are contiguous, else its transpose
+    with the flag flipped when that one's are (an F-ordered X); (None, trans) when neither."""
+    item = M.dtype.itemsize
+    if M.strides[1] == item or M.shape[1] == 1:
+        return M, trans
+    if M.strides[0] == item or M.shape[0] == 1:
+        return M.T, not trans
+    return None, trans
 
 
 def _rows(X):
