@@ -395,3 +395,64 @@ def test_a_missing_or_extra_projection_array_is_refused():
     state["Ws2_4"] = np.eye(4, 6)
     with pytest.raises(ValueError, match=r"arrays \['Ws2_4'\] are not part"):
         fastdnn.Network.from_state_dict(state)
+
+
+# --- the GPU kernels' bodies, compiled for the CPU, against the oracle ------------------------------------
+KERNEL_SHAPES = [((1, 1), 1), ((7, 45), 7), ((7, 45), 3), ((5, 33), 9), ((33, 70), 33)]     # (n, m), n_s
+
+
+@pytest.fixture(scope="module")
+def E():
+    import cuda_on_cpu
+    if cuda_on_cpu.compiler_unavailable_reason():
+        pytest.skip(cuda_on_cpu.compiler_unavailable_reason())
+    return cuda_on_cpu
+
+
+@pytest.mark.parametrize("f_order", [False, True], ids=["S-C-order", "S-F-order"])
+@pytest.mark.parametrize("shape, n_s", KERNEL_SHAPES, ids=lambda v: str(v))
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("act", ACTS)
+def test_the_bias_skip_activation_kernel_matches_the_oracle(E, act, dtype, shape, n_s, f_order):
+    from fastdnn.activations import get_activation
+    from fastdnn.backends import _cupy_kernels as K
+    n, m = shape
+    rng = np.random.default_rng(n * 100 + n_s)
+    Z, b, S = (rng.normal(size=s).astype(dtype) for s in ((n, m), (n, 1), (n_s, m)))
+    expected = Z.astype(np.float64) + b + project(S.astype(np.float64), n)
+    S_arg, s_row, s_col = (np.asfortranarray(S).T, 1, n_s) if f_order else (S, m, 1)
+    src, name = K.bias_skip_activation(get_activation(act), np.dtype(dtype))
+    A = np.full_like(Z, np.nan)
+    p = K.plan("bias_skip_activation", (n, m), (4, 2))          # several blocks in each direction
+    E.launch(src, name, *p.main, (Z, b, S_arg, np.int64(s_row), np.int64(s_col), np.int32(n_s), A,
+                                  np.int32(n), np.int32(m)))
+    assert_close(Z, expected, dtype)
+    assert_close(A, oracle.g(act, expected), dtype)
+
+
+@pytest.mark.parametrize("accumulate", [False, True], ids=["write", "add"])
+@pytest.mark.parametrize("shape, n_s", KERNEL_SHAPES, ids=lambda v: str(v))
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("act", ACTS)
+def test_the_delta_row_sum_skip_kernel_matches_the_oracle(E, act, dtype, shape, n_s, accumulate):
+    from fastdnn.activations import get_activation
+    from fastdnn.backends import _cupy_kernels as K
+    n, m = shape
+    rng = np.random.default_rng(n * 100 + n_s + 1)
+    dA, Z, dS = (rng.normal(size=s).astype(dtype) for s in ((n, m), (n, m), (n_s, m)))
+    A = oracle.g(act, Z.astype(np.float64)).astype(dtype)
+    dZ = oracle.dg_times(act, dA.astype(np.float64), Z.astype(np.float64))
+    r = min(n, n_s)
+    expected_dS = dS.astype(np.float64).copy()
+    expected_dS[:r] = (expected_dS[:r] if accumulate else 0) + dZ[:r]
+    p = K.plan("delta_row_sum_skip", (n, m), (4, 2), (4, 2))
+    db, partials = np.full((n, 1), np.nan, dtype), np.full(max(1, p.partials), np.nan)
+    src, name = K.delta_row_sum_skip(get_activation(act), np.dtype(dtype))
+    E.launch(src, name, *p.main, (dA, Z, A, db, partials, dS, np.int32(n_s), np.int32(accumulate), np.int32(n),
+                                  np.int32(m)))
+    if p.final is not None:
+        src, name = K.row_sum_partials(np.dtype(dtype))
+        E.launch(src, name, *p.final, (partials, db, np.int32(n), np.int32(p.final_count)))
+    assert_close(dA, dZ, dtype)
+    assert_close(db, dZ.sum(axis=1, keepdims=True), dtype)
+    assert_close(dS, expected_dS, dtype)
