@@ -106,6 +106,13 @@ class Engine:
             written.add(l)
         self._sources = {l for l in written if l >= 1}
 
+    def _fused_skips(self):
+        """The skips for a backend's compiled calls: {} without any (the plain call, unchanged), else
+        {'skips': ((l, k, offset of Ws in θ or -1, whether its gradient is the first into dA[l]), ...)}."""
+        if not self.skips:
+            return {}
+        return {"skips": tuple((l, k, o, self._into[k][1]) for l, k, o in self._skip_layout)}
+
     def _parameter_names(self):
         """The names of θ's arrays in its order: W1, b1, ..., WL, bL, then each learned Ws."""
         names = [f"{p}{l}" for l in range(1, self.L + 1) for p in "Wb"]
@@ -237,13 +244,13 @@ class Engine:
         """The backend's compiled whole epoch (kind "epoch", batches of m) or loop of full-batch steps
         ("loop", m examples) for this network and optimizer, or None: when a step needs Python between
         its ops (dropout, L2, data-parallel) or the backend has none. Resolved once per setting."""
-        if self.parallel is not None or self.l2 or any(p < 1 for p in self.keep_prob) or self.skips:
+        if self.parallel is not None or self.l2 or any(p < 1 for p in self.keep_prob):
             return None
         key = (kind, m)
         if key not in self._compiled_calls:
             make = getattr(self.backend, f"fused_{kind}", None)
             self._compiled_calls[key] = make and make(self.activations, self.loss, self.layer_dims, m,
-                                                      self.dtype, self.optimizer)
+                                                      self.dtype, self.optimizer, **self._fused_skips())
         return self._compiled_calls[key]
 
     def workspace(self, m):
@@ -255,8 +262,8 @@ class Engine:
             dropout = [l for l, p in enumerate(self.keep_prob, start=1) if p < 1]
             # data-parallel steps update after the all-reduce, never inside the fused call
             optimizer = None if self.parallel else self.optimizer
-            fused = None if dropout or self.l2 or self.skips else self.backend.fused_step(
-                self.activations, self.loss, self.layer_dims, m, self.dtype, optimizer)
+            fused = None if dropout or self.l2 else self.backend.fused_step(
+                self.activations, self.loss, self.layer_dims, m, self.dtype, optimizer, **self._fused_skips())
             try:
                 ws = self._workspaces[m] = Workspace(self.backend, self.layer_dims, m, self.dtype, fused,
                                                      dropout)

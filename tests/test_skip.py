@@ -292,7 +292,27 @@ def test_fit_on_numba_equals_fit_on_numpy(optimizer, projection, path):
     np.testing.assert_allclose(ma, mb, rtol=1e-10)
     for k, v in b.parameters.items():
         assert_close(a.parameters[k], v, "float64")
-    assert all(ws.fused is None for ws in a.engine._workspaces.values())    # residual nets run op by op
+    compiled = [c for c in a.engine._compiled_calls.values() if c is not None]
+    assert bool(compiled) == (path != "per-op")     # the compiled epoch and loop took the residual network
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("output", ["sigmoid", "softmax"])
+@pytest.mark.parametrize("projection", ["learned", "pad"])
+def test_steps_on_numba_match_numpy_with_skips_into_the_output(projection, output, dtype, path):
+    """The compiled whole step (or the ops) of a network whose last skip ends in the output layer."""
+    if "numba" not in BACKENDS:
+        pytest.skip("numba is not installed")
+    dims = DIMS[:-1] + ([3] if output == "softmax" else [1])
+    Yo = np.eye(3)[:, np.arange(13) % 3] if output == "softmax" else Y
+    nets = [net_of(d, dtype, dims=dims, projection=projection, output_activation=output, hidden_activation="relu")
+            for d in ("numba", "numpy")]
+    costs = [[n.step(X, Yo, learning_rate=0.05) for _ in range(3)] for n in nets]
+    assert_close(costs[0], costs[1], dtype)
+    for k, v in nets[1].parameters.items():
+        assert_close(nets[0].parameters[k], v, dtype)
+    fused = [ws.fused for ws in nets[0].engine._workspaces.values()]
+    assert (fused[0] is not None) == (path != "per-op")
 
 
 def test_fit_on_the_gpu_backends_equals_numpy(device):

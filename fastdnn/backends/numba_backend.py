@@ -113,16 +113,16 @@ class NumbaBackend(Backend):
             return None
         return hidden[0], output, blas_bits
 
-    def fused_step(self, activations, loss, layer_dims, m, dtype, optimizer):
+    def fused_step(self, activations, loss, layer_dims, m, dtype, optimizer, skips=()):
         """The whole step in one compiled call for networks ``_whole`` accepts (GEMMs through BLAS,
         else as loops for small networks); None otherwise. It applies plain gradient descent itself;
-        other optimizers follow as one fused update pass."""
+        other optimizers follow as one fused update pass. ``skips``: the skip connections (``_skip_plan``)."""
         whole = self._whole(activations, loss, layer_dims, m)
         if whole is None:
             return None
         hidden, output, blas_bits = whole
         updates = optimizer is not None and optimizer.name == "gd"
-        step = K.whole_step(hidden, output, loss, np.dtype(dtype), updates, blas_bits)
+        step = K.whole_step(hidden, output, loss, np.dtype(dtype), updates, blas_bits, _skip_plan(layer_dims, skips))
         ftype = np.dtype(dtype).type
         dims, pofs = flat_layout(layer_dims)
         inv_m = ftype(1.0 / m)
@@ -134,7 +134,7 @@ class NumbaBackend(Backend):
         run.updates = updates
         return run
 
-    def fused_epoch(self, activations, loss, layer_dims, batch_size, dtype, optimizer):
+    def fused_epoch(self, activations, loss, layer_dims, batch_size, dtype, optimizer, skips=()):
         """A whole shuffled mini-batch epoch — gathers, steps, updates, commits — in one compiled call
         (``_numba_kernels.whole_epoch``), for networks ``_whole`` accepts at this batch size; else None.
         epoch(XT, YT, order, thetas, states, dθ, Zf, Af, dAf, XbT, Ybf, α, counters, current)."""
@@ -142,7 +142,8 @@ class NumbaBackend(Backend):
         if whole is None:
             return None
         hidden, output, blas_bits = whole
-        kernel = K.whole_epoch(hidden, output, loss, optimizer, np.dtype(dtype), blas_bits)
+        kernel = K.whole_epoch(hidden, output, loss, optimizer, np.dtype(dtype), blas_bits,
+                               _skip_plan(layer_dims, skips))
         ftype, (dims, pofs) = np.dtype(dtype).type, flat_layout(layer_dims)
 
         def epoch(XT, YT, order, thetas, states, dtheta, Zf, Af, dAf, XbT, Ybf, learning_rate, counters, current):
@@ -151,7 +152,7 @@ class NumbaBackend(Backend):
                           ftype(learning_rate), counters, current)
         return epoch
 
-    def fused_loop(self, activations, loss, layer_dims, m, dtype, optimizer):
+    def fused_loop(self, activations, loss, layer_dims, m, dtype, optimizer, skips=()):
         """k full-batch steps with their updates and commits in one compiled call
         (``_numba_kernels.whole_loop``), for networks ``_whole`` accepts; else None.
         loop(X, Y, rates, thetas, states, dθ, Zf, Af, dAf, counters, current)."""
@@ -159,7 +160,8 @@ class NumbaBackend(Backend):
         if whole is None:
             return None
         hidden, output, blas_bits = whole
-        kernel = K.whole_loop(hidden, output, loss, optimizer, np.dtype(dtype), blas_bits)
+        kernel = K.whole_loop(hidden, output, loss, optimizer, np.dtype(dtype), blas_bits,
+                              _skip_plan(layer_dims, skips))
         dims, pofs = flat_layout(layer_dims)
 
         def loop(X, Y, rates, thetas, states, dtheta, Zf, Af, dAf, counters, current):
@@ -177,6 +179,21 @@ class NumbaBackend(Backend):
         K.optimizer_update(optimizer, theta.dtype)(theta, dtheta, s1, s2, ftype(learning_rate),
                                                    ftype(c1), ftype(c2), out, s1_out, s2_out)
         return out
+
+
+def _skip_plan(layer_dims, skips):
+    """The compiled step's view of the skip connections (``_numba_kernels._residual_backprop``): (src, off,
+    first, acc), tuples of L + 1 ints, from the engine's (l, k, offset of Ws or -1, first gradient into
+    dA[l]) per skip; () without skips."""
+    if not skips:
+        return ()
+    L = len(layer_dims) - 1
+    src, off, first, acc = [-1] * (L + 1), [-1] * (L + 1), [0] * (L + 1), [0] * (L + 1)
+    for l, k, o, f in skips:
+        src[k], off[k], first[k] = int(l), int(o), int(bool(f))
+        if l >= 1:
+            acc[l] = 1
+    return tuple(src), tuple(off), tuple(first), tuple(acc)
 
 
 def _row_major(M, trans):
