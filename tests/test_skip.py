@@ -18,9 +18,10 @@ from support import BACKENDS, RTOL, assert_close
 ACTS = ["relu", "tanh", "sigmoid", "leaky_relu", "linear"]
 X = np.random.default_rng(10).standard_normal((3, 13))
 Y = (np.random.default_rng(11).random((1, 13)) > 0.5).astype(np.float64)
-# Widths chosen so that every kind of skip occurs: (0, 2) 3 -> 6 (pad up), (1, 3) 4 -> 4 (identity),
-# (2, 4) 6 -> 4 (truncation), (1, 5) 4 -> 5 (a second skip out of layer 1), (3, 6) 4 -> 1 (into the output).
-DIMS = [3, 4, 6, 4, 4, 5, 1]
+# Widths chosen so that every kind of skip occurs: (0, 2) 3 -> 6 (from X, padded up), (1, 3) 4 -> 5 (padded
+# up; its gradient is the second into dA[1], added), (2, 4) 6 -> 4 (truncation), (1, 5) 4 -> 4 (identity; the
+# first gradient into dA[1], written), (3, 6) 5 -> 1 (into the output layer).
+DIMS = [3, 4, 6, 5, 4, 4, 1]
 SKIPS = [(0, 2), (1, 3), (2, 4), (1, 5), (3, 6)]
 
 
@@ -148,12 +149,12 @@ def test_an_unknown_projection_lists_the_choices():
 def test_learned_projections_exist_only_where_widths_differ_and_start_as_the_padding_map():
     net = net_of()
     names = sorted(k for k in net.parameters if k.startswith("Ws"))
-    assert names == ["Ws0_2", "Ws1_5", "Ws2_4", "Ws3_6"]              # (1, 3) is 4 -> 4: the identity
+    assert names == ["Ws0_2", "Ws1_3", "Ws2_4", "Ws3_6"]              # (1, 5) is 4 -> 4: the identity
     np.testing.assert_array_equal(net.parameters["Ws2_4"], np.eye(4, 6))
     assert net.parameters["Ws0_2"].dtype == np.float64
     assert not [k for k in net_of(projection="pad").parameters if k.startswith("Ws")]
     grads = net.gradients(X, Y)
-    assert sorted(k for k in grads if k.startswith("dWs")) == ["dWs0_2", "dWs1_5", "dWs2_4", "dWs3_6"]
+    assert sorted(k for k in grads if k.startswith("dWs")) == ["dWs0_2", "dWs1_3", "dWs2_4", "dWs3_6"]
     assert "skip=[(0, 2), (1, 3), (2, 4), (1, 5), (3, 6)]" in repr(net)
 
 
@@ -174,8 +175,8 @@ def test_given_parameters_may_carry_the_projections_and_bad_ones_are_refused():
     np.testing.assert_array_equal(net.parameters["Ws2_4"], params["Ws2_4"])
     with pytest.raises(ValueError, match=r"Ws2_4 has shape \(6, 4\), expected \(4, 6\)"):
         net_of(init={**params, "Ws2_4": np.zeros((6, 4))})
-    with pytest.raises(ValueError, match="parameter 'Ws1_3' is not a learned projection"):
-        net_of(init={**params, "Ws1_3": np.zeros((4, 4))})
+    with pytest.raises(ValueError, match="parameter 'Ws1_5' is not a learned projection"):
+        net_of(init={**params, "Ws1_5": np.zeros((4, 4))})
 
 
 # --- gradient checks -------------------------------------------------------------------------------------
