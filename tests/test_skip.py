@@ -261,16 +261,11 @@ def test_a_training_step_with_dropout_matches_the_oracle_with_the_same_masks(dev
     keep = [0.7, 1.0, 0.6, 0.8, 0.9]
     net = net_of(name, "float64", keep_prob=keep, hidden_activation="relu")
     params = as64(net)
-    rng = np.random.default_rng()
-    rng.bit_generator.state = net.engine.rng.bit_generator.state
-    if name in GPU:
-        pytest.skip("the GPU backends draw their masks on the device (another generator)")
-    masks = {}
-    for l, p in enumerate(keep, start=1):
-        if p < 1:
-            masks[l] = (rng.random((DIMS[l], X.shape[1])) < p) / p
-    J, grads, _ = oracle_run(params, X, Y, ["relu"] * 5 + ["sigmoid"], SKIPS, masks=masks)
     cost = net.step(X, Y, learning_rate=0.5)
+    ws = net.engine.workspace(X.shape[1])         # the step's masks (each backend draws its own)
+    masks = {l: net.backend.to_numpy(D) for l, D in ws.D.items()}
+    assert sorted(masks) == [1, 3, 4, 5] and all(0 < (D == 0).mean() < 0.6 for D in masks.values())
+    J, grads, _ = oracle_run(params, X, Y, ["relu"] * 5 + ["sigmoid"], SKIPS, masks=masks)
     assert_close(cost, J, "float64")
     for k, v in net.parameters.items():
         assert_close(v, params[k] - 0.5 * grads["d" + k], "float64")
@@ -314,6 +309,56 @@ def test_steps_on_numba_match_numpy_with_skips_into_the_output(projection, outpu
         assert_close(nets[0].parameters[k], v, dtype)
     fused = [ws.fused for ws in nets[0].engine._workspaces.values()]
     assert (fused[0] is not None) == (path != "per-op")
+
+
+@pytest.mark.parametrize("projection", ["learned", "pad"])
+@pytest.mark.parametrize("compiled", [True, False], ids=["blas-step", "per-op"])
+def test_a_numba_residual_step_allocates_nothing_after_the_first(compiled, projection, monkeypatch):
+    if "numba" not in BACKENDS:
+        pytest.skip("numba is not installed")
+    import tracemalloc
+    import fastdnn.backends.numba_backend as nb
+    monkeypatch.setattr(nb, "BLAS_WHOLE_STEP", compiled)
+    monkeypatch.setattr(nb, "WHOLE_STEP_MAX_WORK", 0)
+    dims, m = [30, 64, 64, 48, 64, 1], 300
+    rng = np.random.RandomState(0)
+    net = fastdnn.Network(dims, device="numba", dtype="float32", seed=0, projection=projection,
+                          skip=[(0, 2), (1, 3), (2, 4), (3, 5)])
+    Xd, Yd = net.prepare(rng.randn(dims[0], m), rng.randint(0, 2, (1, m)))
+    net.engine.train_step(Xd, Yd, 0.01, check=True)            # first step: workspace, JIT
+    assert (net.engine.workspace(m).fused is not None) == compiled
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for _ in range(10):
+            net.engine.train_step(Xd, Yd, 0.01, check=True)
+        after = tracemalloc.take_snapshot()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert sum(s.size_diff for s in after.compare_to(before, "filename")) < 64 * 1024
+    assert peak < 48 * m * 4                # not even one temporary hidden-layer array
+
+
+def test_a_cupy_fused_residual_step_allocates_and_synchronizes_nothing():
+    pytest.importorskip("cupy", reason="the CuPy stand-in checks names against the real cupy package")
+    import cuda_on_cpu
+    if cuda_on_cpu.compiler_unavailable_reason():
+        pytest.skip(cuda_on_cpu.compiler_unavailable_reason())
+    import fake_cupy as fc
+    with fc.installed(devices=2) as stand_in:
+        net = net_of("cupy-fused", "float32", projection="learned")
+        net.fit(X, Y, iterations=2, verbose=0)
+        counts = []
+        for steps in (2, 7):
+            stand_in.reset_counts()
+            net.fit(X, Y, iterations=steps, report_every=10**6, verbose=0)
+            counts.append(dict(stand_in.counts))
+        per_step = {k: (counts[1].get(k, 0) - counts[0].get(k, 0)) / 5 for k in ("sync", "alloc", "gemm", "d2h")}
+        L = len(DIMS) - 1
+        learned = [(l, k) for l, k in SKIPS if DIMS[l] != DIMS[k]]        # Ws·A[l], dWs, and Wsᵀ·dZ unless l = 0
+        gemms = 3 * L - 1 + sum(3 if l else 2 for l, _ in learned)
+        assert per_step == {"sync": 0, "alloc": 0, "gemm": gemms, "d2h": 0}
 
 
 def test_fit_on_the_gpu_backends_equals_numpy(device):
