@@ -13,7 +13,7 @@ import pytest
 import fastdnn
 import oracle
 from fastdnn import datasets
-from support import BACKENDS, RTOL, assert_close
+from support import BACKENDS, assert_close
 
 ACTS = ["relu", "tanh", "sigmoid", "leaky_relu", "linear"]
 X = np.random.default_rng(10).standard_normal((3, 13))

@@ -634,7 +634,8 @@ _PLANS = {"bias_activation": _plan_elementwise_2d, "delta_row_sum": _plan_delta_
           "dropout_mask": _plan_flat, "sum_squares": _plan_flat, "mark_divergence": _plan_single}
 
 # The final-sum kernel each reducing kind's Plan.final launches.
-FINAL_KERNEL = {"delta_row_sum": row_sum_partials, "delta_row_sum_skip": row_sum_partials, "output_elementwise": sum_partials,
+FINAL_KERNEL = {"delta_row_sum": row_sum_partials, "delta_row_sum_skip": row_sum_partials,
+                "output_elementwise": sum_partials,
                 "output_softmax_ce": sum_partials, "sum_squares": sum_partials}
 
 
