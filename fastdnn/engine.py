@@ -10,6 +10,7 @@ the engine; io, training, distributed, gradcheck and the benchmarks use this int
   Engine(backend, layer_dims, activations, loss, dtype, parameters, seed, skips, projection)
   .theta, .states, .gradient_buffer      current flat θ, optimizer state buffers, [dθ, J]
   .parameters() / .set_parameters(d)      host dict {'W1': ..., 'b1': ..., 'Ws1_3': ...} out / in
+  .parameter_names()                      their names in θ's order (W1, b1, ..., WL, bL, then each Ws)
 
 Skip (residual) connections a[l] -> z[k] (``skips``, sorted (l, k) pairs, at most one into each layer):
 Z[k] = W[k]·A[k-1] + b[k] + S, S = A[l] (equal widths), Ws·A[l] (a learned projection, ``projection``
@@ -113,7 +114,7 @@ class Engine:
             return {}
         return {"skips": tuple((l, k, o, self._into[k][1]) for l, k, o in self._skip_layout)}
 
-    def _parameter_names(self):
+    def parameter_names(self):
         """The names of θ's arrays in its order: W1, b1, ..., WL, bL, then each learned Ws."""
         names = [f"{p}{l}" for l in range(1, self.L + 1) for p in "Wb"]
         return names + [skip_name(l, k) for l, k, o in self._skip_layout if o >= 0]
@@ -122,7 +123,7 @@ class Engine:
         """θ from host or device arrays {'W1': (n1, n0), 'b1': (n1, 1) or (n1,), ..., 'Ws1_3': (n3, n1)}
         (checked finite); the optimizer's state starts again at zero, the iteration and epoch counts stay."""
         chunks = []
-        for name in self._parameter_names():
+        for name in self.parameter_names():
             a = parameters[name]
             host = np.asarray(a.get() if array_namespace(a) is not np else a)
             if host.dtype.kind not in "biuf" or not np.isfinite(host).all():

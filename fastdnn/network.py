@@ -147,15 +147,16 @@ class Network:
     @classmethod
     def from_parameters(cls, parameters: Mapping[str, ArrayLike], hidden_activation: str | Sequence[str] = "relu",
                         output_activation: str | None = None, loss: str | None = None, device: str = "auto",
-                        dtype: DTypeLike | None = None) -> Network:
-        """A network with these parameters ({'W1': (n1, n0), 'b1': (n1, 1), ...}); dtype None keeps
-        theirs (float32 or float64; anything else becomes float64)."""
-        dims = _checks.parameter_shapes(parameters)
+                        dtype: DTypeLike | None = None, skip: int | Sequence[tuple[int, int]] | None = None,
+                        projection: str = "learned") -> Network:
+        """A network with these parameters ({'W1': (n1, n0), 'b1': (n1, 1), ..., with skips 'Ws1_3': (n3, n1)
+        ...}); dtype None keeps theirs (float32 or float64; anything else becomes float64)."""
+        dims = _checks.parameter_shapes({k: v for k, v in parameters.items() if not str(k).startswith("Ws")})
         if dtype is None:
             dt = np.result_type(parameters["W1"])
             dtype = dt if dt in DTYPES else np.float64
-        return cls(dims, hidden_activation, output_activation, loss, init=parameters, device=device,
-                   dtype=dtype)
+        return cls(dims, hidden_activation, output_activation, loss, init=dict(parameters), device=device,
+                   dtype=dtype, skip=skip, projection=projection)
 
     # --- state -----------------------------------------------------------------------------
     @property
@@ -300,7 +301,11 @@ class Network:
     @_on_device
     def to_onnx(self, path: str | os.PathLike[str], opset: int | None = None) -> str | os.PathLike[str]:
         """Write the network as an ONNX graph, X (batch, n0) -> probabilities (batch, nL) = forward(X.T).T
-        (fastdnn.onnx_export.to_onnx; needs the onnx extra); returns path."""
+        (fastdnn.onnx_export.to_onnx; needs the onnx extra); returns path. Not for networks with skip
+        connections yet (NotImplementedError, before anything is written)."""
+        if self.skips:
+            raise NotImplementedError(f"ONNX export of skip connections {self.skips} is not supported yet; "
+                                      "export a network without skip=")
         from .onnx_export import to_onnx
         return to_onnx(self, path, opset)
 

@@ -179,6 +179,22 @@ def test_given_parameters_may_carry_the_projections_and_bad_ones_are_refused():
         net_of(init={**params, "Ws1_5": np.zeros((4, 4))})
 
 
+def test_from_parameters_rebuilds_a_residual_network():
+    net = net_of("numpy", projection="learned")
+    back = fastdnn.Network.from_parameters(net.parameters, "tanh", device="numpy", skip=SKIPS)
+    assert back.skips == SKIPS and back.dtype == np.float64
+    np.testing.assert_array_equal(back.forward(X), net.forward(X))
+    assert back.engine.parameter_names()[-4:] == ["Ws0_2", "Ws1_3", "Ws2_4", "Ws3_6"]
+    with pytest.raises(ValueError, match="parameter 'Ws0_2' is not a learned projection"):
+        fastdnn.Network.from_parameters(net.parameters, "tanh", device="numpy")
+
+
+def test_onnx_export_of_a_residual_network_is_refused(tmp_path):
+    with pytest.raises(NotImplementedError, match=r"ONNX export of skip connections \[\(0, 2\)"):
+        net_of("numpy").to_onnx(tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
 # --- gradient checks -------------------------------------------------------------------------------------
 def numerical_gradients(net_factory, params, eps=1e-6):
     out = {}
