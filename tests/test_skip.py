@@ -308,6 +308,21 @@ def test_fit_on_numba_equals_fit_on_numpy(optimizer, projection, path):
     assert bool(compiled) == (path != "per-op")     # the compiled epoch and loop took the residual network
 
 
+def test_fit_with_l2_and_dropout_on_numba_equals_numpy():
+    if "numba" not in BACKENDS:
+        pytest.skip("numba is not installed")
+    runs = []
+    for d in ("numba", "numpy"):
+        net = net_of(d, hidden_activation="relu", l2=0.1, keep_prob=[0.8, 1.0, 0.7, 0.9, 1.0])
+        full = net.fit(X, Y, iterations=5, optimizer="momentum", learning_rate=0.01, report_every=2, verbose=0)
+        mini = net.fit(X, Y, epochs=2, batch_size=4, optimizer="rmsprop", learning_rate=0.01, verbose=0)
+        runs.append((net, [r.cost for r in full] + [r.cost for r in mini]))
+    (a, ca), (b, cb) = runs
+    np.testing.assert_allclose(ca, cb, rtol=1e-10)
+    for k, v in b.parameters.items():
+        assert_close(a.parameters[k], v, "float64")
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("output", ["sigmoid", "softmax"])
 @pytest.mark.parametrize("projection", ["learned", "pad"])

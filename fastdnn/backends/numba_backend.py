@@ -122,7 +122,7 @@ class NumbaBackend(Backend):
             return None
         hidden, output, blas_bits = whole
         updates = optimizer is not None and optimizer.name == "gd"
-        step = K.whole_step(hidden, output, loss, np.dtype(dtype), updates, blas_bits, _skip_plan(layer_dims, skips))
+        step = K.whole_step(hidden, output, loss, np.dtype(dtype), updates, blas_bits, *_skip_plan(layer_dims, skips))
         ftype = np.dtype(dtype).type
         dims, pofs = flat_layout(layer_dims)
         inv_m = ftype(1.0 / m)
@@ -143,7 +143,7 @@ class NumbaBackend(Backend):
             return None
         hidden, output, blas_bits = whole
         kernel = K.whole_epoch(hidden, output, loss, optimizer, np.dtype(dtype), blas_bits,
-                               _skip_plan(layer_dims, skips))
+                               *_skip_plan(layer_dims, skips))
         ftype, (dims, pofs) = np.dtype(dtype).type, flat_layout(layer_dims)
 
         def epoch(XT, YT, order, thetas, states, dtheta, Zf, Af, dAf, XbT, Ybf, learning_rate, counters, current):
@@ -161,7 +161,7 @@ class NumbaBackend(Backend):
             return None
         hidden, output, blas_bits = whole
         kernel = K.whole_loop(hidden, output, loss, optimizer, np.dtype(dtype), blas_bits,
-                              _skip_plan(layer_dims, skips))
+                              *_skip_plan(layer_dims, skips))
         dims, pofs = flat_layout(layer_dims)
 
         def loop(X, Y, rates, thetas, states, dtheta, Zf, Af, dAf, counters, current):
@@ -182,9 +182,10 @@ class NumbaBackend(Backend):
 
 
 def _skip_plan(layer_dims, skips):
-    """The compiled step's view of the skip connections (``_numba_kernels._residual_backprop``): (src, off,
-    first, acc), tuples of L + 1 ints, from the engine's (l, k, offset of Ws or -1, first gradient into
-    dA[l]) per skip; () without skips."""
+    """The compiled step's view of the skip connections as the extra argument of ``_numba_kernels.whole_*``:
+    ((src, off, first, acc),), tuples of L + 1 ints (see ``_residual_backprop``), from the engine's (l, k,
+    offset of Ws or -1, first gradient into dA[l]) per skip; () without skips (the plain call, its cache
+    key unchanged)."""
     if not skips:
         return ()
     L = len(layer_dims) - 1
@@ -193,7 +194,7 @@ def _skip_plan(layer_dims, skips):
         src[k], off[k], first[k] = int(l), int(o), int(bool(f))
         if l >= 1:
             acc[l] = 1
-    return tuple(src), tuple(off), tuple(first), tuple(acc)
+    return ((tuple(src), tuple(off), tuple(first), tuple(acc)),)
 
 
 def _row_major(M, trans):
