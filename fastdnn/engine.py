@@ -11,6 +11,11 @@ the engine; io, training, distributed, gradcheck and the benchmarks use this int
   .theta, .states, .gradient_buffer      current flat θ, optimizer state buffers, [dθ, J]
   .parameters() / .set_parameters(d)      host dict {'W1': ..., 'b1': ..., 'Ws1_3': ...} out / in
   .parameter_names()                      their names in θ's order (W1, b1, ..., WL, bL, then each Ws)
+  .set_optimizer(spec), .regularize(l2, keep_prob), .t, .iteration, .epoch, .rng, .seed
+  .forward(X), .cost(X, Y), .gradients(X, Y), .backprop(X, Y)          prepared backend arrays
+  .begin_call(), .train_step(X, Y, α, check), .train_epoch(...), .end_call(), .evaluate(X, Y, ws)
+  .workspace(m), .evaluation_workspace(m), .to(backend), .set_parallel(dp) / .parallel
+  .skips, .projection, .skip_weights     the skip connections and their learned Ws, {(l, k): Ws} views
 
 Skip (residual) connections a[l] -> z[k] (``skips``, sorted (l, k) pairs, at most one into each layer):
 Z[k] = W[k]·A[k-1] + b[k] + S, S = A[l] (equal widths), Ws·A[l] (a learned projection, ``projection``
@@ -18,10 +23,6 @@ Z[k] = W[k]·A[k-1] + b[k] + S, S = A[l] (equal widths), Ws·A[l] (a learned pro
 is what layer l passes on (with dropout: the masked Ad[l], the same the next layer sees). Backward: dA[l]
 also receives dZ[k] (or Wsᵀ·dZ[k]), written by layer k's dZ pass (or its GEMM) before layer l+1's GEMM
 Wᵀ·dZ accumulates onto it; dWs = dZ[k]·A[l]ᵀ (+ (λ/m) Ws with L2, which covers every weight matrix).
-  .set_optimizer(spec), .regularize(l2, keep_prob), .t, .iteration, .epoch, .rng, .seed
-  .forward(X), .cost(X, Y), .gradients(X, Y), .backprop(X, Y)          prepared backend arrays
-  .begin_call(), .train_step(X, Y, α, check), .train_epoch(...), .end_call(), .evaluate(X, Y, ws)
-  .workspace(m), .evaluation_workspace(m), .to(backend), .set_parallel(dp) / .parallel
 """
 import math
 
