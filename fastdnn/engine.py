@@ -7,19 +7,28 @@ dZ) for every layer, and what is constant for it (the backend's whole-step calla
 when it is made. The engine talks to a Backend only; ``Network`` checks the user's input and calls
 the engine; io, training, distributed, gradcheck and the benchmarks use this interface:
 
-  Engine(backend, layer_dims, activations, loss, dtype, parameters)
+  Engine(backend, layer_dims, activations, loss, dtype, parameters, seed, skips, projection)
   .theta, .states, .gradient_buffer      current flat θ, optimizer state buffers, [dθ, J]
-  .parameters() / .set_parameters(d)      host dict {'W1': ..., 'b1': ...} out / in
+  .parameters() / .set_parameters(d)      host dict {'W1': ..., 'b1': ..., 'Ws1_3': ...} out / in
+  .parameter_names()                      their names in θ's order (W1, b1, ..., WL, bL, then each Ws)
   .set_optimizer(spec), .regularize(l2, keep_prob), .t, .iteration, .epoch, .rng, .seed
   .forward(X), .cost(X, Y), .gradients(X, Y), .backprop(X, Y)          prepared backend arrays
   .begin_call(), .train_step(X, Y, α, check), .train_epoch(...), .end_call(), .evaluate(X, Y, ws)
   .workspace(m), .evaluation_workspace(m), .to(backend), .set_parallel(dp) / .parallel
+  .skips, .projection, .skip_weights     the skip connections and their learned Ws, {(l, k): Ws} views
+
+Skip (residual) connections a[l] -> z[k] (``skips``, sorted (l, k) pairs, at most one into each layer):
+Z[k] = W[k]·A[k-1] + b[k] + S, S = A[l] (equal widths), Ws·A[l] (a learned projection, ``projection``
+'learned'; Ws (n_k, n_l) after every W, b in θ) or A[l] zero-padded / truncated to n_k rows ('pad'). A[l]
+is what layer l passes on (with dropout: the masked Ad[l], the same the next layer sees). Backward: dA[l]
+also receives dZ[k] (or Wsᵀ·dZ[k]), written by layer k's dZ pass (or its GEMM) before layer l+1's GEMM
+Wᵀ·dZ accumulates onto it; dWs = dZ[k]·A[l]ᵀ (+ (λ/m) Ws with L2, which covers every weight matrix).
 """
 import math
 
 import numpy as np
 
-from ._layout import flat_layout, workspace_offsets
+from ._layout import flat_layout, skip_layout, skip_name, workspace_offsets
 from ._xp import array_namespace
 from .distributed import batches
 from .errors import TrainingDivergedError
@@ -56,10 +65,14 @@ class Engine:
     consistent, and the other slot holds the previous step's parameters for a divergence to go back to
     (only within one call: ``begin_call``)."""
 
-    def __init__(self, backend, layer_dims, activations, loss, dtype, parameters, seed=None):
+    def __init__(self, backend, layer_dims, activations, loss, dtype, parameters, seed=None, skips=(),
+                 projection="learned"):
         self.backend, self.layer_dims = backend, list(layer_dims)
         self.activations, self.loss, self.dtype = activations, loss, np.dtype(dtype)
         self.L = len(self.layer_dims) - 1
+        self.skips, self.projection = [tuple(p) for p in skips], projection
+        self._skip_layout, _ = skip_layout(self.layer_dims, self.skips, projection)
+        self._plan_skips()
         self.optimizer = GradientDescent()
         self.l2, self.keep_prob = 0.0, (1.0,) * (self.L - 1)
         self.seed = seed            # the default seed of the mini-batch order
@@ -79,27 +92,56 @@ class Engine:
         return [(flat[o:o + n * k].reshape(n, k), flat[o + n * k:o + n * k + n].reshape(n, 1))
                 for o, k, n in zip(pofs, dims[:-1], dims[1:])]
 
+    def _skip_views(self, flat):
+        """{(l, k): Ws (n_k, n_l)}: the learned projections of the skips, views of a flat buffer."""
+        dims = self.layer_dims
+        return {(l, k): flat[o:o + dims[k] * dims[l]].reshape(dims[k], dims[l])
+                for l, k, o in self._skip_layout if o >= 0}
+
+    def _plan_skips(self):
+        """The static plan of the skips: ``_into[k]`` = (l, whether layer k's skip gradient is the first
+        written into dA[l]); ``_sources``: the layers l >= 1 whose dA[l] holds skip gradients before layer
+        l+1's GEMM (which then accumulates onto it)."""
+        self._into, written = {}, set()
+        for l, k in sorted(self.skips, key=lambda p: -p[1]):       # the backward's order: k = L..1
+            self._into[k] = (l, l not in written)
+            written.add(l)
+        self._sources = {l for l in written if l >= 1}
+
+    def _fused_skips(self):
+        """The skips for a backend's compiled calls: {} without any (the plain call, unchanged), else
+        {'skips': ((l, k, offset of Ws in θ or -1, whether its gradient is the first into dA[l]), ...)}."""
+        if not self.skips:
+            return {}
+        return {"skips": tuple((l, k, o, self._into[k][1]) for l, k, o in self._skip_layout)}
+
+    def parameter_names(self):
+        """The names of θ's arrays in its order: W1, b1, ..., WL, bL, then each learned Ws."""
+        names = [f"{p}{l}" for l in range(1, self.L + 1) for p in "Wb"]
+        return names + [skip_name(l, k) for l, k, o in self._skip_layout if o >= 0]
+
     def set_parameters(self, parameters):
-        """θ from host or device arrays {'W1': (n1, n0), 'b1': (n1, 1) or (n1,), ...} (checked finite);
-        the optimizer's state starts again at zero, the iteration and epoch counts stay."""
+        """θ from host or device arrays {'W1': (n1, n0), 'b1': (n1, 1) or (n1,), ..., 'Ws1_3': (n3, n1)}
+        (checked finite); the optimizer's state starts again at zero, the iteration and epoch counts stay."""
         chunks = []
-        for l in range(1, self.L + 1):
-            for name in (f"W{l}", f"b{l}"):
-                a = parameters[name]
-                host = np.asarray(a.get() if array_namespace(a) is not np else a)
-                if host.dtype.kind not in "biuf" or not np.isfinite(host).all():
-                    raise ValueError(f"{name} must be finite numbers")
-                chunks.append(host.reshape(-1))
+        for name in self.parameter_names():
+            a = parameters[name]
+            host = np.asarray(a.get() if array_namespace(a) is not np else a)
+            if host.dtype.kind not in "biuf" or not np.isfinite(host).all():
+                raise ValueError(f"{name} must be finite numbers")
+            chunks.append(host.reshape(-1))
         flat = self.backend.asarray(np.concatenate(chunks), dtype=self.dtype)
         spare = self.backend.empty(flat.shape, self.dtype)
         spare[...] = flat
         c = self._slot()
         self._thetas = [flat, spare] if c == 0 else [spare, flat]
         self._layers = [self._views(theta) for theta in self._thetas]
+        self._skip_weights = [self._skip_views(theta) for theta in self._thetas]
         # dθ, and one more entry for the cost: data-parallel training sums both in one all-reduce
         self.gradient_buffer = self.backend.zeros((flat.shape[0] + 1,), self.dtype)
         self._dtheta = self.gradient_buffer[:-1]
         self._grads = self._views(self._dtheta)
+        self._skip_grads = self._skip_views(self._dtheta)
         self.set_optimizer(self.optimizer, reset=True)
 
     def _slot(self):
@@ -114,6 +156,11 @@ class Engine:
     def layers(self):
         """[(W1, b1), ..., (WL, bL)]: views of the current θ."""
         return self._layers[self._slot()]
+
+    @property
+    def skip_weights(self):
+        """{(l, k): Ws}: the learned projections, views of the current θ."""
+        return self._skip_weights[self._slot()]
 
     @property
     def states(self):
@@ -149,9 +196,11 @@ class Engine:
         self._forget_previous()
 
     def parameters(self):
-        """Host NumPy copies {'W1': (n1, n0), 'b1': (n1, 1), ...} in the network's dtype."""
-        return {f"{p}{l}": self.backend.to_numpy(a) for l, Wb in enumerate(self.layers, 1)
-                for p, a in zip("Wb", Wb)}
+        """Host NumPy copies {'W1': (n1, n0), 'b1': (n1, 1), ..., 'Ws1_3': (n3, n1)} in the network's dtype."""
+        out = {f"{p}{l}": self.backend.to_numpy(a) for l, Wb in enumerate(self.layers, 1)
+               for p, a in zip("Wb", Wb)}
+        out.update({skip_name(l, k): self.backend.to_numpy(Ws) for (l, k), Ws in self.skip_weights.items()})
+        return out
 
     def set_optimizer(self, spec, reset=False):
         """Use this optimizer; its state starts at zero unless it is the one already in use."""
@@ -203,7 +252,7 @@ class Engine:
         if key not in self._compiled_calls:
             make = getattr(self.backend, f"fused_{kind}", None)
             self._compiled_calls[key] = make and make(self.activations, self.loss, self.layer_dims, m,
-                                                      self.dtype, self.optimizer)
+                                                      self.dtype, self.optimizer, **self._fused_skips())
         return self._compiled_calls[key]
 
     def workspace(self, m):
@@ -216,7 +265,7 @@ class Engine:
             # data-parallel steps update after the all-reduce, never inside the fused call
             optimizer = None if self.parallel else self.optimizer
             fused = None if dropout or self.l2 else self.backend.fused_step(
-                self.activations, self.loss, self.layer_dims, m, self.dtype, optimizer)
+                self.activations, self.loss, self.layer_dims, m, self.dtype, optimizer, **self._fused_skips())
             try:
                 ws = self._workspaces[m] = Workspace(self.backend, self.layer_dims, m, self.dtype, fused,
                                                      dropout)
@@ -234,29 +283,60 @@ class Engine:
     # --- forward and backward ------------------------------------------------------------------
     def _forward(self, X, ws, train=False):
         """Z[l], A[l] for l = 1..L into the workspace; returns A[L] (n_L, m). In training, hidden
-        layers with dropout pass on Ad[l] = A[l] * D[l] with a fresh mask D[l]."""
-        A = X
+        layers with dropout pass on Ad[l] = A[l] * D[l] with a fresh mask D[l]. A skip a[l] -> z[k] adds
+        what layer l passes on (or Ws·that) to Z[k] inside layer k's op (see the module docstring)."""
+        A, passed = X, [X]
         for l, ((W, b), act) in enumerate(zip(self.layers, self.activations), start=1):
-            _, A = self.backend.linear_activation_forward(act, A, W, b, Z=ws.Z[l], A=ws.A[l])
+            skip = self._skip_forward(l, passed)
+            _, A = self.backend.linear_activation_forward(act, A, W, b, Z=ws.Z[l], A=ws.A[l], **skip)
             if train and l in ws.D:
                 self.backend.dropout_mask(ws.D[l], self.keep_prob[l - 1], self.rng)
                 A = self.backend.multiply(A, ws.D[l], out=ws.Ad[l])
+            passed.append(A)
         return A
+
+    def _skip_forward(self, k, passed):
+        """The keyword arguments of layer k's forward op for its skip: {} without one, else skip=A[l]
+        (as passed on by layer l) and Ws=its learned projection or None."""
+        if k not in self._into:
+            return {}
+        l = self._into[k][0]
+        return {"skip": passed[l], "Ws": self.skip_weights.get((l, k))}
+
+    def _passed_on(self, l, X, ws, train):
+        """What layer l passed on in the forward: X for l = 0, Ad[l] with dropout in training, else A[l]."""
+        if l == 0:
+            return X
+        return ws.Ad[l] if train and l in ws.D else ws.A[l]
 
     def _backward(self, X, ws, train=False):
         """dW[l], db[l] for l = L..1 of the data term of J into the gradient buffer, from dZ[L] in
-        ws.dA[L]; with dropout dA[l] is masked like A[l] was."""
+        ws.dA[L]; with dropout dA[l] is masked like A[l] was. Skips: layer k's dZ pass (or a GEMM Wsᵀ·dZ[k])
+        writes, or adds, dZ[k] into dA[l], and layer l+1's GEMM then accumulates onto it."""
         be, params, L = self.backend, self.layers, self.L
         for l in range(L, 0, -1):
             W, (dW, db) = params[l - 1][0], self._grads[l - 1]
             dropped = train and (l - 1) in ws.D
             A_prev, dA_prev = (X, None) if l == 1 else (ws.Ad[l - 1] if dropped else ws.A[l - 1],
                                                         ws.dA[l - 1])
+            extra = {"accumulate": True} if (l - 1) in self._sources else {}
+            source, first = self._into.get(l, (None, False))
+            Ws = self.skip_weights.get((source, l))
+            direct = source is not None and source >= 1 and Ws is None     # identity or padding: in the dZ pass
             if l == L:
-                be.linear_backward(ws.dA[L], A_prev, W, dW, db, dA_prev, need_dA_prev=l > 1)
+                be.linear_backward(ws.dA[L], A_prev, W, dW, db, dA_prev, need_dA_prev=l > 1, **extra)
+                if direct:
+                    be.skip_gradient(ws.dA[L], ws.dA[source], accumulate=not first)
             else:
+                if direct:
+                    extra.update(skip_out=ws.dA[source], skip_accumulate=not first)
                 be.linear_activation_backward(self.activations[l - 1], ws.dA[l], ws.Z[l], ws.A[l],
-                                              A_prev, W, dW, db, dA_prev, need_dA_prev=l > 1)
+                                              A_prev, W, dW, db, dA_prev, need_dA_prev=l > 1, **extra)
+            if Ws is not None:                  # dWs = dZ[k]·A[l]ᵀ; dA[l] (+)= Wsᵀ·dZ[k]
+                be.gemm(ws.dA[l], self._passed_on(source, X, ws, train), out=self._skip_grads[(source, l)],
+                        trans_b=True)
+                if source >= 1:
+                    be.gemm(Ws, ws.dA[l], out=ws.dA[source], trans_a=True, accumulate=not first)
             if dropped:
                 be.multiply(ws.dA[l - 1], ws.D[l - 1], out=ws.dA[l - 1])
 
@@ -271,12 +351,16 @@ class Engine:
         """J + (λ/2m) Σ_l ||W[l]||² (J itself without L2)."""
         if not self.l2:
             return cost
-        return cost + self.l2 / (2 * m) * sum(self.backend.sum_squares(W) for W, _ in self.layers)
+        weights = [W for W, _ in self.layers] + list(self.skip_weights.values())
+        return cost + self.l2 / (2 * m) * sum(self.backend.sum_squares(W) for W in weights)
 
     def _add_l2(self, cost, m):
-        """The L2 terms for m examples: dW[l] += (λ/m) W[l]; returns J + (λ/2m) Σ_l ||W[l]||²."""
+        """The L2 terms for m examples: dW[l] += (λ/m) W[l] (and dWs += (λ/m) Ws); returns
+        J + (λ/2m) (Σ_l ||W[l]||² + Σ ||Ws||²)."""
         if self.l2:
-            for (W, _), (dW, _) in zip(self.layers, self._grads):
+            pairs = [(W, dW) for (W, _), (dW, _) in zip(self.layers, self._grads)]
+            pairs += [(Ws, self._skip_grads[key]) for key, Ws in self.skip_weights.items()]
+            for W, dW in pairs:
                 self.backend.add_scaled(dW, W, self.l2 / m)
         return self.l2_cost(cost, m)
 
@@ -292,13 +376,16 @@ class Engine:
         return self.backend.scalar(self.l2_cost(cost, ws.m))
 
     def gradients(self, X, Y):
-        """{'dW1': (n1, n0), 'db1': (n1, 1), ...} = ∂J/∂W[l], ∂J/∂b[l], as host NumPy arrays."""
+        """{'dW1': (n1, n0), 'db1': (n1, 1), ..., 'dWs1_3': (n3, n1)} = ∂J/∂W[l], ∂J/∂b[l], ∂J/∂Ws, as host
+        NumPy arrays."""
         ws = self.evaluation_workspace(X.shape[1])
         self._forward_cost_delta(X, Y, ws)
         self._backward(X, ws)
         self._add_l2(0.0, ws.m)
-        return {f"d{p}{l}": self.backend.to_numpy(a) for l, dWb in enumerate(self._grads, 1)
-                for p, a in zip("Wb", dWb)}
+        grads = {f"d{p}{l}": self.backend.to_numpy(a) for l, dWb in enumerate(self._grads, 1)
+                 for p, a in zip("Wb", dWb)}
+        grads.update({"d" + skip_name(*key): self.backend.to_numpy(a) for key, a in self._skip_grads.items()})
+        return grads
 
     def backprop(self, X, Y, fused=None):
         """J of the data term and dθ into the gradient buffer, as in a training step, without the

@@ -1,6 +1,7 @@
 """Network: the deep L-layer network of the course on any backend, its public face.
 
 X = A[0] (n[0], m); Z[l] = W[l] · A[l-1] + b[l]; A[l] = g[l](Z[l]); A[L] = ŷ; J = (1/m) Σ L(ŷ, y).
+With skip connections a[l] -> z[k]: Z[k] = W[k] · A[k-1] + b[k] + A[l] (or Ws · A[l], or A[l] padded).
 The network checks the user's arguments and data and holds an ``Engine`` (fastdnn.engine), which owns
 the flat buffers and computes; the network knows a Backend, never which library runs it.
 """
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from . import _checks, io, state
+from . import _checks, _layout, io, state
 from .activations import ACTIVATIONS, get_activation
 from .backends import get_backend
 from .backends.base import Backend
@@ -86,8 +87,19 @@ class Network:
     def __init__(self, layer_dims: Sequence[int], hidden_activation: str | Sequence[str] = "relu",
                  output_activation: str | None = None, loss: str | None = None,
                  init: str | Mapping[str, ArrayLike] = "he", device: str = "auto", dtype: DTypeLike = "float32",
-                 seed: int | None = None, l2: float = 0.0, keep_prob: float | Sequence[float] = 1.0) -> None:
+                 seed: int | None = None, l2: float = 0.0, keep_prob: float | Sequence[float] = 1.0,
+                 skip: int | Sequence[tuple[int, int]] | None = None, projection: str = "learned") -> None:
+        """``skip``: residual (skip) connections a[l] -> z[k], Z[k] = W[k]·A[k-1] + b[k] + A[l]: an int s
+        (skip=2: a block every two hidden layers, a[1] -> z[3], a[3] -> z[5], ... while k <= L - 1; X
+        starts no block and the output layer ends none), or explicit pairs [(l, k), ...] with 0 <= l,
+        l + 2 <= k <= L (at most one into each layer). Where n_l != n_k, ``projection`` says what joins
+        them: "learned" (default): a matrix Ws (n_k, n_l), ``parameters['Ws{l}_{k}']``, trained by every
+        optimizer (L2 included), initialised to the padding map I (n_k, n_l) (ones on the diagonal), so
+        it starts as "pad" does; "pad": fixed, A[l] zero-padded (n_l < n_k) or truncated (n_l > n_k).
+        Equal widths always use the identity (no Ws)."""
         self.layer_dims = _check_dims(layer_dims)
+        self.skips = _layout.skip_pairs(skip, self.layer_dims)
+        self.projection = _layout.check_projection(projection)
         self.activations = _layer_activations(hidden_activation, output_activation, self.L)
         if self.activations[-1].name == "softmax" and self.layer_dims[-1] < 2:
             raise ValueError(f"a softmax output needs at least 2 units (classes); layer_dims {self.layer_dims} "
@@ -98,30 +110,53 @@ class Network:
         seed = int(np.random.SeedSequence().generate_state(1)[0]) if seed is None else _check_seed(seed)
         backend = get_backend(device, _stacklevel=3)
         if isinstance(init, dict):
-            dims = _checks.parameter_shapes(init, self.activations)
-            if dims != self.layer_dims:
-                raise ValueError(f"parameters give layer_dims {dims}, expected {self.layer_dims}")
-            parameters = init
+            parameters = self._given_parameters(init)
         else:
             parameters = initialize(self.layer_dims, init, seed)
+        parameters = {**self._initial_projections(), **parameters}
         with backend.device_scope():
             self.engine = Engine(backend, self.layer_dims, self.activations, self.loss, self.dtype, parameters,
-                                 seed)
+                                 seed, self.skips, self.projection)
         self.regularize(l2, keep_prob)
         self.history = None         # the History of the last fit, filled as it runs
+
+    def _given_parameters(self, init):
+        """init's W[l], b[l] checked against layer_dims, and its Ws of the learned skips (each optional)
+        checked against their shapes; any other Ws is refused."""
+        expected = {_layout.skip_name(l, k): (self.layer_dims[k], self.layer_dims[l])
+                    for l, k, o in _layout.skip_layout(self.layer_dims, self.skips, self.projection)[0] if o >= 0}
+        for name in [k for k in init if str(k).startswith("Ws")]:
+            if name not in expected:
+                raise ValueError(f"parameter {name!r} is not a learned projection of this network's skips "
+                                 f"(expected among {sorted(expected)})")
+            shape = np.shape(init[name])
+            if shape != expected[name]:
+                raise ValueError(f"{name} has shape {shape}, expected {expected[name]}")
+        layers = {k: v for k, v in init.items() if not str(k).startswith("Ws")}
+        dims = _checks.parameter_shapes(layers, self.activations)
+        if dims != self.layer_dims:
+            raise ValueError(f"parameters give layer_dims {dims}, expected {self.layer_dims}")
+        return init
+
+    def _initial_projections(self):
+        """{'Ws{l}_{k}': I (n_k, n_l)} for the learned skips: the padding / truncation map."""
+        dims = self.layer_dims
+        return {_layout.skip_name(l, k): np.eye(dims[k], dims[l])
+                for l, k, o in _layout.skip_layout(dims, self.skips, self.projection)[0] if o >= 0}
 
     @classmethod
     def from_parameters(cls, parameters: Mapping[str, ArrayLike], hidden_activation: str | Sequence[str] = "relu",
                         output_activation: str | None = None, loss: str | None = None, device: str = "auto",
-                        dtype: DTypeLike | None = None) -> Network:
-        """A network with these parameters ({'W1': (n1, n0), 'b1': (n1, 1), ...}); dtype None keeps
-        theirs (float32 or float64; anything else becomes float64)."""
-        dims = _checks.parameter_shapes(parameters)
+                        dtype: DTypeLike | None = None, skip: int | Sequence[tuple[int, int]] | None = None,
+                        projection: str = "learned") -> Network:
+        """A network with these parameters ({'W1': (n1, n0), 'b1': (n1, 1), ..., with skips 'Ws1_3': (n3, n1)
+        ...}); dtype None keeps theirs (float32 or float64; anything else becomes float64)."""
+        dims = _checks.parameter_shapes({k: v for k, v in parameters.items() if not str(k).startswith("Ws")})
         if dtype is None:
             dt = np.result_type(parameters["W1"])
             dtype = dt if dt in DTYPES else np.float64
-        return cls(dims, hidden_activation, output_activation, loss, init=parameters, device=device,
-                   dtype=dtype)
+        return cls(dims, hidden_activation, output_activation, loss, init=dict(parameters), device=device,
+                   dtype=dtype, skip=skip, projection=projection)
 
     # --- state -----------------------------------------------------------------------------
     @property
@@ -227,7 +262,8 @@ class Network:
         activations = [ACTIVATIONS[key[0]](*key[1:]) for key in config["activations"]]
         net = cls(config["layer_dims"], activations, None, config["loss"], device=device, dtype=config["dtype"],
                   init={k: v for k, v in arrays.items() if k[0] in "Wb"}, seed=config.get("seed"),
-                  l2=config["l2"], keep_prob=config["keep_prob"])
+                  l2=config["l2"], keep_prob=config["keep_prob"], skip=[tuple(p) for p in config.get("skip", [])],
+                  projection=config.get("projection", "learned"))
         engine = net.engine
         with net.backend.device_scope():
             engine.set_optimizer(OPTIMIZERS[config["optimizer"]](**config["optimizer_args"]))
@@ -265,13 +301,18 @@ class Network:
     @_on_device
     def to_onnx(self, path: str | os.PathLike[str], opset: int | None = None) -> str | os.PathLike[str]:
         """Write the network as an ONNX graph, X (batch, n0) -> probabilities (batch, nL) = forward(X.T).T
-        (fastdnn.onnx_export.to_onnx; needs the onnx extra); returns path."""
+        (fastdnn.onnx_export.to_onnx; needs the onnx extra); returns path. Not for networks with skip
+        connections yet (NotImplementedError, before anything is written)."""
+        if self.skips:
+            raise NotImplementedError(f"ONNX export of skip connections {self.skips} is not supported yet; "
+                                      "export a network without skip=")
         from .onnx_export import to_onnx
         return to_onnx(self, path, opset)
 
     def __repr__(self):
         acts = "/".join(a.name for a in self.activations)
-        return (f"Network({self.layer_dims}, activations={acts}, loss={self.loss.name!r}, "
+        skips = f", skip={self.skips}, projection={self.projection!r}" if self.skips else ""
+        return (f"Network({self.layer_dims}, activations={acts}, loss={self.loss.name!r}{skips}, "
                 f"backend={self.backend.name!r} on {self.device}, dtype={self.dtype.name})")
 
     # --- public API ------------------------------------------------------------------------

@@ -2,21 +2,25 @@
 
 ``{"config": {...}, "W1": ..., "b1": ..., ..., "state0": ..., ...}``: the configuration is JSON-able
 (format, version, layer_dims, activations, loss, dtype, optimizer and its hyper-parameters, step
-counts, L2, keep_prob, seed, the dropout generator's state); the arrays are host NumPy arrays —
-parameters and the optimizer's state buffers. ``check`` reads one back field by field, so that a
+counts, L2, keep_prob, seed, the dropout generator's state; for a network with skip connections, ``skip``
+[[l, k], ...] and ``projection``, in format version 3 — a plain network's file stays version 2, as before);
+the arrays are host NumPy arrays — parameters (the learned projections Ws{l}_{k} too) and the optimizer's
+state buffers. ``check`` reads one back field by field, so that a
 damaged or hostile state is refused with the field it got wrong, before anything is built.
 """
 import math
 
 import numpy as np
 
+from ._layout import PROJECTIONS, skip_layout, skip_name, skip_pairs
 from .activations import ACTIVATIONS
 from .losses import LOSSES
 from .optimizers import OPTIMIZERS
 
 FORMAT = "fastdnn-network"
 VERSION = 2
-READS = (1, 2)          # version 1: no seed
+SKIP_VERSION = 3        # a network with skip connections (older readers refuse it rather than drop them)
+READS = (1, 2, 3)       # version 1: no seed; version 3: skip connections
 
 
 def make(net):
@@ -28,6 +32,8 @@ def make(net):
                   optimizer_args=dict(vars(net.optimizer)), optimizer_step=engine.t,
                   iteration=engine.iteration, epoch=engine.epoch, l2=net.l2, keep_prob=list(net.keep_prob),
                   seed=engine.seed, rng=engine.rng.bit_generator.state)
+    if net.skips:
+        config.update(version=SKIP_VERSION, skip=[list(p) for p in net.skips], projection=net.projection)
     arrays = dict(net.parameters)
     arrays.update({f"state{i}": net.backend.to_numpy(s) for i, s in enumerate(engine.states)})
     return {"config": config, **arrays}
@@ -39,7 +45,9 @@ def expected_arrays(config):
     shapes = {}
     for l in range(1, len(dims)):
         shapes[f"W{l}"], shapes[f"b{l}"] = (dims[l], dims[l - 1]), (dims[l], 1)
-    P = sum(n * k + n for k, n in zip(dims[:-1], dims[1:]))
+    skips = [tuple(p) for p in config.get("skip", [])]
+    layout, P = skip_layout(dims, skips, config.get("projection", "learned"))
+    shapes.update({skip_name(l, k): (dims[k], dims[l]) for l, k, o in layout if o >= 0})
     shapes.update({f"state{i}": (P,) for i in range(OPTIMIZERS[config["optimizer"]].n_state)})
     return shapes
 
@@ -83,7 +91,30 @@ def check_config(config):
     if seed is not None and not (_is_int(seed) and 0 <= seed < 2**32):
         raise ValueError(f"seed must be an integer in [0, 2**32); got {seed!r}")
     _field(config, "rng", dict)
+    _check_skips(config, dims)
     return config
+
+
+def _check_skips(config, dims):
+    """skip: [[l, k], ...] valid for layer_dims (as Network takes them) and projection among the choices;
+    both only in a version-3 file."""
+    if "skip" not in config and "projection" not in config:
+        return
+    if config["version"] < SKIP_VERSION:
+        raise ValueError(f"skip connections in a format version {config['version']} file (they need version "
+                         f"{SKIP_VERSION})")
+    skip = _field(config, "skip", list)
+    if config.get("projection") not in PROJECTIONS:
+        raise ValueError(f"projection must be one of {', '.join(map(repr, PROJECTIONS))}; "
+                         f"got {config.get('projection')!r}")
+    if not all(isinstance(p, list) for p in skip):
+        raise TypeError(f"skip must be a list of [l, k] pairs; got {skip!r}")
+    try:
+        pairs = skip_pairs([tuple(p) for p in skip], dims)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"skip: {exc}") from exc
+    if not pairs or [list(p) for p in pairs] != skip:
+        raise ValueError(f"skip must be a non-empty list of [l, k] pairs sorted by k; got {skip!r}")
 
 
 def check_arrays(config, arrays):

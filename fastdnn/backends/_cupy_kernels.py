@@ -34,7 +34,10 @@ kernel (kind)          arguments
 =====================  ========================================================================
 bias_activation        T* Z, const T* b, T* A, int n, int m
 bias_softmax           T* Z, const T* b, T* A, int n, int m
+bias_skip_activation   T* Z, const T* b, const T* S, long long s_row, long long s_col, int n_s, T* A, int n, int m
 delta_row_sum          T* dA, const T* Z, const T* A, T* db, double* partials, int n, int m
+delta_row_sum_skip     T* dA, const T* Z, const T* A, T* db, double* partials, T* dS, int n_s, int accumulate,
+                       int n, int m         (dS: C-contiguous (n_s, m))
 row_sum_partials       const double* partials, T* db, int n, int count      (count = plan.final_count)
 output_elementwise     const T* Z, const T* A, const T* Y, T* dZ, T inv_m, double* partials, int n, int m
 output_softmax_ce      const T* Z, const T* A, const T* Y, T* dZ, T inv_m, double* partials, int n, int m
@@ -151,6 +154,33 @@ extern "C" __global__ void {name}({T}* Z, const {T}* b, {T}* A, int n, int m) {{
 """), name
 
 
+def bias_skip_activation(activation, dtype):
+    """Z += b + S, A = g(Z), one pass: a skip connection's S (n_s, m) added to the first min(n, n_s) rows
+    (identity, zero padding or truncation), element (i, j) of S at i * s_row + j * s_col (strides in
+    elements: S may be an F-ordered X). Z, A (n, m), b (n, 1)."""
+    T, s, dtype = _t(dtype)
+    g, _ = activation_functions(activation, dtype)
+    name = f"fdnn_bias_skip_activation_{c_identifier(activation.name)}_{s}"
+    return _source(g.source, f"""
+extern "C" __global__ void {name}({T}* Z, const {T}* b, const {T}* S, long long s_row, long long s_col, int n_s,
+                                  {T}* A, int n, int m) {{
+    {_ROWS} {{
+        const {T} bi = b[i];
+        const long long row = (long long)i * m;
+        const bool skip = i < n_s;
+        {_COLS} {{
+            {T} z = Z[row + j] + bi;
+            if (skip) {{
+                z += S[(long long)i * s_row + (long long)j * s_col];
+            }}
+            Z[row + j] = z;
+            A[row + j] = {g.name}(z);
+        }}
+    }}
+}}
+"""), name
+
+
 def bias_softmax(dtype):
     """Z += b, A[:, j] = exp(Z[:, j] - max) / Σ exp(Z[:, j] - max) per column: one thread per column.
     Z, A (C, m), b (C, 1)."""
@@ -209,6 +239,44 @@ extern "C" __global__ void {name}({T}* dA, const {T}* Z, const {T}* A, {T}* db, 
                 const {T} d = dA[row + j] * {dg.name}(Z[row + j], A[row + j]);
                 dA[row + j] = d;
                 sum += (double)d;
+            }}
+        }}
+        sum = fdnn_tree_sum(sh, sum, threadIdx.x, blockDim.x, threadIdx.y * blockDim.x);
+        if (threadIdx.x == 0u && i < n) {{
+            if (gridDim.x == 1u) {{
+                db[i] = ({T})sum;
+            }} else {{
+                partials[(long long)i * gridDim.x + blockIdx.x] = sum;
+            }}
+        }}
+    }}
+}}
+"""), name
+
+
+def delta_row_sum_skip(activation, dtype):
+    """``delta_row_sum`` that also passes dZ to a skip connection's dA[l]: dS[i, j] = dZ[i, j] (or += when
+    ``accumulate`` != 0) for rows i < min(n, n_s). dS (n_s, m) C-contiguous; the rest as delta_row_sum."""
+    T, s, dtype = _t(dtype)
+    _, dg = activation_functions(activation, dtype)
+    name = f"fdnn_delta_row_sum_skip_{c_identifier(activation.name)}_{s}"
+    return _source(dg.source, f"""
+extern "C" __global__ void {name}({T}* dA, const {T}* Z, const {T}* A, {T}* db, double* partials, {T}* dS,
+                                  int n_s, int accumulate, int n, int m) {{
+    __shared__ double sh[FDNN_MAX_THREADS];
+    FDNN_NO_UNROLL for (int i0 = (int)(blockIdx.y * blockDim.y); i0 < n; i0 += (int)(gridDim.y * blockDim.y)) {{
+        const int i = i0 + (int)threadIdx.y;
+        double sum = 0.0;
+        if (i < n) {{
+            const long long row = (long long)i * m;
+            const bool skip = i < n_s;
+            {_COLS} {{
+                const {T} d = dA[row + j] * {dg.name}(Z[row + j], A[row + j]);
+                dA[row + j] = d;
+                sum += (double)d;
+                if (skip) {{
+                    dS[row + j] = accumulate ? dS[row + j] + d : d;
+                }}
             }}
         }}
         sum = fdnn_tree_sum(sh, sum, threadIdx.x, blockDim.x, threadIdx.y * blockDim.x);
@@ -560,12 +628,14 @@ def _with_sum(p, final_block):
 
 
 _PLANS = {"bias_activation": _plan_elementwise_2d, "delta_row_sum": _plan_delta_row_sum,
+          "bias_skip_activation": _plan_elementwise_2d, "delta_row_sum_skip": _plan_delta_row_sum,
           "output_elementwise": _plan_output_elementwise, "bias_softmax": _plan_columns,
           "output_softmax_ce": _plan_columns, "optimizer_update": _plan_flat, "add_scaled": _plan_flat,
           "dropout_mask": _plan_flat, "sum_squares": _plan_flat, "mark_divergence": _plan_single}
 
 # The final-sum kernel each reducing kind's Plan.final launches.
-FINAL_KERNEL = {"delta_row_sum": row_sum_partials, "output_elementwise": sum_partials,
+FINAL_KERNEL = {"delta_row_sum": row_sum_partials, "delta_row_sum_skip": row_sum_partials,
+                "output_elementwise": sum_partials,
                 "output_softmax_ce": sum_partials, "sum_squares": sum_partials}
 
 
@@ -582,6 +652,8 @@ def catalog(dtype):
     for act in activations:
         out.append(("bias_activation", act.name, bias_activation(act, dtype)))
         out.append(("delta_row_sum", act.name, delta_row_sum(act, dtype)))
+        out.append(("bias_skip_activation", act.name, bias_skip_activation(act, dtype)))
+        out.append(("delta_row_sum_skip", act.name, delta_row_sum_skip(act, dtype)))
     for loss_name, loss_cls in LOSSES.items():
         for act in activations:
             if not hasattr(loss_cls, "scalar"):

@@ -67,6 +67,30 @@ def _bias_activation(activation, dtype):
 
 
 @functools.lru_cache(maxsize=None)
+def _bias_skip_activation(activation, dtype):
+    key = (activation, dtype)
+    g, _ = _scalar(activation, dtype)
+
+    def kernel(Z, b, S, A):
+        n, m = Z.shape
+        r = min(n, S.shape[0])
+        for i in range(r):
+            bi = b[i, 0]
+            for j in range(m):
+                z = Z[i, j] + bi + S[i, j]
+                Z[i, j] = z
+                A[i, j] = g(z)
+        for i in range(r, n):
+            bi = b[i, 0]
+            for j in range(m):
+                z = Z[i, j] + bi
+                Z[i, j] = z
+                A[i, j] = g(z)
+
+    return jitable(kernel, *key)
+
+
+@functools.lru_cache(maxsize=None)
 def _bias_softmax(dtype):
     key = (dtype,)
     zero = np.dtype(dtype).type(0.0)
@@ -104,6 +128,32 @@ def _delta_row_sum(activation, dtype):
                 dA[i, j] = d
                 s += d
             db[i, 0] = s
+
+    return jitable(kernel, *key)
+
+
+@functools.lru_cache(maxsize=None)
+def _delta_row_sum_skip(activation, dtype):
+    key = (activation, dtype)
+    _, dg = _scalar(activation, dtype)
+
+    def kernel(dA, Z, A, db, dS, accumulate):
+        n, m = dA.shape
+        r = min(n, dS.shape[0])
+        for i in range(n):
+            s = 0.0
+            for j in range(m):
+                d = dA[i, j] * dg(Z[i, j], A[i, j])
+                dA[i, j] = d
+                s += d
+            db[i, 0] = s
+            if i < r:
+                if accumulate:
+                    for j in range(m):
+                        dS[i, j] += dA[i, j]
+                else:
+                    for j in range(m):
+                        dS[i, j] = dA[i, j]
 
     return jitable(kernel, *key)
 
@@ -170,6 +220,20 @@ def _log_softmax(Z, i, j):
 def bias_activation(activation, dtype):
     """Z += b (broadcast over columns), A = g(Z), in one pass. Z, A (n, m), b (n, 1)."""
     return njit(_bias_activation(activation, dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def bias_skip_activation(activation, dtype):
+    """Z += b + S (S added to the first min(n, n_s) rows), A = g(Z), in one pass. Z, A (n, m), b (n, 1),
+    S (n_s, m): a skip connection's A[l], its identity or zero padding / truncation."""
+    return njit(_bias_skip_activation(activation, dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def delta_row_sum_skip(activation, dtype):
+    """dZ = dA * g'(Z) over dA, db = Σ_cols dZ, and dS[:r] = dZ[:r] (+= when ``accumulate``),
+    r = min(n, n_s), in one pass over dA. dA, Z, A (n, m), db (n, 1), dS (n_s, m): a skip's dA[l]."""
+    return njit(_delta_row_sum_skip(activation, dtype))
 
 
 @functools.lru_cache(maxsize=None)
@@ -304,10 +368,23 @@ def loop_gemm(trans_a, trans_b, A, B, C):
         gemm_nn(A, B, C)
 
 
+@register_jitable(**_FLAGS)
+def loop_gemm_acc(trans_a, trans_b, A, B, C):
+    """C += op(A) · op(B) as loops (op = transpose where asked)."""
+    n, m = C.shape
+    k = A.shape[0] if trans_a else A.shape[1]
+    for i in range(n):
+        for p in range(k):
+            a = A[p, i] if trans_a else A[i, p]
+            for j in range(m):
+                C[i, j] += a * (B[j, p] if trans_b else B[p, j])
+
+
 @functools.lru_cache(maxsize=None)
-def blas_gemm(dtype, bits):
-    """C = op(A) · op(B) through NumPy's BLAS as registered by ``_blas`` (``bits``: its integer
-    width), for 2-D arrays with contiguous rows. (n, k) · (k, m) -> (n, m)."""
+def blas_gemm(dtype, bits, accumulate=False):
+    """C = op(A) · op(B) (C += op(A) · op(B) when ``accumulate``: BLAS's beta = 1) through NumPy's BLAS as
+    registered by ``_blas`` (``bits``: its integer width), for 2-D arrays with contiguous rows.
+    (n, k) · (k, m) -> (n, m)."""
     from numba import types
     from ._blas import NO_TRANS, ROW_MAJOR, TRANS, registered_name
     ftype = np.dtype(dtype).type
@@ -315,7 +392,7 @@ def blas_gemm(dtype, bits):
     cblas_gemm = types.ExternalFunction(registered_name("s" if ftype is np.float32 else "d", bits), types.void(
         types.int32, types.int32, types.int32, integer, integer, integer, real, types.intp, integer,
         types.intp, integer, real, types.intp, integer))
-    size, one, zero = np.dtype(dtype).itemsize, ftype(1.0), ftype(0.0)
+    size, one, zero = np.dtype(dtype).itemsize, ftype(1.0), ftype(1.0 if accumulate else 0.0)
 
     def gemm(trans_a, trans_b, A, B, C):
         n, m = C.shape
@@ -326,9 +403,21 @@ def blas_gemm(dtype, bits):
 
     # A module attribute under its own name: kernels capturing it hash it by reference in their cache
     # key (by value, the ExternalFunction would hash differently in every process: no cache hits).
-    gemm.__name__ = gemm.__qualname__ = f"blas_gemm_{np.dtype(dtype).name}_i{bits}"
+    gemm.__name__ = gemm.__qualname__ = f"blas_gemm_{np.dtype(dtype).name}_i{bits}" + ("_acc" if accumulate else "")
     globals()[gemm.__name__] = gemm
     return register_jitable(**_FLAGS)(gemm)
+
+
+@functools.lru_cache(maxsize=None)
+def gemm_accumulate(dtype, bits):
+    """C += op(A) · op(B) through NumPy's BLAS (beta = 1), callable from Python: the skip connections'
+    GEMMs that add onto what is already in C. Arrays with contiguous rows."""
+    gemm = blas_gemm(dtype, bits, True)
+
+    def kernel(trans_a, trans_b, A, B, C):
+        gemm(trans_a, trans_b, A, B, C)
+
+    return njit(variant(kernel, "gemm_accumulate", dtype, bits))
 
 
 @register_jitable(**_FLAGS)
@@ -404,12 +493,160 @@ def _backprop(hidden, output, loss, dtype, blas_bits):
     return jitable(backprop, hidden, output, loss, dtype, blas_bits)
 
 
+@register_jitable(**_FLAGS)
+def _block_offset(dims, l, m):
+    """Where layer l's (n_l, m) block starts in a flat workspace buffer."""
+    o = 0
+    for i in range(1, l):
+        o += dims[i] * m
+    return o
+
+
+@register_jitable(**_FLAGS)
+def _add_rows(Z, S):
+    """Z[:r] += S[:r], r = min(n_k, n_l): a skip's identity, zero padding or truncation."""
+    for i in range(min(Z.shape[0], S.shape[0])):
+        for j in range(Z.shape[1]):
+            Z[i, j] += S[i, j]
+
+
+@register_jitable(**_FLAGS)
+def _skip_rows(dZ, dS, accumulate):
+    """dS[:r] = dZ[:r] (+= when accumulate), r = min(n_k, n_l); when written, dS[r:] = 0."""
+    r = min(dZ.shape[0], dS.shape[0])
+    for i in range(r):
+        for j in range(dZ.shape[1]):
+            if accumulate:
+                dS[i, j] += dZ[i, j]
+            else:
+                dS[i, j] = dZ[i, j]
+    if not accumulate:
+        dS[r:, :] = 0
+
+
+def _pick_backprop(hidden, output, loss, dtype, blas_bits, plan):
+    """The jitable step body: ``_backprop``, or ``_residual_backprop`` for a network with skips."""
+    if not plan:
+        return _backprop(hidden, output, loss, dtype, blas_bits)
+    return _residual_backprop(hidden, output, loss, dtype, blas_bits, plan)
+
+
 @functools.lru_cache(maxsize=None)
-def whole_step(hidden, output, loss, dtype, with_update, blas_bits=None):
+def _residual_backprop(hidden, output, loss, dtype, blas_bits, plan):
+    """``_backprop`` for a network with skip connections a[l] -> z[k] (the engine's math, engine.py), jitable.
+
+    plan = (src, off, first, acc), tuples of L + 1 ints indexed by layer: src[k] the layer l whose output
+    skips into z[k] (-1: none); off[k] the offset of its learned Ws (n_k, n_l) in θ (-1: identity or
+    padding); first[k] 1 when its gradient is the first written into dA[l]; acc[l] 1 when dA[l] holds skip
+    gradients before layer l+1's GEMM (which then accumulates, beta = 1). Hidden layers take the skip in
+    their fused passes (bias + skip + activation; dZ + db + the skip's dA); the output layer adds it in a
+    pass of its own (n_L rows)."""
+    gemm = loop_gemm if blas_bits is None else blas_gemm(dtype, blas_bits)
+    gemm_acc = loop_gemm_acc if blas_bits is None else blas_gemm(dtype, blas_bits, True)
+    forward_hidden, forward_hidden_skip = _bias_activation(hidden, dtype), _bias_skip_activation(hidden, dtype)
+    delta_hidden, delta_hidden_skip = _delta_row_sum(hidden, dtype), _delta_row_sum_skip(hidden, dtype)
+    if output.name == "softmax":
+        forward_output, output_pass = _bias_softmax(dtype), _output_softmax_ce(dtype)
+    else:
+        forward_output, output_pass = _bias_activation(output, dtype), _output_elementwise(loss, output, dtype)
+    src, off, first, acc = plan
+
+    def backprop(X, xt, Y, theta, dtheta, dims, pofs, Zf, Af, dAf, inv_m):
+        L, m = dims.shape[0] - 1, X.shape[0] if xt else X.shape[1]
+        A_prev, wo = X, 0
+        for l in range(1, L + 1):
+            n, k, po = dims[l], dims[l - 1], pofs[l - 1]
+            W = theta[po:po + n * k].reshape((n, k))
+            b = theta[po + n * k:po + n * k + n].reshape((n, 1))
+            Z, A = Zf[wo:wo + n * m].reshape((n, m)), Af[wo:wo + n * m].reshape((n, m))
+            gemm(False, xt and l == 1, W, A_prev, Z)
+            s, fused = src[l], False
+            if s >= 0:
+                ns, so = dims[s], _block_offset(dims, s, m)
+                if off[l] >= 0:                        # Z += Ws · A[s], beta = 1
+                    Ws = theta[off[l]:off[l] + n * ns].reshape((n, ns))
+                    if s == 0:
+                        gemm_acc(False, xt, Ws, X, Z)
+                    else:
+                        gemm_acc(False, False, Ws, Af[so:so + ns * m].reshape((ns, m)), Z)
+                elif l < L:                            # the skip joins the bias + activation pass
+                    if s == 0 and xt:
+                        forward_hidden_skip(Z, b, X.T, A)
+                    elif s == 0:
+                        forward_hidden_skip(Z, b, X, A)
+                    else:
+                        forward_hidden_skip(Z, b, Af[so:so + ns * m].reshape((ns, m)), A)
+                    fused = True
+                elif s == 0 and xt:
+                    _add_rows(Z, X.T)
+                elif s == 0:
+                    _add_rows(Z, X)
+                else:
+                    _add_rows(Z, Af[so:so + ns * m].reshape((ns, m)))
+            if fused:
+                pass
+            elif l < L:
+                forward_hidden(Z, b, A)
+            else:
+                forward_output(Z, b, A)
+            A_prev = A
+            wo += n * m
+        n = dims[L]
+        wo -= n * m
+        cost = output_pass(Zf[wo:wo + n * m].reshape((n, m)), Af[wo:wo + n * m].reshape((n, m)), Y,
+                           dAf[wo:wo + n * m].reshape((n, m)), inv_m)
+        if not np.isfinite(cost):
+            return cost
+        for l in range(L, 0, -1):
+            n, k, po = dims[l], dims[l - 1], pofs[l - 1]
+            dZ = dAf[wo:wo + n * m].reshape((n, m))
+            db = dtheta[po + n * k:po + n * k + n].reshape((n, 1))
+            s = src[l]
+            ns, so = dims[max(s, 0)], _block_offset(dims, max(s, 0), m)
+            dS = dAf[so:so + ns * m].reshape((ns, m))
+            direct = s >= 1 and off[l] < 0
+            if l < L and direct:
+                delta_hidden_skip(dZ, Zf[wo:wo + n * m].reshape((n, m)), Af[wo:wo + n * m].reshape((n, m)), db,
+                                  dS, first[l] == 0)
+                if first[l] == 1 and ns > n:
+                    dS[n:, :] = 0
+            elif l < L:
+                delta_hidden(dZ, Zf[wo:wo + n * m].reshape((n, m)), Af[wo:wo + n * m].reshape((n, m)), db)
+            else:
+                _row_sum(dZ, db)
+                if direct:
+                    _skip_rows(dZ, dS, first[l] == 0)
+            wp = wo - k * m
+            A_prev = X if l == 1 else Af[wp:wo].reshape((k, m))
+            gemm(False, not (xt and l == 1), dZ, A_prev, dtheta[po:po + n * k].reshape((n, k)))
+            if l > 1 and acc[l - 1] == 1:
+                gemm_acc(True, False, theta[po:po + n * k].reshape((n, k)), dZ, dAf[wp:wo].reshape((k, m)))
+            elif l > 1:
+                gemm(True, False, theta[po:po + n * k].reshape((n, k)), dZ, dAf[wp:wo].reshape((k, m)))
+            if s >= 0 and off[l] >= 0:                 # dWs = dZ · A[s]ᵀ; dA[s] (+)= Wsᵀ · dZ
+                dWs = dtheta[off[l]:off[l] + n * ns].reshape((n, ns))
+                if s == 0:
+                    gemm(False, not xt, dZ, X, dWs)
+                else:
+                    gemm(False, True, dZ, Af[so:so + ns * m].reshape((ns, m)), dWs)
+                    Ws = theta[off[l]:off[l] + n * ns].reshape((n, ns))
+                    if first[l] == 1:
+                        gemm(True, False, Ws, dZ, dS)
+                    else:
+                        gemm_acc(True, False, Ws, dZ, dS)
+            wo = wp
+        return cost
+
+    return jitable(backprop, hidden, output, loss, dtype, blas_bits, plan)
+
+
+@functools.lru_cache(maxsize=None)
+def whole_step(hidden, output, loss, dtype, with_update, blas_bits=None, plan=()):
     """One training step of a network whose hidden layers all use ``hidden``, in one call (see
-    ``_backprop``): step(X, xt, Y, theta, theta_out, dtheta, dims, pofs, Zf, Af, dAf, lr, inv_m) -> J;
-    with_update, θ_out = θ - α dθ is written too, only when J is finite."""
-    backprop = _backprop(hidden, output, loss, dtype, blas_bits)
+    ``_backprop``; with skip connections, ``plan``: see ``_residual_backprop``): step(X, xt, Y, theta,
+    theta_out, dtheta, dims, pofs, Zf, Af, dAf, lr, inv_m) -> J; with_update, θ_out = θ - α dθ is written
+    too, only when J is finite."""
+    backprop = _pick_backprop(hidden, output, loss, dtype, blas_bits, plan)
 
     def step(X, xt, Y, theta, theta_out, dtheta, dims, pofs, Zf, Af, dAf, lr, inv_m):
         cost = backprop(X, xt, Y, theta, dtheta, dims, pofs, Zf, Af, dAf, inv_m)
@@ -417,7 +654,7 @@ def whole_step(hidden, output, loss, dtype, with_update, blas_bits=None):
             sgd_update(theta, dtheta, lr, theta_out)
         return cost
 
-    return njit(variant(step, hidden, output, loss, dtype, with_update, blas_bits))
+    return njit(variant(step, hidden, output, loss, dtype, with_update, blas_bits, *((plan,) if plan else ())))
 
 
 @functools.lru_cache(maxsize=None)
@@ -445,7 +682,7 @@ def _update_and_commit(optimizer, dtype):
 
 
 @functools.lru_cache(maxsize=None)
-def whole_epoch(hidden, output, loss, optimizer, dtype, blas_bits=None):
+def whole_epoch(hidden, output, loss, optimizer, dtype, blas_bits=None, plan=()):
     """One shuffled mini-batch epoch in one call: for each batch, its rows gathered from the
     example-major data, the step (``_backprop``) and the optimizer's update and commit
     (``_update_and_commit``).
@@ -455,8 +692,8 @@ def whole_epoch(hidden, output, loss, optimizer, dtype, blas_bits=None):
     permutation; batches of B (the last smaller); thetas, states1, states2: the two slots' buffers
     (tuples; unused states any (P,) arrays); XbT (B, n0) and Ybf (nL B,) gather buffers. J is the mean
     cost over the examples; a batch whose cost is not finite stops the epoch before its update (its
-    index returned, else -1)."""
-    backprop = _backprop(hidden, output, loss, dtype, blas_bits)
+    index returned, else -1). ``plan``: the skip connections (``_residual_backprop``)."""
+    backprop = _pick_backprop(hidden, output, loss, dtype, blas_bits, plan)
     update = _update_and_commit(optimizer, dtype)
     ftype = np.dtype(dtype).type
 
@@ -480,15 +717,16 @@ def whole_epoch(hidden, output, loss, optimizer, dtype, blas_bits=None):
             total += cost * mb / m
         return total, -1, 0.0
 
-    return njit(variant(epoch, hidden, output, loss, optimizer, dtype, blas_bits))
+    return njit(variant(epoch, hidden, output, loss, optimizer, dtype, blas_bits, *((plan,) if plan else ())))
 
 
 @functools.lru_cache(maxsize=None)
-def whole_loop(hidden, output, loss, optimizer, dtype, blas_bits=None):
+def whole_loop(hidden, output, loss, optimizer, dtype, blas_bits=None, plan=()):
     """k full-batch steps in one call: loop(X, xt, Y, rates, thetas, states1, states2, dtheta, dims,
     pofs, Zf, Af, dAf, counters, current) -> (first J, steps taken, the diverging cost): ``rates``
-    holds each step's α; a step whose cost is not finite stops before its update."""
-    backprop = _backprop(hidden, output, loss, dtype, blas_bits)
+    holds each step's α; a step whose cost is not finite stops before its update. ``plan``: the skip
+    connections (``_residual_backprop``)."""
+    backprop = _pick_backprop(hidden, output, loss, dtype, blas_bits, plan)
     update = _update_and_commit(optimizer, dtype)
     ftype = np.dtype(dtype).type
 
@@ -504,4 +742,4 @@ def whole_loop(hidden, output, loss, optimizer, dtype, blas_bits=None):
             update(thetas, states1, states2, dtheta, rates[i], counters, current)
         return first, rates.shape[0], 0.0
 
-    return njit(variant(loop, hidden, output, loss, optimizer, dtype, blas_bits))
+    return njit(variant(loop, hidden, output, loss, optimizer, dtype, blas_bits, *((plan,) if plan else ())))

@@ -5,6 +5,12 @@ Backward ops work with ∂J/∂· of the *mean* cost J: the output delta already
 so dW = dZ · A_prevᵀ and db = Σ_cols dZ need no further scaling.
 Faster backends override the composed ops (``linear_activation_forward``, ``delta_row_sum``,
 ``output_layer``, ``update``) with fused passes; the composition here is the reference.
+
+Skip connections a[l] -> z[k] ride on the same ops: the forward op takes ``skip=S`` (S = A[l] (n_l, m),
+added to Z's first min(n_k, n_l) rows: the identity, or zero padding / truncation) or ``Ws`` too (then
+Z += Ws·S by a GEMM with beta = 1 before the bias + activation pass); the dZ pass takes ``skip_out``
+(dA[l]: its first min rows get dZ written or added, the rest zeroed when written) and the backward GEMM
+Wᵀ·dZ takes ``accumulate`` (beta = 1) to add onto what the skips wrote there.
 """
 import contextlib
 
@@ -73,10 +79,32 @@ class Backend:
         return self.xp.take(A, index, axis=0, out=out)
 
     # --- primitives ------------------------------------------------------------------------
-    def gemm(self, A, B, out=None, trans_a=False, trans_b=False):
-        """op(A) · op(B), op = transpose when asked. (n, k) · (k, m) -> (n, m)."""
+    def gemm(self, A, B, out=None, trans_a=False, trans_b=False, accumulate=False):
+        """op(A) · op(B), op = transpose when asked, or out += op(A) · op(B) when ``accumulate`` (BLAS's
+        beta = 1). (n, k) · (k, m) -> (n, m)."""
         self.counters["gemm"] += 1
-        return self.xp.matmul(A.T if trans_a else A, B.T if trans_b else B, out=out)
+        product = self.xp.matmul(A.T if trans_a else A, B.T if trans_b else B, out=None if accumulate else out)
+        if accumulate:
+            return self.xp.add(out, product, out=out)
+        return product
+
+    def add_skip(self, Z, S):
+        """Z[:r] += S[:r], r = min(n_k, n_l): the identity, or S zero-padded (n_l < n_k) or truncated
+        (n_l > n_k). Z (n_k, m), S (n_l, m)."""
+        r = min(Z.shape[0], S.shape[0])
+        Z[:r] += S[:r]
+        return Z
+
+    def skip_gradient(self, dZ, dS, accumulate=False):
+        """The skip's share of dA[l]: dS[:r] = dZ[:r] and dS[r:] = 0 (or dS[:r] += dZ[:r] when
+        ``accumulate``), r = min(n_k, n_l) (the transpose of ``add_skip``). dZ (n_k, m), dS (n_l, m)."""
+        r = min(dZ.shape[0], dS.shape[0])
+        if accumulate:
+            dS[:r] += dZ[:r]
+        else:
+            dS[:r] = dZ[:r]
+            dS[r:] = 0
+        return dS
 
     def add_bias(self, Z, b, out=None):
         """Z + b, b broadcast over the m columns. Z (n_l, m), b (n_l, 1) -> (n_l, m)."""
@@ -95,34 +123,46 @@ class Backend:
         return activation.backward(self.xp, dA, Z, A, out)
 
     # --- composed ops (fused by faster backends) -------------------------------------------
-    def linear_activation_forward(self, activation, A_prev, W, b, Z=None, A=None):
-        """Z = W · A_prev + b, A = g(Z). W (n_l, n_{l-1}), A_prev (n_{l-1}, m) -> Z, A (n_l, m)."""
+    def linear_activation_forward(self, activation, A_prev, W, b, Z=None, A=None, skip=None, Ws=None):
+        """Z = W · A_prev + b (+ S or Ws · S), A = g(Z). W (n_l, n_{l-1}), A_prev (n_{l-1}, m), a skip's
+        S (n_s, m), Ws (n_l, n_s) -> Z, A (n_l, m). S without Ws is added to the first min(n_l, n_s) rows."""
         Z = self.gemm(W, A_prev, out=Z)
+        if Ws is not None:
+            self.gemm(Ws, skip, out=Z, accumulate=True)
+            skip = None
         self.add_bias(Z, b, out=Z)
+        if skip is not None:
+            self.add_skip(Z, skip)
         return Z, self.activation_forward(activation, Z, out=A)
 
-    def delta_row_sum(self, activation, dA, Z, A, db):
-        """dZ = dA * g'(Z) written over dA, and db = Σ_cols dZ. (n_l, m), db (n_l, 1). Returns dZ."""
+    def delta_row_sum(self, activation, dA, Z, A, db, skip_out=None, skip_accumulate=False):
+        """dZ = dA * g'(Z) written over dA, and db = Σ_cols dZ. (n_l, m), db (n_l, 1). Returns dZ. With
+        ``skip_out`` (n_s, m), dZ also goes into it as ``skip_gradient`` says (written, or added)."""
         dZ = self.activation_backward(activation, dA, Z, A, out=dA)
         self.row_sum(dZ, out=db)
+        if skip_out is not None:
+            self.skip_gradient(dZ, skip_out, skip_accumulate)
         return dZ
 
     def linear_activation_backward(self, activation, dA, Z, A, A_prev, W, dW, db, dA_prev=None,
-                                   need_dA_prev=True):
+                                   need_dA_prev=True, accumulate=False, skip_out=None, skip_accumulate=False):
         """dZ = dA * g'(Z) and db = Σ_cols dZ (one pass on fused backends); dW = dZ · A_prevᵀ;
-        dA_prev = Wᵀ · dZ (if needed). dA (n_l, m) is overwritten with dZ. Returns (dA_prev or None, dW, db)."""
-        dZ = self.delta_row_sum(activation, dA, Z, A, db)
+        dA_prev = Wᵀ · dZ (if needed; dA_prev += Wᵀ · dZ when ``accumulate``). dA (n_l, m) is overwritten
+        with dZ; ``skip_out``: see ``delta_row_sum``. Returns (dA_prev or None, dW, db)."""
+        extra = {} if skip_out is None else {"skip_out": skip_out, "skip_accumulate": skip_accumulate}
+        dZ = self.delta_row_sum(activation, dA, Z, A, db, **extra)
         self.gemm(dZ, A_prev, out=dW, trans_b=True)
         if need_dA_prev:
-            dA_prev = self.gemm(W, dZ, out=dA_prev, trans_a=True)
+            dA_prev = self.gemm(W, dZ, out=dA_prev, trans_a=True, accumulate=accumulate)
         return dA_prev, dW, db
 
-    def linear_backward(self, dZ, A_prev, W, dW, db, dA_prev=None, need_dA_prev=True):
-        """dW = dZ · A_prevᵀ (n_l, n_{l-1}); db = Σ_cols dZ (n_l, 1); dA_prev = Wᵀ · dZ (n_{l-1}, m)."""
+    def linear_backward(self, dZ, A_prev, W, dW, db, dA_prev=None, need_dA_prev=True, accumulate=False):
+        """dW = dZ · A_prevᵀ (n_l, n_{l-1}); db = Σ_cols dZ (n_l, 1); dA_prev = Wᵀ · dZ (n_{l-1}, m), or
+        dA_prev += Wᵀ · dZ when ``accumulate``."""
         self.gemm(dZ, A_prev, out=dW, trans_b=True)
         self.row_sum(dZ, out=db)
         if need_dA_prev:
-            dA_prev = self.gemm(W, dZ, out=dA_prev, trans_a=True)
+            dA_prev = self.gemm(W, dZ, out=dA_prev, trans_a=True, accumulate=accumulate)
         return dA_prev, dW, db
 
     def dropout_mask(self, D, keep_prob, rng):
@@ -165,11 +205,12 @@ class Backend:
         self.output_delta(loss, activation, Z, A, Y, out=dZ)
         return cost
 
-    def fused_step(self, activations, loss, layer_dims, m, dtype, optimizer):
+    def fused_step(self, activations, loss, layer_dims, m, dtype, optimizer, skips=()):
         """A callable doing a whole training step in one call for this network and batch size,
         step(X, Y, θ, θ_out, dθ, Zf, Af, dAf, α) -> J, or None to use the ops one by one. Its
         ``updates`` attribute says whether it also applied the optimizer's update (never when
-        optimizer is None)."""
+        optimizer is None). ``skips``: the skip connections, (l, k, offset of Ws in θ or -1, whether its
+        gradient is the first into dA[l]) each (see engine.py)."""
         return None
 
     def update_guarded(self, optimizer, theta, dtheta, states, learning_rate, t, out, states_out, cost, halted):

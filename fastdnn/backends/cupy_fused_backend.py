@@ -37,6 +37,17 @@ def _i64(x):
     return np.int64(x)
 
 
+def _strided(xp, S):
+    """(an array whose first element is S's, S's row stride, its column stride) in elements, for a kernel
+    that indexes S[i * s_row + j * s_col]: S itself when C-contiguous, its transpose (the same memory) when
+    that is, else a C copy."""
+    if not S.flags.c_contiguous and S.T.flags.c_contiguous:
+        return S.T, 1, S.shape[0]
+    if not S.flags.c_contiguous:
+        S = xp.ascontiguousarray(S)
+    return S, S.shape[1], 1
+
+
 class CupyFusedBackend(CupyBackend):
     name = "cupy-fused"
     defers_checks = True      # a step never reads its cost back: divergence is marked on the device
@@ -79,27 +90,53 @@ class CupyFusedBackend(CupyBackend):
         return out
 
     # --- forward ------------------------------------------------------------------------------
-    def linear_activation_forward(self, activation, A_prev, W, b, Z=None, A=None):
-        """Z = W · A_prev (cuBLAS), then one kernel: Z += b, A = g(Z). W (n_l, n_{l-1}), A_prev
-        (n_{l-1}, m) -> Z, A (n_l, m)."""
+    def gemm(self, A, B, out=None, trans_a=False, trans_b=False, accumulate=False):
+        """op(A) · op(B) into out (cuBLAS through cupy.matmul); with ``accumulate``, out += op(A) · op(B)
+        through a product buffer kept between steps (nothing allocated per step)."""
+        if not accumulate:
+            return super().gemm(A, B, out, trans_a, trans_b)
+        product = self._buffer("gemm-accumulate", out.shape, out.dtype)
+        super().gemm(A, B, product, trans_a, trans_b)
+        return self.xp.add(out, product, out=out)
+
+    def linear_activation_forward(self, activation, A_prev, W, b, Z=None, A=None, skip=None, Ws=None):
+        """Z = W · A_prev (cuBLAS; + Ws · S, accumulated), then one kernel: Z += b (+ S, a skip's A[l] on
+        the first min(n_l, n_s) rows), A = g(Z). W (n_l, n_{l-1}), A_prev (n_{l-1}, m) -> Z, A (n_l, m). A
+        softmax output with a skip into it takes the reference path."""
+        if activation.name == "softmax" and skip is not None:
+            return super().linear_activation_forward(activation, A_prev, W, b, Z, A, skip, Ws)
         Z = self.gemm(W, A_prev, out=Z)
         A = self.xp.empty_like(Z) if A is None else A
+        if Ws is not None:
+            self.gemm(Ws, skip, out=Z, accumulate=True)
+            skip = None
         n, m = Z.shape
+        if skip is not None:
+            S, s_row, s_col = _strided(self.xp, skip)
+            k = kernel(self.xp, "bias_skip_activation", activation, Z.dtype)
+            self._launch(k, K.plan("bias_skip_activation", (n, m)).main, Z, b, S, _i64(s_row), _i64(s_col),
+                         _i32(skip.shape[0]), A, _i32(n), _i32(m))
+            return Z, A
         kind = "bias_softmax" if activation.name == "softmax" else "bias_activation"
         k = kernel(self.xp, kind, None if kind == "bias_softmax" else activation, Z.dtype)
         self._launch(k, K.plan(kind, (n, m)).main, Z, b, A, _i32(n), _i32(m))
         return Z, A
 
     # --- backward -----------------------------------------------------------------------------
-    def delta_row_sum(self, activation, dA, Z, A, db):
-        """dZ = dA * g'(Z) over dA and db = Σ_cols dZ (fixed order). dA, Z, A (n_l, m), db (n_l, 1)."""
+    def delta_row_sum(self, activation, dA, Z, A, db, skip_out=None, skip_accumulate=False):
+        """dZ = dA * g'(Z) over dA and db = Σ_cols dZ (fixed order). dA, Z, A (n_l, m), db (n_l, 1). The same
+        kernel writes (or adds) dZ into a skip's ``skip_out`` (n_s, m) on its first min(n_l, n_s) rows."""
         if not activation.elementwise:
-            return super().delta_row_sum(activation, dA, Z, A, db)
+            return super().delta_row_sum(activation, dA, Z, A, db, skip_out, skip_accumulate)
         n, m = dA.shape
-        plan = K.plan("delta_row_sum", (n, m))
+        kind = "delta_row_sum" if skip_out is None else "delta_row_sum_skip"
+        plan = K.plan(kind, (n, m))
         partials = self._partials(plan)
-        self._launch(kernel(self.xp, "delta_row_sum", activation, dA.dtype), plan.main,
-                     dA, Z, A, db, partials, _i32(n), _i32(m))
+        extra = () if skip_out is None else (skip_out, _i32(skip_out.shape[0]), _i32(bool(skip_accumulate)))
+        self._launch(kernel(self.xp, kind, activation, dA.dtype), plan.main,
+                     dA, Z, A, db, partials, *extra, _i32(n), _i32(m))
+        if skip_out is not None and not skip_accumulate and skip_out.shape[0] > n:
+            skip_out[n:] = 0                     # truncation: the rows of a[l] that z[k] never saw
         if plan.final is not None:
             self._launch(kernel(self.xp, "row_sum_partials", None, dA.dtype), plan.final,
                          partials, db, _i32(n), _i32(plan.final_count))

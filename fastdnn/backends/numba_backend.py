@@ -42,24 +42,53 @@ class NumbaBackend(Backend):
         K.add_scaled(dW, W, dW.dtype.type(c))
         return dW
 
-    def linear_activation_forward(self, activation, A_prev, W, b, Z=None, A=None):
-        """Z = W · A_prev (BLAS), then Z += b and A = g(Z) in one fused pass. Where g needs exp or
-        tanh, NumPy's SIMD ufuncs beat a compiled scalar loop on large layers (measured 2x for
-        tanh), so those take the two-pass reference path (sigmoid's allocates a temporary)."""
-        if activation.transcendental and W.shape[0] * A_prev.shape[1] >= SIMD_MIN_SIZE:
-            return super().linear_activation_forward(activation, A_prev, W, b, Z, A)
+    def gemm(self, A, B, out=None, trans_a=False, trans_b=False, accumulate=False):
+        """op(A) · op(B) into out (np.matmul's BLAS); with ``accumulate``, out += op(A) · op(B) in one
+        BLAS call with beta = 1 (``_blas``), else (no callable BLAS, or a layout it cannot take) through
+        a temporary."""
+        if not accumulate:
+            return super().gemm(A, B, out, trans_a, trans_b)
+        bits = _blas.int_bits()
+        Ar, ta = _row_major(A, trans_a)
+        Br, tb = _row_major(B, trans_b)
+        if bits is None or Ar is None or Br is None or not out.flags.c_contiguous:
+            return super().gemm(A, B, out, trans_a, trans_b, accumulate=True)
+        self.counters["gemm"] += 1
+        K.gemm_accumulate(out.dtype, bits)(ta, tb, Ar, Br, out)
+        return out
+
+    def linear_activation_forward(self, activation, A_prev, W, b, Z=None, A=None, skip=None, Ws=None):
+        """Z = W · A_prev (BLAS; + Ws · S by a second GEMM with beta = 1), then Z += b (+ S) and A = g(Z)
+        in one fused pass. Where g needs exp or tanh, NumPy's SIMD ufuncs beat a compiled scalar loop on
+        large layers (measured 2x for tanh), so those take the reference path (sigmoid's allocates a
+        temporary), as does a softmax output with a skip into it."""
+        if (activation.transcendental and W.shape[0] * A_prev.shape[1] >= SIMD_MIN_SIZE) or \
+                (activation.name == "softmax" and skip is not None):
+            return super().linear_activation_forward(activation, A_prev, W, b, Z, A, skip, Ws)
         Z = self.gemm(W, A_prev, out=Z)
         A = np.empty_like(Z) if A is None else A   # only for callers outside a workspace
-        kernel = K.bias_softmax(Z.dtype) if activation.name == "softmax" else \
-            K.bias_activation(activation, Z.dtype)
-        kernel(Z, b, A)
+        if Ws is not None:
+            self.gemm(Ws, skip, out=Z, accumulate=True)
+            skip = None
+        if activation.name == "softmax":
+            K.bias_softmax(Z.dtype)(Z, b, A)
+        elif skip is None:
+            K.bias_activation(activation, Z.dtype)(Z, b, A)
+        else:
+            K.bias_skip_activation(activation, Z.dtype)(Z, b, skip, A)
         return Z, A
 
-    def delta_row_sum(self, activation, dA, Z, A, db):
-        """dZ = dA * g'(Z) and db = Σ_cols dZ in one fused pass."""
+    def delta_row_sum(self, activation, dA, Z, A, db, skip_out=None, skip_accumulate=False):
+        """dZ = dA * g'(Z) and db = Σ_cols dZ in one fused pass (which also writes, or adds, dZ into a
+        skip's ``skip_out``)."""
         if not activation.elementwise:
-            return super().delta_row_sum(activation, dA, Z, A, db)
-        K.delta_row_sum(activation, dA.dtype)(dA, Z, A, db)
+            return super().delta_row_sum(activation, dA, Z, A, db, skip_out, skip_accumulate)
+        if skip_out is None:
+            K.delta_row_sum(activation, dA.dtype)(dA, Z, A, db)
+            return dA
+        K.delta_row_sum_skip(activation, dA.dtype)(dA, Z, A, db, skip_out, skip_accumulate)
+        if not skip_accumulate:
+            skip_out[dA.shape[0]:] = 0           # truncation: the rows of a[l] that z[k] never saw
         return dA
 
     def output_layer(self, loss, activation, Z, A, Y, dZ):
@@ -109,16 +138,16 @@ class NumbaBackend(Backend):
             return None
         return hidden[0], output, blas_bits
 
-    def fused_step(self, activations, loss, layer_dims, m, dtype, optimizer):
+    def fused_step(self, activations, loss, layer_dims, m, dtype, optimizer, skips=()):
         """The whole step in one compiled call for networks ``_whole`` accepts (GEMMs through BLAS,
         else as loops for small networks); None otherwise. It applies plain gradient descent itself;
-        other optimizers follow as one fused update pass."""
+        other optimizers follow as one fused update pass. ``skips``: the skip connections (``_skip_plan``)."""
         whole = self._whole(activations, loss, layer_dims, m)
         if whole is None:
             return None
         hidden, output, blas_bits = whole
         updates = optimizer is not None and optimizer.name == "gd"
-        step = K.whole_step(hidden, output, loss, np.dtype(dtype), updates, blas_bits)
+        step = K.whole_step(hidden, output, loss, np.dtype(dtype), updates, blas_bits, *_skip_plan(layer_dims, skips))
         ftype = np.dtype(dtype).type
         dims, pofs = flat_layout(layer_dims)
         inv_m = ftype(1.0 / m)
@@ -130,7 +159,7 @@ class NumbaBackend(Backend):
         run.updates = updates
         return run
 
-    def fused_epoch(self, activations, loss, layer_dims, batch_size, dtype, optimizer):
+    def fused_epoch(self, activations, loss, layer_dims, batch_size, dtype, optimizer, skips=()):
         """A whole shuffled mini-batch epoch — gathers, steps, updates, commits — in one compiled call
         (``_numba_kernels.whole_epoch``), for networks ``_whole`` accepts at this batch size; else None.
         epoch(XT, YT, order, thetas, states, dθ, Zf, Af, dAf, XbT, Ybf, α, counters, current)."""
@@ -138,7 +167,8 @@ class NumbaBackend(Backend):
         if whole is None:
             return None
         hidden, output, blas_bits = whole
-        kernel = K.whole_epoch(hidden, output, loss, optimizer, np.dtype(dtype), blas_bits)
+        kernel = K.whole_epoch(hidden, output, loss, optimizer, np.dtype(dtype), blas_bits,
+                               *_skip_plan(layer_dims, skips))
         ftype, (dims, pofs) = np.dtype(dtype).type, flat_layout(layer_dims)
 
         def epoch(XT, YT, order, thetas, states, dtheta, Zf, Af, dAf, XbT, Ybf, learning_rate, counters, current):
@@ -147,7 +177,7 @@ class NumbaBackend(Backend):
                           ftype(learning_rate), counters, current)
         return epoch
 
-    def fused_loop(self, activations, loss, layer_dims, m, dtype, optimizer):
+    def fused_loop(self, activations, loss, layer_dims, m, dtype, optimizer, skips=()):
         """k full-batch steps with their updates and commits in one compiled call
         (``_numba_kernels.whole_loop``), for networks ``_whole`` accepts; else None.
         loop(X, Y, rates, thetas, states, dθ, Zf, Af, dAf, counters, current)."""
@@ -155,7 +185,8 @@ class NumbaBackend(Backend):
         if whole is None:
             return None
         hidden, output, blas_bits = whole
-        kernel = K.whole_loop(hidden, output, loss, optimizer, np.dtype(dtype), blas_bits)
+        kernel = K.whole_loop(hidden, output, loss, optimizer, np.dtype(dtype), blas_bits,
+                              *_skip_plan(layer_dims, skips))
         dims, pofs = flat_layout(layer_dims)
 
         def loop(X, Y, rates, thetas, states, dtheta, Zf, Af, dAf, counters, current):
@@ -173,6 +204,33 @@ class NumbaBackend(Backend):
         K.optimizer_update(optimizer, theta.dtype)(theta, dtheta, s1, s2, ftype(learning_rate),
                                                    ftype(c1), ftype(c2), out, s1_out, s2_out)
         return out
+
+
+def _skip_plan(layer_dims, skips):
+    """The compiled step's view of the skip connections as the extra argument of ``_numba_kernels.whole_*``:
+    ((src, off, first, acc),), tuples of L + 1 ints (see ``_residual_backprop``), from the engine's (l, k,
+    offset of Ws or -1, first gradient into dA[l]) per skip; () without skips (the plain call, its cache
+    key unchanged)."""
+    if not skips:
+        return ()
+    L = len(layer_dims) - 1
+    src, off, first, acc = [-1] * (L + 1), [-1] * (L + 1), [0] * (L + 1), [0] * (L + 1)
+    for l, k, o, f in skips:
+        src[k], off[k], first[k] = int(l), int(o), int(bool(f))
+        if l >= 1:
+            acc[l] = 1
+    return ((tuple(src), tuple(off), tuple(first), tuple(acc)),)
+
+
+def _row_major(M, trans):
+    """(M, trans) for BLAS's row-major calls: M itself when its rows are contiguous, else its transpose
+    with the flag flipped when that one's are (an F-ordered X); (None, trans) when neither."""
+    item = M.dtype.itemsize
+    if M.strides[1] == item or M.shape[1] == 1:
+        return M, trans
+    if M.strides[0] == item or M.shape[0] == 1:
+        return M.T, not trans
+    return None, trans
 
 
 def _rows(X):
