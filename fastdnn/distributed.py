@@ -126,7 +126,8 @@ class DataParallel:
         parameters, optimizer state and counters to every rank."""
         engine = self.engine
         signature = repr((engine.layer_dims, [a.name for a in engine.activations], engine.loss.name,
-                          engine.dtype.name, engine.optimizer, engine.l2, engine.keep_prob, plan))
+                          engine.dtype.name, engine.optimizer, engine.l2, engine.keep_prob, engine.skips,
+                          engine.projection, plan))
         gathered = self.comm.allgather((signature, m_local))
         for r, (other, _) in enumerate(gathered):
             if other != signature:

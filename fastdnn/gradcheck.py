@@ -8,11 +8,9 @@ def gradient_check(net, X, Y, epsilon=1e-7, max_checks=None, seed=0):
     same backend, so a float32 network is checked against float64 finite differences. The cost
     includes the L2 term; dropout is off (it is random), as in the course.
     max_checks: check that many randomly chosen parameters (seeded) instead of all of them."""
-    from .network import Network
     grads = net.gradients(X, Y)
-    g = np.concatenate([grads[f"d{p}{l}"].ravel() for l in range(1, net.L + 1) for p in "Wb"])
-    ref = Network.from_parameters(net.parameters, net.activations[:-1], net.activations[-1], net.loss,
-                                  device=net.backend, dtype=np.float64).regularize(l2=net.l2)
+    g = np.concatenate([grads["d" + name].ravel() for name in net.engine.parameter_names()])
+    ref = _float64_copy(net)
     Xd, Yd = ref.prepare(X, Y)
     theta = ref.engine.theta
     index = np.arange(g.size)
@@ -32,3 +30,11 @@ def gradient_check(net, X, Y, epsilon=1e-7, max_checks=None, seed=0):
     denominator = np.linalg.norm(g) + np.linalg.norm(approx)
     return float(np.linalg.norm(g - approx) / denominator) if denominator else 0.0
 
+
+
+def _float64_copy(net):
+    """The same network (architecture, skips, parameters, L2) in float64 on the same backend."""
+    from .network import Network
+    state = {k: v if k == "config" else np.asarray(v, np.float64) for k, v in net.state_dict().items()}
+    state["config"] = dict(state["config"], dtype="float64")
+    return Network.from_state_dict(state, device=net.backend)
