@@ -116,11 +116,11 @@ class NumbaBackend(Backend):
         kernel = K.whole_epoch(hidden, output, loss, optimizer, np.dtype(dtype), blas_bits)
         ftype, (dims, pofs) = np.dtype(dtype).type, flat_layout(layer_dims)
 
-        def epoch(XT, YT, order, thetas, states, dtheta, Zf, Af, dAf, XbT, Ybf, learning_rate, counters, current):
+        def arguments(XT, YT, order, thetas, states, dtheta, Zf, Af, dAf, XbT, Ybf, learning_rate, counters, current):
             s1, s2 = _state_pairs(states, dtheta)
-            return kernel(XT, YT, order, batch_size, thetas, s1, s2, dtheta, dims, pofs, Zf, Af, dAf, XbT, Ybf,
-                          ftype(learning_rate), counters, current)
-        return epoch
+            return (XT, YT, order, batch_size, thetas, s1, s2, dtheta, dims, pofs, Zf, Af, dAf, XbT, Ybf,
+                    ftype(learning_rate), counters, current)
+        return _compilable(kernel, arguments)
 
     def fused_loop(self, activations, loss, layer_dims, m, dtype, optimizer):
         """k full-batch steps with their updates and commits in one compiled call
@@ -133,11 +133,11 @@ class NumbaBackend(Backend):
         kernel = K.whole_loop(hidden, output, loss, optimizer, np.dtype(dtype), blas_bits)
         dims, pofs = flat_layout(layer_dims)
 
-        def loop(X, Y, rates, thetas, states, dtheta, Zf, Af, dAf, counters, current):
+        def arguments(X, Y, rates, thetas, states, dtheta, Zf, Af, dAf, counters, current):
             X, xt = _rows(X)
             s1, s2 = _state_pairs(states, dtheta)
-            return kernel(X, xt, Y, rates, thetas, s1, s2, dtheta, dims, pofs, Zf, Af, dAf, counters, current)
-        return loop
+            return X, xt, Y, rates, thetas, s1, s2, dtheta, dims, pofs, Zf, Af, dAf, counters, current
+        return _compilable(kernel, arguments)
 
     def update(self, optimizer, theta, dtheta, states, learning_rate, t, out, states_out):
         """The optimizer's update in one fused pass over the flat parameter, gradient and state buffers."""
@@ -148,6 +148,30 @@ class NumbaBackend(Backend):
         K.optimizer_update(optimizer, theta.dtype)(theta, dtheta, s1, s2, ftype(learning_rate),
                                                    ftype(c1), ftype(c2), out, s1_out, s2_out)
         return out
+
+
+def _compilable(kernel, arguments):
+    """call(*args) = kernel(*arguments(*args)), with what a caller needs to keep compiling off its path
+    (a cold Numba cache compiles a whole loop or epoch in seconds; see ``engine.BACKGROUND_COMPILE``):
+    call.compiled(*args): whether the kernel is compiled for these arguments' types (in memory);
+    call.compile_job(*args): (key, job, missed) — job() compiles the kernel for them, or loads it from
+    Numba's disk cache, without running it; missed() says whether it has found no usable cache entry
+    (and so compiles); key names the kernel and signature (one job per key);
+    call.ready: False until a caller has found it compiled (the caller's to set)."""
+    def call(*args):
+        return kernel(*arguments(*args))
+
+    def signature(*args):
+        return tuple(kernel.typeof_pyval(a) for a in arguments(*args))
+
+    def compile_job(*args):
+        sig = signature(*args)
+        misses = kernel.stats.cache_misses[sig]
+        return (kernel, sig), lambda: kernel.compile(sig), lambda: kernel.stats.cache_misses[sig] > misses
+
+    call.compiled = lambda *args: signature(*args) in kernel.overloads
+    call.compile_job, call.ready = compile_job, False
+    return call
 
 
 def _rows(X):
