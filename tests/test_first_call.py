@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -181,10 +182,8 @@ def test_without_background_compiles_a_call_waits_for_its_compile(monkeypatch):
     assert jobs == [] and net.engine.reference_steps == 0
 
 
-def test_compile_jobs_are_shared_and_report_a_cache_load_or_a_compile(monkeypatch):
-    monkeypatch.setattr(engine_module, "_compile_jobs", {})
-    started = []
-
+def fake_call(key, seconds, missed, started):
+    """A compiled call whose compile takes ``seconds``: a load from the cache, or (missed) a compile."""
     class Call:
         ready = False
 
@@ -192,11 +191,23 @@ def test_compile_jobs_are_shared_and_report_a_cache_load_or_a_compile(monkeypatc
             return False
 
         def compile_job(self, *args):
-            return "key", lambda: started.append(1), lambda: False
-    first, second = Call(), Call()
-    assert engine_module._compiled_now(first, ()) is True          # a quick job: waited for, as a cache load
-    assert engine_module._compiled_now(second, ()) is True and second.job is first.job
-    assert started == [1] and engine_module.wait_for_compiles()[0][1] is True
+            return key, lambda: time.sleep(seconds) or started.append(key), lambda: missed
+    return Call()
+
+
+def test_a_cache_load_is_waited_for_and_a_compile_is_not(monkeypatch):
+    monkeypatch.setattr(engine_module, "_compile_jobs", {})
+    monkeypatch.setattr(engine_module, "BACKGROUND_COMPILE", True)
+    started = []
+    first, second = fake_call("load", 0.2, False, started), fake_call("load", 0.2, False, started)
+    assert engine_module._compiled_now(first, ()) is True          # waited for: it may be a cache load
+    assert engine_module._compiled_now(second, ()) is True and second.job is first.job     # one job a key
+    slow = fake_call("compile", 0.5, True, started)
+    assert engine_module._compiled_now(slow, ()) is False           # it compiles: not waited for
+    assert engine_module._compiled_now(slow, ()) is False
+    jobs = engine_module.wait_for_compiles()
+    assert started == ["load", "compile"] and [cached for _, cached in jobs] == [True, False]
+    assert jobs[1][0] >= 0.5 and engine_module._compiled_now(slow, ()) is True
 
 
 def demo_lines(capsys, device):
