@@ -95,9 +95,8 @@ def _compiled_now(call, args):
     """Whether ``call`` (a backend's compiled loop or epoch) can run ``args`` without compiling first.
     A call that says nothing (no ``compile_job``) can; else, the first time, start its background
     compile (one per kernel and signature, shared by every engine) and wait for it while it may be a
-    load from Numba's disk cache; later, whether that compile is done. Typing the arguments costs
-    ~0.6 ms, so it is done once per call: arguments of another layout later compile on the caller's
-    thread, as they would without this."""
+    load from Numba's disk cache; later, whether that compile is done (asked once a call is ready no
+    more: arguments of another layout later compile on the caller's thread, as without this)."""
     if getattr(call, "ready", True):
         return True
     job = getattr(call, "job", None)
