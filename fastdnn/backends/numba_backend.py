@@ -2,6 +2,7 @@
 and Numba-fused passes for everything else — bias + activation, dZ + db, loss + output delta,
 and the parameter update. Where it can, the whole step is one compiled call instead, calling NumPy's
 BLAS from the compiled code (or, where that BLAS cannot be found, GEMMs as loops for small networks)."""
+import numba
 import numpy as np
 
 from ..activations import Linear
@@ -160,6 +161,9 @@ def _compilable(kernel, arguments):
     call.ready: False until a caller has found it compiled (the caller's to set)."""
     def call(*args):
         return kernel(*arguments(*args))
+
+    if not isinstance(kernel, numba.core.dispatcher.Dispatcher):     # NUMBA_DISABLE_JIT: nothing compiles
+        return call
 
     def signature(*args):
         return tuple(kernel.typeof_pyval(a) for a in arguments(*args))
