@@ -466,7 +466,8 @@ def _demo(args):
     _demo_timings(net, X, Y, args, steps, seconds, start)
     print(f"{steps} steps in {seconds:.3f} s; training accuracy {100 * net.accuracy(X, Y):.1f} %")
     if args.bench:
-        from . import bench
+        from . import bench, engine
+        engine.BACKGROUND_COMPILE = False    # the benchmark's warm-ups compile before it times anything
         print("\nQuick benchmark (one training step; `fastdnn bench` for every configuration):")
         configs = [c for c in bench.CONFIGS if c.name in ("tiny", "mnist-256")]
         rows, _ = bench.run(configs, ("float32",), rounds=3, progress=False)
