@@ -2,7 +2,10 @@ import time
 
 import pytest
 
+import fastdnn.engine
 from fastdnn import bench
+
+fastdnn.engine.BACKGROUND_COMPILE = False     # time compiled code, never steps run while it compiles
 
 # run untimed (CI: --benchmark-disable) on these configurations / layer sizes only; the others are
 # the same code on larger arrays and cost most of the time, so only timed runs take them

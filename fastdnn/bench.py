@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import engine
+
 Config = namedtuple("Config", "name layer_dims m hidden output batch_size", defaults=(None,))
 
 CONFIGS = [
@@ -517,6 +519,7 @@ def measure(found, rounds, min_block_s=0.02, max_calls=1000):
         c.run()
         if time.perf_counter() - start < 0.1:        # a second warm-up unless one call is long
             c.run()
+    engine.wait_for_compiles()                       # never time steps run while a kernel compiles
     calls = {}
     for c in found:
         start = time.perf_counter()

@@ -16,6 +16,7 @@ import re
 import shlex
 import sys
 import tempfile
+import time
 import warnings
 
 import numpy as np
@@ -455,21 +456,52 @@ def _demo(args):
     print(f"fastdnn {fastdnn.__version__}: {args.dataset} data set, X {X.shape}, {classes} classes")
     print(f"network {net.layer_dims} ({args.activation} -> {output}), {net.dtype.name}, "
           f"backend {net.backend.name!r} on {net.device}")
+    start = time.perf_counter()
     history = net.fit(X, Y, learning_rate=args.learning_rate, iterations=args.iterations,
                       report_every=max(1, args.iterations // 10))
+    seconds = time.perf_counter() - start
     for r in history:
         print(f"  iteration {r.iteration:6d}  cost {r.cost:.6f}  {r.seconds:8.3f} s")
     steps = history[-1].iteration + 1
-    print(f"{steps} steps in {history[-1].seconds:.3f} s "
-          f"({1e6 * history[-1].seconds / steps:.1f} µs per step); "
-          f"training accuracy {100 * net.accuracy(X, Y):.1f} %")
+    _demo_timings(net, X, Y, args, steps, seconds, start)
+    print(f"{steps} steps in {seconds:.3f} s; training accuracy {100 * net.accuracy(X, Y):.1f} %")
     if args.bench:
-        from . import bench
+        from . import bench, engine
+        engine.BACKGROUND_COMPILE = False    # the benchmark's warm-ups compile before it times anything
         print("\nQuick benchmark (one training step; `fastdnn bench` for every configuration):")
         configs = [c for c in bench.CONFIGS if c.name in ("tiny", "mnist-256")]
         rows, _ = bench.run(configs, ("float32",), rounds=3, progress=False)
         print(bench.table(rows))
     return 0
+
+
+def _demo_timings(net, X, Y, args, steps, seconds, start):
+    """Print what the first call of the process (the fit that began at ``start``) cost apart from the
+    steady time per step: it compiles its whole loop (seconds with a cold Numba cache: in the background,
+    while its steps run on NumPy) or loads it from the cache; the steady time is a second fit's, of a
+    copy of the network."""
+    from . import engine
+    jobs = engine.wait_for_compiles(since=start)
+    on_numpy = net.engine.reference_steps
+    k = min(steps, 2000)
+    clone = type(net)(net.layer_dims, args.activation, net.activations[-1].name, device=net.backend,
+                      dtype=net.dtype, init=net.parameters)
+    t0 = time.perf_counter()
+    clone.fit(X, Y, learning_rate=args.learning_rate, iterations=k, report_every=k, verbose=0)
+    steady = (time.perf_counter() - t0) / k
+    if jobs:
+        compiled = sum(s for s, cached in jobs if not cached)
+        loaded = sum(s for s, cached in jobs if cached)
+        how = []
+        if compiled:
+            how.append(f"compiled in {compiled:.2f} s (cold Numba cache), in the background: {on_numpy} of the "
+                       f"{steps} steps ran on NumPy meanwhile")
+        if loaded:
+            how.append(f"loaded from Numba's cache in {loaded:.2f} s")
+        print(f"first call: the compiled loop {'; '.join(how)}")
+    else:
+        print(f"first call: {max(seconds - steps * steady, 0.0):.3f} s more than {steps} steady steps")
+    print(f"steady: {1e6 * steady:.1f} µs per step (a second fit, of {k} steps)")
 
 
 def _train_data(args):

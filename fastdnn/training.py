@@ -75,7 +75,7 @@ class TrainingLoop:
             while i < count:            # step i is reported: i % report_every == 0, or the last
                 learning_rate = self.learning_rate()
                 cost = self.step(learning_rate, report=True)
-                val = engine.evaluate(*validation, ws_val) if validation else (None, None)
+                val = engine.evaluate_now(*validation, ws_val) if validation else (None, None)
                 history.append(i, engine.backend.scalar(cost), time.perf_counter() - start, learning_rate, *val)
                 self.show(bar, history[-1], verbose)
                 if bar is not None:

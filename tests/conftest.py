@@ -1,8 +1,13 @@
 import pytest
 
 import fastdnn
+import fastdnn.engine
 
 from support import BACKENDS, DTYPES, NUMBA_PATHS
+
+# Every call waits for its compiled kernels (results bit-identical run to run, compiled paths exercised);
+# tests/test_first_call.py turns background compiles on where it tests them.
+fastdnn.engine.BACKGROUND_COMPILE = False
 
 
 @pytest.fixture(params=BACKENDS)

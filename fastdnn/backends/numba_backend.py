@@ -2,6 +2,7 @@
 and Numba-fused passes for everything else — bias + activation, dZ + db, loss + output delta,
 and the parameter update. Where it can, the whole step is one compiled call instead, calling NumPy's
 BLAS from the compiled code (or, where that BLAS cannot be found, GEMMs as loops for small networks)."""
+import numba
 import numpy as np
 
 from ..activations import Linear
@@ -171,11 +172,11 @@ class NumbaBackend(Backend):
                                *_skip_plan(layer_dims, skips))
         ftype, (dims, pofs) = np.dtype(dtype).type, flat_layout(layer_dims)
 
-        def epoch(XT, YT, order, thetas, states, dtheta, Zf, Af, dAf, XbT, Ybf, learning_rate, counters, current):
+        def arguments(XT, YT, order, thetas, states, dtheta, Zf, Af, dAf, XbT, Ybf, learning_rate, counters, current):
             s1, s2 = _state_pairs(states, dtheta)
-            return kernel(XT, YT, order, batch_size, thetas, s1, s2, dtheta, dims, pofs, Zf, Af, dAf, XbT, Ybf,
-                          ftype(learning_rate), counters, current)
-        return epoch
+            return (XT, YT, order, batch_size, thetas, s1, s2, dtheta, dims, pofs, Zf, Af, dAf, XbT, Ybf,
+                    ftype(learning_rate), counters, current)
+        return _compilable(kernel, arguments)
 
     def fused_loop(self, activations, loss, layer_dims, m, dtype, optimizer, skips=()):
         """k full-batch steps with their updates and commits in one compiled call
@@ -189,11 +190,11 @@ class NumbaBackend(Backend):
                               *_skip_plan(layer_dims, skips))
         dims, pofs = flat_layout(layer_dims)
 
-        def loop(X, Y, rates, thetas, states, dtheta, Zf, Af, dAf, counters, current):
+        def arguments(X, Y, rates, thetas, states, dtheta, Zf, Af, dAf, counters, current):
             X, xt = _rows(X)
             s1, s2 = _state_pairs(states, dtheta)
-            return kernel(X, xt, Y, rates, thetas, s1, s2, dtheta, dims, pofs, Zf, Af, dAf, counters, current)
-        return loop
+            return X, xt, Y, rates, thetas, s1, s2, dtheta, dims, pofs, Zf, Af, dAf, counters, current
+        return _compilable(kernel, arguments)
 
     def update(self, optimizer, theta, dtheta, states, learning_rate, t, out, states_out):
         """The optimizer's update in one fused pass over the flat parameter, gradient and state buffers."""
@@ -231,6 +232,36 @@ def _row_major(M, trans):
     if M.strides[0] == item or M.shape[0] == 1:
         return M.T, not trans
     return None, trans
+
+
+def _compilable(kernel, arguments):
+    """call(*args) = kernel(*arguments(*args)), with what a caller needs to keep compiling off its path
+    (a cold Numba cache compiles a whole loop or epoch in seconds; see ``engine.BACKGROUND_COMPILE``):
+    call.compiled(*args): whether the kernel is compiled (in memory; see below);
+    call.compile_job(*args): (key, job, missed) — job() compiles the kernel for them, or loads it from
+    Numba's disk cache, without running it; missed() says whether it has found no usable cache entry
+    (and so compiles); key names the kernel and signature (one job per key);
+    call.ready: False until a caller has found it compiled (the caller's to set)."""
+    def call(*args):
+        return kernel(*arguments(*args))
+
+    if not isinstance(kernel, numba.core.dispatcher.Dispatcher):     # NUMBA_DISABLE_JIT: nothing compiles
+        return call
+
+    def signature(*args):
+        return tuple(kernel.typeof_pyval(a) for a in arguments(*args))
+
+    def compile_job(*args):
+        sig = signature(*args)
+        misses = kernel.stats.cache_misses[sig]
+        return (kernel, sig), lambda: kernel.compile(sig), lambda: kernel.stats.cache_misses[sig] > misses
+
+    # Typing the arguments costs ~0.25 ms, more than a small epoch: "compiled" asks only whether the kernel
+    # has any compiled version (an engine's arguments keep their types; another layout of Y compiles on
+    # the caller's thread, as it did before background compiles).
+    call.compiled = lambda *args: bool(kernel.overloads)
+    call.compile_job, call.ready = compile_job, False
+    return call
 
 
 def _rows(X):
