@@ -89,3 +89,44 @@ def skip_name(l, k):
     """The name of a skip's learned projection in ``parameters``: 'Ws1_3' for a[1] -> z[3] (its gradient:
     'dWs1_3')."""
     return f"Ws{l}_{k}"
+
+
+# --- batch normalization ---------------------------------------------------------------------------------
+BN_EPSILON = 1e-5       # ε in Z̃ = γ·(Z − μ)/√(σ² + ε) + β
+BN_MOMENTUM = 0.9       # running μ, σ² ← 0.9·running + 0.1·the batch's (the course's exponentially weighted average)
+
+
+def batch_norm_layers(batch_norm, layer_dims):
+    """The hidden layers l (1 <= l <= L - 1) that batch normalization applies to, sorted: ``batch_norm``
+    True (every hidden layer), False/None (none), or one bool per hidden layer. ValueError/TypeError."""
+    L = len(layer_dims) - 1
+    if batch_norm is None or batch_norm is False:
+        return []
+    if batch_norm is True:
+        return list(range(1, L))
+    if isinstance(batch_norm, (str, bytes)) or not hasattr(batch_norm, "__len__"):
+        raise TypeError(f"batch_norm must be True, False or one bool per hidden layer; got {batch_norm!r}")
+    flags = list(batch_norm)
+    if len(flags) != L - 1 or not all(isinstance(f, (bool, np.bool_)) for f in flags):
+        raise ValueError(f"batch_norm must be True, False or {L - 1} bools (one per hidden layer of "
+                         f"{list(layer_dims)}); got {batch_norm!r}")
+    return [l for l, f in enumerate(flags, start=1) if f]
+
+
+def batch_norm_names(l):
+    """The names of layer l's batch-norm arrays: γ (learned), then the running μ and σ² (not learned); β,
+    learned, takes b's place in θ and is named 'beta{l}'."""
+    return f"gamma{l}", f"running_mean{l}", f"running_var{l}"
+
+
+def batch_norm_layout(layer_dims, layers, P):
+    """{l: (offset of γ[l], of the running μ[l], of the running σ²[l])} in the flat θ from offset P on: every
+    γ first (learned, with the other parameters), then the running statistics; returns (that, the new P)."""
+    dims, out = layer_dims, {}
+    for l in layers:
+        out[l] = [P]
+        P += dims[l]
+    for l in layers:
+        out[l] += [P, P + dims[l]]
+        P += 2 * dims[l]
+    return {l: tuple(v) for l, v in out.items()}, P

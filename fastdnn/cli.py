@@ -1,4 +1,4 @@
-"""The ``fastdnn`` command: demo, train, sweep, bench, gpu-check and backends.
+"""The ``fastdnn`` command: demo, deep, train, sweep, bench, gpu-check and backends.
 
 Every value is checked when the command line is parsed, by the argparse types below (positive
 integer, probability, existing file, writable output path, ...), and every combination of options
@@ -29,8 +29,9 @@ from .optimizers import OPTIMIZERS
 
 DESCRIPTION = ("Train the deep L-layer network of the \"Neural Networks and Deep Learning\" course on "
                "NumPy, Numba (CPU) or CuPy (GPU): on a generated data set (demo) or one of yours "
-               "(train), one network per hyper-parameter configuration (sweep); time a training step "
-               "(bench); list the backends (backends).")
+               "(train), one network per hyper-parameter configuration (sweep); see why skip connections "
+               "and batch normalization exist (deep); time a training step (bench); check a GPU "
+               "(gpu-check); list the backends (backends).")
 EPILOG = ('Run "fastdnn COMMAND --help" for the options of a command. A wrong option or value '
           "prints one error line and exits with status 2.")
 
@@ -265,6 +266,21 @@ def _demo_parser(sub):
                    help="skip the quick benchmark at the end")
 
 
+def _deep_parser(sub):
+    p = _command(sub, "deep", "why skip connections and batch normalization exist, measured",
+                 "Train one deep, narrow ReLU network on the 3-class spirals by gradient descent three "
+                 "ways: plain, with a residual block every two hidden layers (skip=2) and with batch "
+                 "normalization; print the final cost and training accuracy of each (median and range "
+                 "over the seeds).", _deep)
+    p.add_argument("--depth", type=positive_int, default=30, metavar="N", help="hidden layers")
+    p.add_argument("--width", type=positive_int, default=8, metavar="N", help="units per hidden layer")
+    p.add_argument("--iterations", type=positive_int, default=2000, metavar="N", help="full-batch steps")
+    p.add_argument("--learning-rate", type=positive_float, default=0.01, metavar="RATE", help="gradient descent's α")
+    p.add_argument("--seeds", type=positive_int, default=3, metavar="N", help="runs per variant (seeds 0..N-1)")
+    p.add_argument("--device", type=device, default="cpu", metavar="DEVICE",
+                   help="auto, cpu, cuda, cuda:N or a backend name (see 'fastdnn backends')")
+
+
 def _train_parser(sub):
     p = _command(sub, "train", "train a network on a data set; save it and its cost curve",
                  "Train a network (sigmoid output for two classes, softmax for more) on a data set; "
@@ -368,12 +384,13 @@ def _gpu_check_parser(sub):
 
 
 def build_parser():
-    """The ``fastdnn`` parser with its six commands."""
+    """The ``fastdnn`` parser with its seven commands."""
     parser = argparse.ArgumentParser(prog="fastdnn", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"fastdnn {__version__}")
     sub = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
     _demo_parser(sub)
+    _deep_parser(sub)
     _train_parser(sub)
     _sweep_parser(sub)
     _bench_parser(sub)
@@ -654,6 +671,14 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 # Errors the library raises for what the user gave it (values, files, the machine's backends, a
 # diverging cost): reported in one line, exit status 2. Anything else is a bug: a traceback.
 USER_ERRORS = (FastDNNError, ValueError, OSError, ImportError, MemoryError)
+
+
+def _deep(args):
+    from . import depth
+    rows = depth.compare(args.depth, args.width, args.iterations, args.learning_rate, range(args.seeds),
+                         device=args.device)
+    print(depth.table(rows, args.depth, args.width, args.iterations, args.learning_rate))
+    return 0
 
 
 def main(argv=None):

@@ -32,7 +32,8 @@ import time
 
 import numpy as np
 
-from ._layout import flat_layout, skip_layout, skip_name, workspace_offsets
+from ._layout import (BN_EPSILON, BN_MOMENTUM, batch_norm_layout, batch_norm_names, flat_layout, skip_layout,
+                      skip_name, workspace_offsets)
 from ._xp import array_namespace
 from .distributed import batches
 from .errors import TrainingDivergedError
@@ -44,8 +45,12 @@ class Workspace:
     backend; index 0 is unused. For each hidden layer l with dropout, D[l] holds the step's mask
     scaled by 1/keep_prob and Ad[l] = A[l] * D[l]. ``fused`` is the backend's whole-step callable."""
 
-    def __init__(self, backend, layer_dims, m, dtype, fused=None, dropout_layers=()):
+    def __init__(self, backend, layer_dims, m, dtype, fused=None, dropout_layers=(), batch_norm=()):
         self.m, self.fused = m, fused
+        # batch-normalized layers: Zn[l] = the normalized W·A_prev (n_l, m), the batch's μ[l], σ²[l] (n_l, 1)
+        self.Zn = {l: backend.empty((layer_dims[l], m), dtype) for l in batch_norm}
+        self.mu = {l: backend.empty((layer_dims[l], 1), dtype) for l in batch_norm}
+        self.var = {l: backend.empty((layer_dims[l], 1), dtype) for l in batch_norm}
         self.D = {l: backend.empty((layer_dims[l], m), dtype) for l in dropout_layers}
         self.Ad = {l: backend.empty((layer_dims[l], m), dtype) for l in dropout_layers}
         offsets = workspace_offsets(layer_dims, m)
@@ -153,12 +158,14 @@ class Engine:
     (only within one call: ``begin_call``)."""
 
     def __init__(self, backend, layer_dims, activations, loss, dtype, parameters, seed=None, skips=(),
-                 projection="learned"):
+                 projection="learned", batch_norm=()):
         self.backend, self.layer_dims = backend, list(layer_dims)
         self.activations, self.loss, self.dtype = activations, loss, np.dtype(dtype)
         self.L = len(self.layer_dims) - 1
         self.skips, self.projection = [tuple(p) for p in skips], projection
-        self._skip_layout, _ = skip_layout(self.layer_dims, self.skips, projection)
+        self._skip_layout, P = skip_layout(self.layer_dims, self.skips, projection)
+        self.batch_norm = tuple(sorted(batch_norm))
+        self._bn_layout, _ = batch_norm_layout(self.layer_dims, self.batch_norm, P)
         self._plan_skips()
         self.optimizer = GradientDescent()
         self.l2, self.keep_prob = 0.0, (1.0,) * (self.L - 1)
@@ -203,15 +210,39 @@ class Engine:
         return {"skips": tuple((l, k, o, self._into[k][1]) for l, k, o in self._skip_layout)}
 
     def parameter_names(self):
-        """The names of θ's arrays in its order: W1, b1, ..., WL, bL, then each learned Ws."""
-        names = [f"{p}{l}" for l in range(1, self.L + 1) for p in "Wb"]
-        return names + [skip_name(l, k) for l, k, o in self._skip_layout if o >= 0]
+        """The names of θ's learned arrays in its order: W1, b1, ..., WL, bL (beta{l} for b{l} on a
+        batch-normalized layer), then each learned Ws, then each gamma{l}."""
+        names = [name for l in range(1, self.L + 1) for name in (f"W{l}", f"beta{l}" if l in self._bn_layout
+                                                                  else f"b{l}")]
+        names += [skip_name(l, k) for l, k, o in self._skip_layout if o >= 0]
+        return names + [batch_norm_names(l)[0] for l in self.batch_norm]
+
+    def state_names(self):
+        """parameter_names, then the running μ, σ² of each batch-normalized layer (running_mean{l},
+        running_var{l}: in θ, never learned: their gradient is 0, so no optimizer moves them)."""
+        return self.parameter_names() + [name for l in self.batch_norm for name in batch_norm_names(l)[1:]]
+
+    def _named_views(self, flat):
+        """{name: view} of every array of a flat buffer laid out as θ (state_names)."""
+        out = {}
+        for l, (W, b) in enumerate(self._views(flat), start=1):
+            out[f"W{l}"], out[f"beta{l}" if l in self._bn_layout else f"b{l}"] = W, b
+        out.update({skip_name(*key): Ws for key, Ws in self._skip_views(flat).items()})
+        for l, offsets in self._bn_layout.items():
+            n = self.layer_dims[l]
+            out.update({name: flat[o:o + n].reshape(n, 1) for name, o in zip(batch_norm_names(l), offsets)})
+        return out
+
+    def _bn_views(self, flat):
+        """{l: (γ, running μ, running σ²)} (n_l, 1) views of a flat buffer laid out as θ."""
+        named = self._named_views(flat)
+        return {l: tuple(named[name] for name in batch_norm_names(l)) for l in self.batch_norm}
 
     def set_parameters(self, parameters):
         """θ from host or device arrays {'W1': (n1, n0), 'b1': (n1, 1) or (n1,), ..., 'Ws1_3': (n3, n1)}
         (checked finite); the optimizer's state starts again at zero, the iteration and epoch counts stay."""
         chunks = []
-        for name in self.parameter_names():
+        for name in self.state_names():
             a = parameters[name]
             host = np.asarray(a.get() if array_namespace(a) is not np else a)
             if host.dtype.kind not in "biuf" or not np.isfinite(host).all():
@@ -224,11 +255,13 @@ class Engine:
         self._thetas = [flat, spare] if c == 0 else [spare, flat]
         self._layers = [self._views(theta) for theta in self._thetas]
         self._skip_weights = [self._skip_views(theta) for theta in self._thetas]
+        self._bn = [self._bn_views(theta) for theta in self._thetas]
         # dθ, and one more entry for the cost: data-parallel training sums both in one all-reduce
         self.gradient_buffer = self.backend.zeros((flat.shape[0] + 1,), self.dtype)
         self._dtheta = self.gradient_buffer[:-1]
         self._grads = self._views(self._dtheta)
         self._skip_grads = self._skip_views(self._dtheta)
+        self._bn_grads = self._bn_views(self._dtheta)      # (dγ, 0, 0): the running statistics get none
         self.set_optimizer(self.optimizer, reset=True)
 
     def _slot(self):
@@ -283,11 +316,10 @@ class Engine:
         self._forget_previous()
 
     def parameters(self):
-        """Host NumPy copies {'W1': (n1, n0), 'b1': (n1, 1), ..., 'Ws1_3': (n3, n1)} in the network's dtype."""
-        out = {f"{p}{l}": self.backend.to_numpy(a) for l, Wb in enumerate(self.layers, 1)
-               for p, a in zip("Wb", Wb)}
-        out.update({skip_name(l, k): self.backend.to_numpy(Ws) for (l, k), Ws in self.skip_weights.items()})
-        return out
+        """Host NumPy copies {'W1': (n1, n0), 'b1': (n1, 1), ..., 'Ws1_3': (n3, n1), 'gamma1': (n1, 1),
+        'running_mean1': (n1, 1), ...} (state_names) in the network's dtype."""
+        named = self._named_views(self.theta)
+        return {name: self.backend.to_numpy(named[name]) for name in self.state_names()}
 
     def set_optimizer(self, spec, reset=False):
         """Use this optimizer; its state starts at zero unless it is the one already in use."""
@@ -333,7 +365,7 @@ class Engine:
         """The backend's compiled whole epoch (kind "epoch", batches of m) or loop of full-batch steps
         ("loop", m examples) for this network and optimizer, or None: when a step needs Python between
         its ops (dropout, L2, data-parallel) or the backend has none. Resolved once per setting."""
-        if self.parallel is not None or self.l2 or any(p < 1 for p in self.keep_prob):
+        if self.parallel is not None or self.l2 or any(p < 1 for p in self.keep_prob) or self.batch_norm:
             return None
         key = (kind, m)
         if key not in self._compiled_calls:
@@ -353,12 +385,14 @@ class Engine:
             dropout = [l for l, p in enumerate(self.keep_prob, start=1) if p < 1]
             # data-parallel steps update after the all-reduce, never inside the fused call
             optimizer = None if self.parallel else self.optimizer
-            fused = None if dropout or self.l2 else self.backend.fused_step(
+            fused = None if dropout or self.l2 or self.batch_norm else self.backend.fused_step(
                 self.activations, self.loss, self.layer_dims, m, self.dtype, optimizer, **self._fused_skips())
             try:
-                ws = workspaces[m] = Workspace(self.backend, self.layer_dims, m, self.dtype, fused, dropout)
+                ws = workspaces[m] = Workspace(self.backend, self.layer_dims, m, self.dtype, fused, dropout,
+                                               self.batch_norm)
             except MemoryError as exc:
-                arrays = 3 * sum(self.layer_dims[1:]) + 2 * sum(self.layer_dims[l] for l in dropout)
+                arrays = 3 * sum(self.layer_dims[1:]) + sum(self.layer_dims[l] for l in [*dropout, *dropout,
+                                                                                      *self.batch_norm])
                 need = arrays * m * self.dtype.itemsize
                 raise MemoryError(f"the {self.backend.name} workspace for batches of {m} needs {need} bytes "
                                   f"({need / 2**20:.1f} MiB): {exc}") from exc
@@ -366,22 +400,38 @@ class Engine:
 
     def evaluation_workspace(self, m):
         """A workspace for m examples, outside the cached training ones (evaluation)."""
-        return Workspace(self.backend, self.layer_dims, m, self.dtype)
+        return Workspace(self.backend, self.layer_dims, m, self.dtype, batch_norm=self.batch_norm)
 
     # --- forward and backward ------------------------------------------------------------------
-    def _forward(self, X, ws, train=False):
+    def _forward(self, X, ws, train=False, batch_stats=None):
         """Z[l], A[l] for l = 1..L into the workspace; returns A[L] (n_L, m). In training, hidden
         layers with dropout pass on Ad[l] = A[l] * D[l] with a fresh mask D[l]. A skip a[l] -> z[k] adds
-        what layer l passes on (or Ws·that) to Z[k] inside layer k's op (see the module docstring)."""
+        what layer l passes on (or Ws·that) to Z[k] inside layer k's op (see the module docstring). A
+        batch-normalized layer normalizes W·A_prev with the batch's μ, σ² (``batch_stats``, default: in
+        training) or the running ones, then Z = γ·Zn + β and A = g(Z)."""
         A, passed = X, [X]
+        batch_stats = train if batch_stats is None else batch_stats
         for l, ((W, b), act) in enumerate(zip(self.layers, self.activations), start=1):
-            skip = self._skip_forward(l, passed)
-            _, A = self.backend.linear_activation_forward(act, A, W, b, Z=ws.Z[l], A=ws.A[l], **skip)
+            if l in ws.Zn:
+                A = self._batch_norm_forward(l, act, A, W, b, ws, batch_stats)
+            else:
+                skip = self._skip_forward(l, passed)
+                _, A = self.backend.linear_activation_forward(act, A, W, b, Z=ws.Z[l], A=ws.A[l], **skip)
             if train and l in ws.D:
                 self.backend.dropout_mask(ws.D[l], self.keep_prob[l - 1], self.rng)
                 A = self.backend.multiply(A, ws.D[l], out=ws.Ad[l])
             passed.append(A)
         return A
+
+    def _batch_norm_forward(self, l, act, A_prev, W, beta, ws, batch_stats):
+        """Zn[l] = W·A_prev normalized, Z[l] = γ·Zn + β, A[l] = g(Z[l]); returns A[l]."""
+        be, (gamma, running_mean, running_var) = self.backend, self._bn[self._slot()][l]
+        be.gemm(W, A_prev, out=ws.Zn[l])
+        if batch_stats:
+            mu, var = be.batch_stats(ws.Zn[l], ws.mu[l], ws.var[l])
+        else:
+            mu, var = running_mean, running_var
+        return be.batch_norm_activation(act, ws.Zn[l], mu, var, BN_EPSILON, gamma, beta, ws.Z[l], ws.A[l])[1]
 
     def _skip_forward(self, k, passed):
         """The keyword arguments of layer k's forward op for its skip: {} without one, else skip=A[l]
@@ -411,7 +461,14 @@ class Engine:
             source, first = self._into.get(l, (None, False))
             Ws = self.skip_weights.get((source, l))
             direct = source is not None and source >= 1 and Ws is None     # identity or padding: in the dZ pass
-            if l == L:
+            if l in ws.Zn:                      # batch norm: dZ̃, dβ (db's place), dγ; dZ; then the GEMMs
+                gamma, dgamma = self._bn[self._slot()][l][0], self._bn_grads[l][0]
+                dZ = be.batch_norm_delta(self.activations[l - 1], ws.dA[l], ws.Z[l], ws.A[l], ws.Zn[l], dgamma, db)
+                be.batch_norm_backward(dZ, ws.Zn[l], ws.var[l], BN_EPSILON, gamma, dgamma, db)
+                be.gemm(dZ, A_prev, out=dW, trans_b=True)
+                if l > 1:
+                    be.gemm(W, dZ, out=dA_prev, trans_a=True, **extra)
+            elif l == L:
                 be.linear_backward(ws.dA[L], A_prev, W, dW, db, dA_prev, need_dA_prev=l > 1, **extra)
                 if direct:
                     be.skip_gradient(ws.dA[L], ws.dA[source], accumulate=not first)
@@ -456,24 +513,25 @@ class Engine:
         """A[L] = ŷ (n_L, m) for X (n0, m), in a fresh workspace (a backend array)."""
         return self._forward(X, self.evaluation_workspace(X.shape[1]))
 
-    def cost(self, X, Y):
-        """J = (1/m) Σ L(ŷ, y) (+ the L2 term) as a Python float."""
+    def cost(self, X, Y, batch_stats=False):
+        """J = (1/m) Σ L(ŷ, y) (+ the L2 term) as a Python float; batch-normalized layers use the running
+        μ, σ² unless ``batch_stats`` (as in training: X's own)."""
         ws = self.evaluation_workspace(X.shape[1])
-        self._forward(X, ws)
+        self._forward(X, ws, batch_stats=batch_stats)
         cost = self.backend.loss_cost(self.loss, ws.Z[self.L], ws.A[self.L], Y)
         return self.backend.scalar(self.l2_cost(cost, ws.m))
 
     def gradients(self, X, Y):
-        """{'dW1': (n1, n0), 'db1': (n1, 1), ..., 'dWs1_3': (n3, n1)} = ∂J/∂W[l], ∂J/∂b[l], ∂J/∂Ws, as host
-        NumPy arrays."""
+        """{'dW1': (n1, n0), 'db1': (n1, 1), ..., 'dWs1_3': (n3, n1), 'dgamma1': ...} = ∂J/∂ of every learned
+        array (parameter_names), as host NumPy arrays; batch norm with X's own μ, σ² (as in training)."""
         ws = self.evaluation_workspace(X.shape[1])
-        self._forward_cost_delta(X, Y, ws)
+        self._forward(X, ws, batch_stats=True)
+        L = self.L
+        self.backend.output_layer(self.loss, self.activations[-1], ws.Z[L], ws.A[L], Y, ws.dA[L])
         self._backward(X, ws)
         self._add_l2(0.0, ws.m)
-        grads = {f"d{p}{l}": self.backend.to_numpy(a) for l, dWb in enumerate(self._grads, 1)
-                 for p, a in zip("Wb", dWb)}
-        grads.update({"d" + skip_name(*key): self.backend.to_numpy(a) for key, a in self._skip_grads.items()})
-        return grads
+        named = self._named_views(self._dtheta)
+        return {"d" + name: self.backend.to_numpy(named[name]) for name in self.parameter_names()}
 
     def backprop(self, X, Y, fused=None):
         """J of the data term and dθ into the gradient buffer, as in a training step, without the
@@ -522,7 +580,7 @@ class Engine:
             cost = self.parallel.all_reduce(self.gradient_buffer, cost, ws.m / m)
         cost = self._add_l2(cost, m)
         if self.backend.defers_checks and self.parallel is None:
-            return self._deferred_step(cost, c, learning_rate, check)
+            return self._deferred_step(cost, c, learning_rate, check, ws)
         if check or ws.fused is not None or self.parallel is not None:
             cost = self.backend.scalar(cost)   # read back once; the caller reuses the float
             if not math.isfinite(cost):
@@ -530,10 +588,20 @@ class Engine:
         if ws.fused is None or not ws.fused.updates:
             self.backend.update(self.optimizer, theta, self._dtheta, self._states[c], learning_rate,
                                 self._counters[c, T] + 1, theta_out, self._states[1 - c])
+        self._update_running(c, ws)
         self._commit(c)
         return cost
 
-    def _deferred_step(self, cost, c, learning_rate, check):
+    def _update_running(self, c, ws, go=None):
+        """The other slot's running μ, σ² = BN_MOMENTUM·slot c's + (1 − BN_MOMENTUM)·the batch's, for each
+        batch-normalized layer (after the update, which carried them over unchanged: their gradient is 0);
+        on a deferred-check backend only where ``go`` (0-d, on the device) is true."""
+        for l in self.batch_norm:
+            (_, mean, var), (_, mean_out, var_out) = self._bn[c][l], self._bn[1 - c][l]
+            self.backend.running_average(mean, ws.mu[l], BN_MOMENTUM, mean_out, go)
+            self.backend.running_average(var, ws.var[l], BN_MOMENTUM, var_out, go)
+
+    def _deferred_step(self, cost, c, learning_rate, check, ws):
         """The update and commit of a step whose cost stays on the device (no host sync): the update
         writes nothing when the cost is not finite, and copies θ and the state once a step of this call
         has diverged; the device records the first diverging iteration (the halt flag); ``check_halted``
@@ -543,6 +611,9 @@ class Engine:
         self.backend.update_guarded(self.optimizer, self._thetas[c], self._dtheta, self._states[c], learning_rate,
                                     self._counters[c, T] + 1, self._thetas[1 - c], self._states[1 - c], cost,
                                     halted)
+        if self.batch_norm:          # like the update: only for a finite cost before any divergence
+            xp = self.backend.xp
+            self._update_running(c, ws, xp.logical_and(xp.isfinite(cost), halted == 0))
         self.backend.mark_divergence(cost, halted, halted_cost, self._counters[c, ITERATION])
         self._commit(c)
         if check:

@@ -6,7 +6,8 @@ def gradient_check(net, X, Y, epsilon=1e-7, max_checks=None, seed=0):
     """Relative difference between the network's backprop gradients and central differences
     (J(θ+ε) - J(θ-ε)) / 2ε of its cost. The differences run on a float64 copy of the network on the
     same backend, so a float32 network is checked against float64 finite differences. The cost
-    includes the L2 term; dropout is off (it is random), as in the course.
+    includes the L2 term; dropout is off (it is random), as in the course; batch normalization uses
+    X's own μ and σ² (training mode).
     max_checks: check that many randomly chosen parameters (seeded) instead of all of them."""
     grads = net.gradients(X, Y)
     g = np.concatenate([grads["d" + name].ravel() for name in net.engine.parameter_names()])
@@ -21,9 +22,9 @@ def gradient_check(net, X, Y, epsilon=1e-7, max_checks=None, seed=0):
         for k, i in enumerate(index):
             original = float(theta[i])
             theta[i] = original + epsilon
-            plus = ref.engine.cost(Xd, Yd)
+            plus = ref.engine.cost(Xd, Yd, batch_stats=True)
             theta[i] = original - epsilon
-            minus = ref.engine.cost(Xd, Yd)
+            minus = ref.engine.cost(Xd, Yd, batch_stats=True)
             theta[i] = original
             approx[k] = (plus - minus) / (2 * epsilon)
     g = g[index].astype(np.float64)

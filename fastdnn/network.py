@@ -88,7 +88,8 @@ class Network:
                  output_activation: str | None = None, loss: str | None = None,
                  init: str | Mapping[str, ArrayLike] = "he", device: str = "auto", dtype: DTypeLike = "float32",
                  seed: int | None = None, l2: float = 0.0, keep_prob: float | Sequence[float] = 1.0,
-                 skip: int | Sequence[tuple[int, int]] | None = None, projection: str = "learned") -> None:
+                 skip: int | Sequence[tuple[int, int]] | None = None, projection: str = "learned",
+                 batch_norm: bool | Sequence[bool] = False) -> None:
         """``skip``: residual (skip) connections a[l] -> z[k], Z[k] = W[k]·A[k-1] + b[k] + A[l]: an int s
         (skip=2: a block every two hidden layers, a[1] -> z[3], a[3] -> z[5], ... while k <= L - 1; X
         starts no block and the output layer ends none), or explicit pairs [(l, k), ...] with 0 <= l,
@@ -96,10 +97,25 @@ class Network:
         them: "learned" (default): a matrix Ws (n_k, n_l), ``parameters['Ws{l}_{k}']``, trained by every
         optimizer (L2 included), initialised to the padding map I (n_k, n_l) (ones on the diagonal), so
         it starts as "pad" does; "pad": fixed, A[l] zero-padded (n_l < n_k) or truncated (n_l > n_k).
-        Equal widths always use the identity (no Ws)."""
+        Equal widths always use the identity (no Ws). With B skips, the initial W[k] of each layer a
+        skip goes into is scaled by 1/√B (Fixup's rescaling: the activations keep their scale through
+        the blocks; without it He-initialized blocks double their variance each).
+
+        ``batch_norm``: True (every hidden layer), or one bool per hidden layer: the layer computes
+        Zn = (W·A_prev − μ)/√(σ² + ε), Z̃ = γ·Zn + β, A = g(Z̃) (ε = 1e-5), μ and σ² over the batch's examples
+        in training and running averages outside it (predict, cost, forward: running ← 0.9·running +
+        0.1·the batch's, every training step). γ (``gamma{l}``, starts at 1) and β (``beta{l}``, starts at 0)
+        are learned by every optimizer and β replaces b[l]; ``running_mean{l}`` and ``running_var{l}`` (start
+        at 0 and 1) are in ``parameters`` too, never learned. A layer a skip connection goes into cannot
+        be normalized (not supported yet)."""
         self.layer_dims = _check_dims(layer_dims)
         self.skips = _layout.skip_pairs(skip, self.layer_dims)
         self.projection = _layout.check_projection(projection)
+        self.batch_norm = _layout.batch_norm_layers(batch_norm, self.layer_dims)
+        both = sorted({k for _, k in self.skips} & set(self.batch_norm))
+        if both:
+            raise ValueError(f"layers {both} have a skip connection into them and batch normalization: "
+                             "not supported together yet (normalize other layers, or drop the skip)")
         self.activations = _layer_activations(hidden_activation, output_activation, self.L)
         if self.activations[-1].name == "softmax" and self.layer_dims[-1] < 2:
             raise ValueError(f"a softmax output needs at least 2 units (classes); layer_dims {self.layer_dims} "
@@ -112,31 +128,66 @@ class Network:
         if isinstance(init, dict):
             parameters = self._given_parameters(init)
         else:
-            parameters = initialize(self.layer_dims, init, seed)
-        parameters = {**self._initial_projections(), **parameters}
+            parameters = self._scaled_branches(initialize(self.layer_dims, init, seed))
+        parameters = {**self._initial_projections(), **self._initial_batch_norm(parameters), **parameters}
         with backend.device_scope():
             self.engine = Engine(backend, self.layer_dims, self.activations, self.loss, self.dtype, parameters,
-                                 seed, self.skips, self.projection)
+                                 seed, self.skips, self.projection, self.batch_norm)
         self.regularize(l2, keep_prob)
         self.history = None         # the History of the last fit, filled as it runs
 
     def _given_parameters(self, init):
-        """init's W[l], b[l] checked against layer_dims, and its Ws of the learned skips (each optional)
-        checked against their shapes; any other Ws is refused."""
-        expected = {_layout.skip_name(l, k): (self.layer_dims[k], self.layer_dims[l])
-                    for l, k, o in _layout.skip_layout(self.layer_dims, self.skips, self.projection)[0] if o >= 0}
-        for name in [k for k in init if str(k).startswith("Ws")]:
-            if name not in expected:
-                raise ValueError(f"parameter {name!r} is not a learned projection of this network's skips "
-                                 f"(expected among {sorted(expected)})")
-            shape = np.shape(init[name])
-            if shape != expected[name]:
-                raise ValueError(f"{name} has shape {shape}, expected {expected[name]}")
-        layers = {k: v for k, v in init.items() if not str(k).startswith("Ws")}
-        dims = _checks.parameter_shapes(layers, self.activations)
-        if dims != self.layer_dims:
-            raise ValueError(f"parameters give layer_dims {dims}, expected {self.layer_dims}")
+        """init's W[l], b[l] (beta{l} in b's place on a normalized layer) checked against layer_dims, and
+        the optional extras checked against their shapes: each learned skip's Ws, each normalized layer's
+        gamma, running_mean, running_var ((n_l, 1) or (n_l,)); any other such name is refused."""
+        dims = self.layer_dims
+        expected = {_layout.skip_name(l, k): (dims[k], dims[l])
+                    for l, k, o in _layout.skip_layout(dims, self.skips, self.projection)[0] if o >= 0}
+        expected.update({name: (dims[l], 1) for l in self.batch_norm for name in _layout.batch_norm_names(l)})
+        layers = {}
+        for name, value in init.items():
+            name = str(name)
+            if name.startswith(("Ws", "gamma", "running_")):
+                if name not in expected:
+                    raise ValueError(f"parameter {name!r} is not a learned projection of this network's skips "
+                                     f"nor an array of a batch-normalized layer (expected among "
+                                     f"{sorted(expected) or 'none'})")
+                if np.shape(value) not in (expected[name], expected[name][:1]):
+                    raise ValueError(f"{name} has shape {np.shape(value)}, expected {expected[name]}")
+            elif name.startswith("beta"):
+                if name[4:] not in {str(l) for l in self.batch_norm}:
+                    raise ValueError(f"parameter {name!r}: layer {name[4:]} is not batch-normalized "
+                                     f"(batch_norm layers: {self.batch_norm or 'none'})")
+                layers["b" + name[4:]] = value
+            else:
+                layers[name] = value
+        missing = [f"beta{l}" for l in self.batch_norm if f"beta{l}" not in init and f"b{l}" not in init]
+        if missing:
+            raise ValueError(f"parameters miss {missing} (or b{{l}}) for the batch-normalized layers")
+        given = _checks.parameter_shapes(layers, self.activations)
+        if given != dims:
+            raise ValueError(f"parameters give layer_dims {given}, expected {dims}")
         return init
+
+    def _scaled_branches(self, parameters):
+        """With B skip connections, the W[k] of each layer k a skip goes into (the last layer of a
+        residual branch) scaled by 1/√B: every block then adds to the variance of the activations a
+        fraction 1/B of it instead of doubling it, so the output keeps its scale however many blocks
+        there are (the rescaling of Fixup: Zhang, Dauphin and Ma, ICLR 2019)."""
+        if not self.skips:
+            return parameters
+        scale = 1 / np.sqrt(len(self.skips))
+        return {**parameters, **{f"W{k}": parameters[f"W{k}"] * scale for _, k in self.skips}}
+
+    def _initial_batch_norm(self, parameters):
+        """For each normalized layer l: γ = 1, β = b[l] when given (else 0), running μ = 0 and σ² = 1."""
+        out = {}
+        for l in self.batch_norm:
+            n = (self.layer_dims[l], 1)
+            gamma, mean, var = _layout.batch_norm_names(l)
+            out.update({gamma: np.ones(n), f"beta{l}": parameters.get(f"b{l}", np.zeros(n)), mean: np.zeros(n),
+                        var: np.ones(n)})
+        return out
 
     def _initial_projections(self):
         """{'Ws{l}_{k}': I (n_k, n_l)} for the learned skips: the padding / truncation map."""
@@ -150,13 +201,19 @@ class Network:
                         dtype: DTypeLike | None = None, skip: int | Sequence[tuple[int, int]] | None = None,
                         projection: str = "learned") -> Network:
         """A network with these parameters ({'W1': (n1, n0), 'b1': (n1, 1), ..., with skips 'Ws1_3': (n3, n1)
-        ...}); dtype None keeps theirs (float32 or float64; anything else becomes float64)."""
-        dims = _checks.parameter_shapes({k: v for k, v in parameters.items() if not str(k).startswith("Ws")})
+        ..., batch-normalized layers with beta{l} for b{l}, gamma{l} and optionally running_mean{l},
+        running_var{l}}); dtype None keeps theirs (float32 or float64; anything else becomes float64)."""
+        names = [str(k) for k in parameters]
+        normalized = sorted(int(k[4:]) for k in names if k.startswith("beta") and k[4:].isdigit())
+        layers = {("b" + k[4:] if k.startswith("beta") else k): v for k, v in parameters.items()
+                  if not str(k).startswith(("Ws", "gamma", "running_"))}
+        dims = _checks.parameter_shapes(layers)
         if dtype is None:
             dt = np.result_type(parameters["W1"])
             dtype = dt if dt in DTYPES else np.float64
+        batch_norm = [l in normalized for l in range(1, len(dims) - 1)]
         return cls(dims, hidden_activation, output_activation, loss, init=dict(parameters), device=device,
-                   dtype=dtype, skip=skip, projection=projection)
+                   dtype=dtype, skip=skip, projection=projection, batch_norm=batch_norm)
 
     # --- state -----------------------------------------------------------------------------
     @property
@@ -261,9 +318,10 @@ class Network:
         arrays = state.check_arrays(config, {k: v for k, v in state_dict.items() if k != "config"})
         activations = [ACTIVATIONS[key[0]](*key[1:]) for key in config["activations"]]
         net = cls(config["layer_dims"], activations, None, config["loss"], device=device, dtype=config["dtype"],
-                  init={k: v for k, v in arrays.items() if k[0] in "Wb"}, seed=config.get("seed"),
+                  init={k: v for k, v in arrays.items() if not k.startswith("state")}, seed=config.get("seed"),
                   l2=config["l2"], keep_prob=config["keep_prob"], skip=[tuple(p) for p in config.get("skip", [])],
-                  projection=config.get("projection", "learned"))
+                  projection=config.get("projection", "learned"),
+                  batch_norm=[l in config.get("batch_norm", []) for l in range(1, len(config["layer_dims"]) - 1)])
         engine = net.engine
         with net.backend.device_scope():
             engine.set_optimizer(OPTIMIZERS[config["optimizer"]](**config["optimizer_args"]))
@@ -312,6 +370,7 @@ class Network:
     def __repr__(self):
         acts = "/".join(a.name for a in self.activations)
         skips = f", skip={self.skips}, projection={self.projection!r}" if self.skips else ""
+        skips += f", batch_norm={self.batch_norm}" if self.batch_norm else ""
         return (f"Network({self.layer_dims}, activations={acts}, loss={self.loss.name!r}{skips}, "
                 f"backend={self.backend.name!r} on {self.device}, dtype={self.dtype.name})")
 
@@ -405,6 +464,9 @@ class Network:
                        batch_size=batch_size, shuffle=shuffle, seed=seed, optimizer=optimizer, l2=l2,
                        keep_prob=keep_prob, schedule=schedule, validation_data=validation_data,
                        patience=patience, report_every=report_every, verbose=verbose)
+        if comm is not None and self.batch_norm:
+            raise NotImplementedError("batch normalization in data-parallel training is not supported yet: "
+                                      "the batch statistics would have to be all-reduced inside the forward pass")
         if comm is None:
             loop = self._training_loop(X, Y, **options)
             self.history = loop.history

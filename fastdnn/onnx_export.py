@@ -92,10 +92,25 @@ def _check_activations(net):
                              f"ONNX form; exportable activations: {listed}")
 
 
+def _folded(net):
+    """W[l], b[l] of every layer in float64, a batch-normalized layer's folded in: outside training it is
+    the affine map γ·(W·a − μ)/√(σ² + ε) + β = W'·a + b' with W' = s·W, b' = β − s·μ, s = γ/√(σ² + ε)."""
+    from ._layout import BN_EPSILON
+    p = {k: np.asarray(v, np.float64) for k, v in net.parameters.items()}
+    out = {}
+    for l in range(1, net.L + 1):
+        if l in net.batch_norm:
+            scale = p[f"gamma{l}"] / np.sqrt(p[f"running_var{l}"] + BN_EPSILON)
+            out[f"W{l}"], out[f"b{l}"] = scale * p[f"W{l}"], p[f"beta{l}"] - scale * p[f"running_mean{l}"]
+        else:
+            out[f"W{l}"], out[f"b{l}"] = p[f"W{l}"], p[f"b{l}"]
+    return out
+
+
 def _layers(onnx, net, dtype):
     """Nodes and initializers of A[l]ᵀ = g[l](A[l-1]ᵀ · W[l]ᵀ + b[l]) for l = 1..L; the last A is
     named 'probabilities'."""
-    parameters, nodes, initializers = net.parameters, [], []
+    parameters, nodes, initializers = _folded(net), [], []
     A_prev = "X"
     for l, activation in enumerate(net.activations, 1):
         W = np.ascontiguousarray(parameters[f"W{l}"], dtype=dtype)

@@ -3,7 +3,8 @@
 ``{"config": {...}, "W1": ..., "b1": ..., ..., "state0": ..., ...}``: the configuration is JSON-able
 (format, version, layer_dims, activations, loss, dtype, optimizer and its hyper-parameters, step
 counts, L2, keep_prob, seed, the dropout generator's state; for a network with skip connections, ``skip``
-[[l, k], ...] and ``projection``, in format version 3 — a plain network's file stays version 2, as before);
+[[l, k], ...] and ``projection``, and for batch normalization ``batch_norm`` [l, ...], in format version 3 — a
+plain network's file stays version 2, as before);
 the arrays are host NumPy arrays — parameters (the learned projections Ws{l}_{k} too) and the optimizer's
 state buffers. ``check`` reads one back field by field, so that a
 damaged or hostile state is refused with the field it got wrong, before anything is built.
@@ -12,7 +13,7 @@ import math
 
 import numpy as np
 
-from ._layout import PROJECTIONS, skip_layout, skip_name, skip_pairs
+from ._layout import PROJECTIONS, batch_norm_layout, batch_norm_names, skip_layout, skip_name, skip_pairs
 from .activations import ACTIVATIONS
 from .losses import LOSSES
 from .optimizers import OPTIMIZERS
@@ -34,6 +35,8 @@ def make(net):
                   seed=engine.seed, rng=engine.rng.bit_generator.state)
     if net.skips:
         config.update(version=SKIP_VERSION, skip=[list(p) for p in net.skips], projection=net.projection)
+    if net.batch_norm:
+        config.update(version=SKIP_VERSION, batch_norm=list(net.batch_norm))
     arrays = dict(net.parameters)
     arrays.update({f"state{i}": net.backend.to_numpy(s) for i, s in enumerate(engine.states)})
     return {"config": config, **arrays}
@@ -43,11 +46,14 @@ def expected_arrays(config):
     """{name: shape} of every array a state with this (checked) configuration holds."""
     dims = config["layer_dims"]
     shapes = {}
+    normalized = config.get("batch_norm", [])
     for l in range(1, len(dims)):
-        shapes[f"W{l}"], shapes[f"b{l}"] = (dims[l], dims[l - 1]), (dims[l], 1)
+        shapes[f"W{l}"], shapes[f"beta{l}" if l in normalized else f"b{l}"] = (dims[l], dims[l - 1]), (dims[l], 1)
     skips = [tuple(p) for p in config.get("skip", [])]
     layout, P = skip_layout(dims, skips, config.get("projection", "learned"))
     shapes.update({skip_name(l, k): (dims[k], dims[l]) for l, k, o in layout if o >= 0})
+    _, P = batch_norm_layout(dims, normalized, P)
+    shapes.update({name: (dims[l], 1) for l in normalized for name in batch_norm_names(l)})
     shapes.update({f"state{i}": (P,) for i in range(OPTIMIZERS[config["optimizer"]].n_state)})
     return shapes
 
@@ -92,7 +98,24 @@ def check_config(config):
         raise ValueError(f"seed must be an integer in [0, 2**32); got {seed!r}")
     _field(config, "rng", dict)
     _check_skips(config, dims)
+    _check_batch_norm(config, dims)
     return config
+
+
+def _check_batch_norm(config, dims):
+    """batch_norm: a non-empty sorted list of distinct hidden layers, in a version-3 file, none of them a
+    layer a skip connection goes into."""
+    if "batch_norm" not in config:
+        return
+    if config["version"] < SKIP_VERSION:
+        raise ValueError(f"batch_norm in a format version {config['version']} file (it needs version {SKIP_VERSION})")
+    layers = _field(config, "batch_norm", list)
+    if (not layers or not all(_is_int(l) and 1 <= l <= len(dims) - 2 for l in layers)
+            or layers != sorted(set(layers))):
+        raise ValueError(f"batch_norm must be a sorted list of distinct hidden layers in [1, {len(dims) - 2}]; "
+                         f"got {layers!r}")
+    if {p[1] for p in config.get("skip", [])} & set(layers):
+        raise ValueError(f"batch_norm {layers} includes a layer a skip connection goes into")
 
 
 def _check_skips(config, dims):
@@ -126,17 +149,18 @@ def check_arrays(config, arrays):
         raise ValueError(f"arrays {extra} are not part of a {config['layer_dims']} network with "
                          f"optimizer {config['optimizer']!r}" if extra else f"arrays {missing} are missing")
     nonnegative = {f"state{i}" for i in OPTIMIZERS[config["optimizer"]].nonnegative_states}
+    nonnegative |= {batch_norm_names(l)[2] for l in config.get("batch_norm", [])}
     for name, shape in shapes.items():
         a = arrays[name]
         if not isinstance(a, np.ndarray) or a.dtype.kind not in "iuf":
             raise TypeError(f"{name} must be a numeric NumPy array; got {type(a).__name__}"
                             + (f" of dtype {a.dtype}" if isinstance(a, np.ndarray) else ""))
-        if a.shape != shape and not (name[0] == "b" and a.shape == shape[:1]):
+        if a.shape != shape and not (shape[1:] == (1,) and not name.startswith("W") and a.shape == shape[:1]):
             raise ValueError(f"{name} has shape {a.shape}, expected {shape}")
         if not np.isfinite(a).all():
             raise ValueError(f"{name} contains NaN or infinity")
         if name in nonnegative and (a < 0).any():
-            raise ValueError(f"{name} (a mean of squared gradients) has negative entries")
+            raise ValueError(f"{name} (a mean of squares) has negative entries")
     return {name: arrays[name] for name in shapes}
 
 

@@ -108,3 +108,221 @@ def test_batch_norm_backward_matches_central_differences(backend, act, dtype):
     tol = {"float64": 1e-7, "float32": 1e-4}[dtype]
     expected = numeric_dZ(act, Z, gamma, beta, dA)
     np.testing.assert_allclose(backend.to_numpy(dAd), expected, rtol=tol, atol=tol * np.abs(expected).max())
+
+
+# --- networks with batch normalization ------------------------------------------------------------------
+import pickle  # noqa: E402
+import warnings  # noqa: E402
+
+import fastdnn  # noqa: E402
+from fastdnn import datasets  # noqa: E402
+
+DIMS, BN = [3, 5, 4, 1], [True, True]
+GPU = ["cupy", "cupy-fused"]
+RNG = np.random.default_rng(11)
+Xn = RNG.standard_normal((3, 13))
+Yn = (RNG.random((1, 13)) > 0.5).astype(np.float64)
+
+
+@pytest.fixture(params=[b for b in BACKENDS if b in ("numpy", "numba")] + GPU)
+def device(request):
+    """A backend name; the GPU ones run through the CuPy stand-in (kernel bodies executed on the CPU)."""
+    if request.param in GPU:
+        pytest.importorskip("cupy", reason="the CuPy stand-in checks names against the real cupy package")
+        import cuda_on_cpu
+        if cuda_on_cpu.compiler_unavailable_reason():
+            pytest.skip(cuda_on_cpu.compiler_unavailable_reason())
+        import fake_cupy as fc
+        with fc.installed(devices=2) as stand_in, warnings.catch_warnings():
+            warnings.simplefilter("error", fc.FakeCupyWarning)
+            yield request.param, stand_in
+    else:
+        yield request.param, None
+
+
+def bn_net(device="numpy", dtype="float64", act="tanh", **kw):
+    return fastdnn.Network(DIMS, act, "sigmoid", device=device, dtype=dtype, seed=4, batch_norm=BN, **kw)
+
+
+def randomized(params, seed=2):
+    """The parameters with γ, β and the running statistics moved off their initial 1, 0, 0, 1."""
+    rng = np.random.default_rng(seed)
+    out = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    for k, v in out.items():
+        if k.startswith(("gamma", "running_var")):
+            out[k] = 1 + 0.4 * rng.random(v.shape)
+        elif k.startswith(("beta", "running_mean")):
+            out[k] = 0.5 * rng.standard_normal(v.shape)
+    return out
+
+
+def oracle_forward(params, X, acts, batch_stats):
+    """The output A[L] in float64: every normalized layer by the definition (normalize_oracle), with X's own
+    μ, σ² (batch_stats) or the running ones."""
+    A = X
+    for l, act in enumerate(acts, start=1):
+        Z = params[f"W{l}"] @ A
+        if f"gamma{l}" in params:
+            mu, var = (None, None) if batch_stats else (params[f"running_mean{l}"], params[f"running_var{l}"])
+            Z = normalize_oracle(Z, params[f"gamma{l}"], params[f"beta{l}"], mu, var)[1]
+        else:
+            Z = Z + params[f"b{l}"]
+        A = oracle.g(act, Z)
+    return A
+
+
+def oracle_cost(params, X, Y, acts):
+    A = oracle_forward(params, X, acts, batch_stats=True)
+    return float(-np.mean(Y * np.log(A) + (1 - Y) * np.log(1 - A)))
+
+
+def oracle_gradients(params, X, Y, acts, h=1e-6):
+    """Central differences of the training-mode cost over every learned array."""
+    grads = {}
+    for name, v in params.items():
+        if name.startswith("running"):
+            continue
+        g = np.zeros_like(v)
+        for idx in np.ndindex(v.shape):
+            for sign in (1, -1):
+                q = {k: a.copy() for k, a in params.items()}
+                q[name][idx] += sign * h
+                g[idx] += sign * oracle_cost(q, X, Y, acts) / (2 * h)
+        grads["d" + name] = g
+    return grads
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_network_matches_the_oracle_on_every_backend(device, dtype):
+    """forward (running μ, σ²), the training-mode cost and every gradient vs the float64 oracle."""
+    name, _ = device
+    params = randomized(bn_net().parameters)
+    net = fastdnn.Network.from_parameters(params, "tanh", "sigmoid", device=name, dtype=dtype)
+    assert net.batch_norm == [1, 2] and net.backend.name == name
+    acts = ["tanh", "tanh", "sigmoid"]
+    exact = {k: rounded(v, dtype) for k, v in params.items()}
+    assert_close(net.forward(Xn), oracle_forward(exact, Xn, acts, batch_stats=False), dtype)
+    Xd, Yd = net.prepare(Xn, Yn)
+    with net.backend.device_scope():
+        assert net.engine.cost(Xd, Yd, batch_stats=True) == pytest.approx(oracle_cost(exact, Xn, Yn, acts),
+                                                                          rel={"float64": 1e-10, "float32": 1e-5}[dtype])
+    grads, expected = net.gradients(Xn, Yn), oracle_gradients(exact, Xn, Yn, acts)
+    assert grads.keys() == expected.keys()
+    for k in expected:
+        np.testing.assert_allclose(grads[k], expected[k], rtol=0, atol={"float64": 1e-8, "float32": 2e-4}[dtype],
+                                   err_msg=k)
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_gradient_check_in_training_mode_with_l2(act):
+    net = fastdnn.Network.from_parameters(randomized(bn_net(act=act).parameters, seed=7), act, "sigmoid",
+                                          dtype="float64").regularize(l2=0.2)
+    assert fastdnn.gradient_check(net, Xn, Yn) < 1e-7
+
+
+def test_running_statistics_are_the_exponential_average_of_the_batches():
+    net = bn_net()
+    expected = {l: (np.zeros((n, 1)), np.ones((n, 1))) for l, n in ((1, 5), (2, 4))}
+    for step in range(4):
+        params = net.parameters
+        A = Xn
+        for l in (1, 2):                  # the batch statistics of this step, from its parameters
+            Z = params[f"W{l}"] @ A
+            mu, var = Z.mean(axis=1, keepdims=True), Z.var(axis=1, keepdims=True)
+            expected[l] = (0.9 * expected[l][0] + 0.1 * mu, 0.9 * expected[l][1] + 0.1 * var)
+            A = np.tanh(normalize_oracle(Z, params[f"gamma{l}"], params[f"beta{l}"])[1])
+        net.step(Xn, Yn, learning_rate=0.1)
+        for l in (1, 2):
+            assert_close(net.parameters[f"running_mean{l}"], expected[l][0], "float64")
+            assert_close(net.parameters[f"running_var{l}"], expected[l][1], "float64")
+    acts, params = ["tanh", "tanh", "sigmoid"], net.parameters           # forward/predict: the running ones
+    assert_close(net.forward(Xn), oracle_forward(params, Xn, acts, batch_stats=False), "float64")
+    assert not np.allclose(net.forward(Xn), oracle_forward(params, Xn, acts, batch_stats=True))
+
+
+@pytest.mark.parametrize("device", [b for b in BACKENDS if b != "numpy"] + GPU, indirect=True)
+@pytest.mark.parametrize("fit", [dict(iterations=6), dict(epochs=2, batch_size=5)], ids=["full", "mini"])
+def test_fit_matches_numpy(device, fit):
+    name, _ = device
+    dropout = dict(keep_prob=[0.9, 1.0]) if name not in GPU else {}      # CuPy draws its own masks
+    nets = [bn_net(d, l2=0.05, **dropout) for d in (name, "numpy")]
+    hs = [n.fit(Xn, Yn, optimizer="adam", learning_rate=0.05, verbose=0, report_every=1, **fit) for n in nets]
+    np.testing.assert_allclose([r.cost for r in hs[0]], [r.cost for r in hs[1]], rtol=1e-10)
+    for k, v in nets[1].parameters.items():
+        assert_close(nets[0].parameters[k], v, "float64")
+    assert nets[0].parameters["running_var1"].min() != 1.0         # the running statistics moved
+
+
+@pytest.mark.parametrize("device", BACKENDS + GPU, indirect=True)
+def test_a_diverging_first_step_changes_nothing_running_statistics_included(device):
+    """The call's first cost is infinite (W3 overflows the output): nothing changes, the running
+    statistics included (a finite first cost would not do: batch norm rescales even a 1e300 input)."""
+    name, _ = device
+    params = bn_net().parameters
+    params["W3"] = np.full_like(params["W3"], 1e308)
+    net = fastdnn.Network.from_parameters(params, "tanh", "sigmoid", device=name)
+    before = net.parameters
+    with pytest.raises(fastdnn.errors.TrainingDivergedError), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        net.fit(Xn, Yn, iterations=3, learning_rate=0.1, verbose=0)
+    for k, v in before.items():
+        np.testing.assert_array_equal(net.parameters[k], v, err_msg=k)
+
+
+def test_save_load_pickle_and_from_parameters_keep_everything(tmp_path):
+    net = bn_net()
+    net.fit(Xn, Yn, iterations=5, optimizer="adam", learning_rate=0.05, verbose=0)
+    net.save(tmp_path / "bn.npz")
+    copies = [fastdnn.load(tmp_path / "bn.npz", device="numpy"), pickle.loads(pickle.dumps(net)),
+              fastdnn.Network.from_parameters(net.parameters, "tanh", "sigmoid", device="numpy")]
+    for copy in copies:
+        assert copy.batch_norm == [1, 2]
+        for k, v in net.parameters.items():
+            np.testing.assert_array_equal(copy.parameters[k], v, err_msg=k)
+        np.testing.assert_array_equal(copy.forward(Xn), net.forward(Xn))
+    assert net.state_dict()["config"]["batch_norm"] == [1, 2]
+    assert "batch_norm" not in fastdnn.Network(DIMS, seed=1).state_dict()["config"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s["config"].update(batch_norm=[0]), "batch_norm must be a sorted list"),
+    (lambda s: s["config"].update(batch_norm=[3]), "batch_norm must be a sorted list"),
+    (lambda s: s["config"].update(batch_norm=[2, 1]), "batch_norm must be a sorted list"),
+    (lambda s: s["config"].update(batch_norm="all"), "batch_norm"),
+    (lambda s: s["config"].update(version=2), "needs version 3"),
+    (lambda s: s.update(running_var1=-np.ones((5, 1))), "negative entries"),
+    (lambda s: s.pop("gamma2"), "missing"),
+    (lambda s: s.update(b1=np.zeros((5, 1))), "not part of"),
+])
+def test_a_damaged_state_is_refused_naming_the_field(change, message):
+    state = bn_net().state_dict()
+    change(state)
+    with pytest.raises((ValueError, TypeError), match=message):
+        fastdnn.Network.from_state_dict(state)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(batch_norm=[True]), ValueError, "2 bools"),
+    (dict(batch_norm=[1, 0]), ValueError, "2 bools"),
+    (dict(batch_norm="yes"), TypeError, "batch_norm must be True"),
+    (dict(batch_norm=True, skip=[(0, 2)]), ValueError, "skip connection into them and batch normalization"),
+])
+def test_bad_batch_norm_arguments_are_named(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        fastdnn.Network(DIMS, **kwargs)
+
+
+def test_data_parallel_batch_norm_is_refused_before_anything_changes():
+    net = bn_net()
+    before = net.parameters
+    with pytest.raises(NotImplementedError, match="data-parallel"):
+        net.fit(Xn, Yn, iterations=2, verbose=0, comm=object())
+    assert all(np.array_equal(net.parameters[k], v) for k, v in before.items())
+
+
+def test_a_deep_network_trains_with_batch_norm():
+    X, Y = datasets.spirals(m=300, classes=3, seed=0)
+    net = fastdnn.Network([2] + [16] * 6 + [3], "relu", "softmax", dtype="float64", seed=1, batch_norm=True)
+    history = net.fit(X, Y, iterations=300, optimizer="adam", learning_rate=0.01, verbose=0, report_every=100)
+    assert history[-1].cost < 0.1 * history[0].cost
+    assert np.mean(net.predict(X).reshape(-1) == Y.reshape(-1)) > 0.95

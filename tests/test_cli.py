@@ -163,6 +163,10 @@ BAD = [
     case("sweep-rejects-the-largest-seed-as-validation-needs-the-next", "sweep --seed 4294967295",
          "must be an integer from 0 to 4294967294"),
     case("sweep-rejects-cats-without-data", "sweep --dataset cats", "--dataset cats needs --data"),
+    # deep
+    case("deep-rejects-zero-depth", "deep --depth 0", "--depth: must be a positive integer"),
+    case("deep-rejects-zero-seeds", "deep --seeds 0", "--seeds: must be a positive integer"),
+    case("deep-rejects-a-zero-learning-rate", "deep --learning-rate 0", "--learning-rate: must be a finite"),
     # bench
     case("bench-rejects-an-unknown-configuration", "bench --config mnist", "invalid choice: 'mnist'"),
     case("bench-rejects-an-empty-configuration-list", "bench --config", "expected at least one argument"),
@@ -333,6 +337,15 @@ def test_demo_prints_device_costs_and_accuracy(capsys):
     costs = [float(line.split("cost")[1].split()[0]) for line in lines if "cost" in line]
     assert len(costs) >= 5 and costs[-1] < costs[0]
     assert "training accuracy" in lines[-1]
+
+
+def test_deep_prints_one_row_per_variant(capsys):
+    status, out, err = run_main(capsys, ["deep", "--depth", "4", "--iterations", "20", "--seeds", "2",
+                                         "--device", "numpy"])
+    assert status == 0, err
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "variant" not in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["plain", "residual (skip=2)", "batch norm"]
+    assert "[2, 8 x 4 hidden, 3]" in out and "chance-level cost ln 3 = 1.099" in out
 
 
 def test_backends_lists_every_backend_and_what_each_device_selects(capsys):

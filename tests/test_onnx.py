@@ -115,6 +115,18 @@ def test_trained_network_matches(ort, tmp_path):
     np.testing.assert_array_equal(out["label"], net.predict(X).T)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_batch_normalized_network_exports_folded(ort, tmp_path, dtype):
+    """Outside training a normalized layer is affine: exported as W' = s·W, b' = β − s·μ (s = γ/√(σ² + ε))."""
+    X, Y = datasets.spirals(m=150)
+    net = fastdnn.Network([2, 8, 8, 3], "relu", "softmax", device="numpy", seed=2, dtype=dtype,
+                          batch_norm=[True, False])
+    net.fit(X, Y, learning_rate=0.05, optimizer="adam", iterations=50, verbose=0)
+    assert not np.allclose(net.parameters["running_var1"], 1)
+    out = run(ort, onnx_export.to_onnx(net, str(tmp_path / "bn.onnx")), X, dtype)
+    assert_relative(out["probabilities"], net.forward(X).T, dtype)
+
+
 def test_graph_passes_the_checker_with_the_declared_layout(onnx, tmp_path):
     net = network("relu", "softmax", dtype="float64", dims=(4, 6, 5))
     model = onnx.load(onnx_export.to_onnx(net, str(tmp_path / "n.onnx")))

@@ -277,3 +277,13 @@ class Backend:
         dZt -= Zn * dgamma
         dZt *= c
         return dZt
+
+    def running_average(self, running, batch, momentum, out, go=None):
+        """out = momentum·running + (1 − momentum)·batch ((n, 1): the running μ or σ²); with ``go`` (a 0-d
+        bool on the backend) only where it is true (no host sync)."""
+        new = momentum * running + (1 - momentum) * batch
+        if go is None:
+            out[...] = new
+        else:
+            self.xp.copyto(out, new, where=go)
+        return out
