@@ -103,9 +103,12 @@ def test_the_first_user_script_runs_through_the_stand_in(fake_cupy, monkeypatch,
     monkeypatch.setattr(bench, "MINIBATCH_CONFIGS", [c for c in bench.MINIBATCH_CONFIGS if c.name == "moons-b64"])
     script = Path(__file__).parents[1] / "tools" / "gpu_user.py"
     module = runpy.run_path(str(script))
-    for part in ("first_user", "divergence", "speeds"):
+    for part in ("first_user", "divergence", "features", "speeds"):
         module[part]()
     out = capsys.readouterr().out
+    compared = [line for line in out.splitlines() if ": vs numpy " in line]
+    assert len(compared) == 2 * (4 * 2 + 1) and max(float(line.rsplit(" ", 1)[1]) for line in compared) < 1e-10
+    assert out.count("finite True") == 2 and out.count("device labels") == 2
     assert "issue-14 repro: backend cupy-fused" in out and "NOT raised" not in out
     assert out.count("parameters finite: True") == 2
     assert out.count("epoch moons-b64") == 4 and out.count("fit step tiny") == 4

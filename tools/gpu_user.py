@@ -1,4 +1,5 @@
-"""What a first GPU user meets, timed on a real GPU: ``python tools/gpu_user.py`` (after ``fastdnn gpu-check``).
+"""What a first GPU user meets, timed on a real GPU: ``python tools/gpu_user.py [PART ...]`` (after
+``fastdnn gpu-check``; parts: first_user, divergence, features, speeds; default all).
 
 Prints one line per measurement: the issue-14 reproduction (``Network(device="cuda").fit(..., epochs=5,
 batch_size=64)``), the first ``fit`` (cold: NVRTC compiles) and a second one (warm), mini-batch epochs and
@@ -102,9 +103,49 @@ def divergence():
             print(f"divergence {backend}: raised at iteration {exc.iteration}, parameters finite: {finite}")
 
 
+def features():
+    """Skip connections, batch normalization, dropout, MPI's staged path and device labels on the GPU
+    backends, each fit against the same fit on the CPU (float64; dropout draws its masks on the device,
+    so that one only has to train)."""
+    import cupy as cp
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((6, 500))
+    Y = (X[:1] * X[1:2] + 0.3 * X[2:3] > 0).astype(np.float64)
+    cases = {"skip=2": ([6, 8, 8, 8, 8, 1], dict(skip=2)),
+             "skip learned Ws": ([6, 4, 8, 8, 1], dict(skip=[(0, 2), (1, 3)], projection="learned")),
+             "skip pad": ([6, 4, 8, 8, 1], dict(skip=[(0, 2), (1, 3)], projection="pad")),
+             "batch_norm": ([6, 8, 8, 1], dict(batch_norm=True))}
+    fits = {"full": dict(iterations=30, optimizer="adam", learning_rate=0.01),
+            "mini": dict(epochs=2, batch_size=64, optimizer="adam", learning_rate=0.01)}
+    for backend in ("cupy", "cupy-fused"):
+        for name, (dims, kw) in cases.items():
+            for how, fit in fits.items():
+                nets = [Network(dims, device=d, dtype="float64", seed=2, **kw) for d in (backend, "numpy")]
+                for n in nets:
+                    n.fit(X, Y, verbose=0, **fit)
+                print(f"{name} {how} {backend}: vs numpy {agree(*nets):.1e}")
+        net = Network([6, 16, 16, 1], device=backend, seed=2, keep_prob=0.8)
+        hist = net.fit(X, Y, epochs=20, batch_size=64, optimizer="adam", learning_rate=0.01, verbose=0)
+        print(f"dropout {backend}: costs {hist[0].cost:.3f} -> {hist[-1].cost:.3f}, finite "
+              f"{all(np.isfinite(v).all() for v in net.parameters.values())}")
+        Xd, Yd = cp.asarray(X), cp.asarray(Y)
+        net = Network([6, 16, 1], device=backend, seed=2, dtype="float64")
+        s, _ = timed(lambda: [net.prepare(Xd, Yd) for _ in range(10)])
+        print(f"device labels {backend}: prepare(device X, Y) {s / 10 * 1e3:.2f} ms each")
+        try:
+            from mpi4py import MPI
+            nets = [Network([6, 16, 1], device=d, dtype="float64", seed=2) for d in (backend, "numpy")]
+            nets[0].fit(X, Y, iterations=10, verbose=0, comm=MPI.COMM_SELF)
+            nets[1].fit(X, Y, iterations=10, verbose=0)
+            print(f"MPI COMM_SELF {backend}: vs numpy {agree(*nets):.1e}")
+        except Exception as exc:        # noqa: BLE001  no mpi4py, or no MPI library under it
+            print(f"MPI {backend}: not run ({type(exc).__name__}: {exc})")
+
+
 if __name__ == "__main__":
     print(f"fastdnn {fastdnn.__version__}, CPU backend {CPU}, numpy {np.__version__}, python {sys.version.split()[0]}")
-    for part in (first_user, divergence, speeds):
+    parts = (first_user, divergence, features, speeds)
+    for part in [p for p in parts if len(sys.argv) < 2 or p.__name__ in sys.argv[1:]]:
         try:
             part()
         except Exception as exc:        # noqa: BLE001  report and go on to the next part
