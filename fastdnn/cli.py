@@ -268,14 +268,15 @@ def _demo_parser(sub):
 
 def _deep_parser(sub):
     p = _command(sub, "deep", "why skip connections and batch normalization exist, measured",
-                 "Train one deep, narrow ReLU network on the 3-class spirals by gradient descent three "
-                 "ways: plain, with a residual block every two hidden layers (skip=2) and with batch "
-                 "normalization; print the final cost and training accuracy of each (median and range "
-                 "over the seeds).", _deep)
-    p.add_argument("--depth", type=positive_int, default=30, metavar="N", help="hidden layers")
+                 "Train deep, narrow ReLU networks of each depth on the 3-class spirals by gradient "
+                 "descent three ways: plain, with a residual block every two hidden layers (skip=2) and "
+                 "with batch normalization; print the final cost and training accuracy of each (median "
+                 "and range over the seeds).", _deep)
+    p.add_argument("--depth", type=positive_int, nargs="+", default=[10, 20, 30], metavar="N",
+                   help="hidden layers (one network per depth)")
     p.add_argument("--width", type=positive_int, default=8, metavar="N", help="units per hidden layer")
     p.add_argument("--iterations", type=positive_int, default=2000, metavar="N", help="full-batch steps")
-    p.add_argument("--learning-rate", type=positive_float, default=0.01, metavar="RATE", help="gradient descent's α")
+    p.add_argument("--learning-rate", type=positive_float, default=0.02, metavar="RATE", help="gradient descent's α")
     p.add_argument("--seeds", type=positive_int, default=3, metavar="N", help="runs per variant (seeds 0..N-1)")
     p.add_argument("--device", type=device, default="cpu", metavar="DEVICE",
                    help="auto, cpu, cuda, cuda:N or a backend name (see 'fastdnn backends')")
@@ -677,7 +678,7 @@ def _deep(args):
     from . import depth
     rows = depth.compare(args.depth, args.width, args.iterations, args.learning_rate, range(args.seeds),
                          device=args.device)
-    print(depth.table(rows, args.depth, args.width, args.iterations, args.learning_rate))
+    print(depth.table(rows, args.width, args.iterations, args.learning_rate))
     return 0
 
 

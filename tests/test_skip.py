@@ -561,3 +561,20 @@ def test_the_delta_row_sum_skip_kernel_matches_the_oracle(E, act, dtype, shape, 
     assert_close(dA, dZ, dtype)
     assert_close(db, dZ.sum(axis=1, keepdims=True), dtype)
     assert_close(dS, expected_dS, dtype)
+
+
+def test_residual_branches_start_scaled_so_deep_networks_keep_their_scale():
+    """Fixup's rescaling: with B skips, the W[k] a skip goes into starts as its He draw / √B, the other
+    layers as He draws; a 30-layer residual network then starts near ln 3 (16 without the scaling)."""
+    from fastdnn.initializers import initialize
+    dims = [2] + [8] * 30 + [3]
+    net = fastdnn.Network(dims, "relu", "softmax", seed=0, dtype="float64", skip=2)
+    he, B = initialize(dims, "he", 0), len(net.skips)
+    targets = {k for _, k in net.skips}
+    for l in range(1, 32):
+        expected = he[f"W{l}"] / np.sqrt(B) if l in targets else he[f"W{l}"]
+        np.testing.assert_allclose(net.parameters[f"W{l}"], expected, rtol=1e-15, err_msg=f"W{l}")
+    X3, Y3 = datasets.spirals(m=600, classes=3, seed=0)
+    assert net.cost(X3, Y3) < 1.5
+    given = fastdnn.Network(dims, "relu", "softmax", dtype="float64", skip=2, init=he)
+    np.testing.assert_array_equal(given.parameters["W3"], he["W3"])          # given arrays are used as they are
