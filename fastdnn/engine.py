@@ -7,10 +7,12 @@ dZ) for every layer, and what is constant for it (the backend's whole-step calla
 when it is made. The engine talks to a Backend only; ``Network`` checks the user's input and calls
 the engine; io, training, distributed, gradcheck and the benchmarks use this interface:
 
-  Engine(backend, layer_dims, activations, loss, dtype, parameters, seed, skips, projection)
+  Engine(backend, layer_dims, activations, loss, dtype, parameters, seed, skips, projection, batch_norm)
   .theta, .states, .gradient_buffer      current flat θ, optimizer state buffers, [dθ, J]
-  .parameters() / .set_parameters(d)      host dict {'W1': ..., 'b1': ..., 'Ws1_3': ...} out / in
-  .parameter_names()                      their names in θ's order (W1, b1, ..., WL, bL, then each Ws)
+  .parameters() / .set_parameters(d)      host dict {'W1': ..., 'b1': ..., 'Ws1_3': ..., 'gamma1': ...} out / in
+  .parameter_names(), .state_names()      the learned arrays' names in θ's order; and the running statistics'
+  .reference_steps, .evaluate_now(...)    steps run on NumPy while a kernel compiled; evaluate meanwhile
+  compiling(), wait_for_compiles()        the background compiles of first calls (BACKGROUND_COMPILE)
   .set_optimizer(spec), .regularize(l2, keep_prob), .t, .iteration, .epoch, .rng, .seed
   .forward(X), .cost(X, Y), .gradients(X, Y), .backprop(X, Y)          prepared backend arrays
   .begin_call(), .train_step(X, Y, α, check), .train_epoch(...), .end_call(), .evaluate(X, Y, ws)
@@ -23,6 +25,11 @@ Z[k] = W[k]·A[k-1] + b[k] + S, S = A[l] (equal widths), Ws·A[l] (a learned pro
 is what layer l passes on (with dropout: the masked Ad[l], the same the next layer sees). Backward: dA[l]
 also receives dZ[k] (or Wsᵀ·dZ[k]), written by layer k's dZ pass (or its GEMM) before layer l+1's GEMM
 Wᵀ·dZ accumulates onto it; dWs = dZ[k]·A[l]ᵀ (+ (λ/m) Ws with L2, which covers every weight matrix).
+
+Batch normalization on hidden layers (``batch_norm``, sorted l): Zn = (W·A_prev − μ)/√(σ² + ε), Z = γ·Zn + β,
+A = g(Z), β in b's place in θ, every γ after the Ws, then the running μ, σ² (in θ so the slots carry them;
+gradient 0, so no optimizer moves them; a step sets the other slot's after the update). Such a network
+trains op by op (no fused or compiled step) and not data-parallel.
 """
 import contextlib
 import math

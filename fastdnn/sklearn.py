@@ -79,6 +79,12 @@ _PARAMETERS_DOC = """
         an int gives the same model on every fit.
     verbose : int, default=0
         Network.fit's ``verbose``: 0 silent, 1 a progress bar, 2 the course's cost lines.
+    skip : int, list of (l, k) pairs or None, default=None
+        Network's ``skip``: residual connections (2: a block every two hidden layers).
+    projection : str, default="learned"
+        Network's ``projection`` where a skip joins layers of different widths: "learned" or "pad".
+    batch_norm : bool or list of bool, default=False
+        Network's ``batch_norm``: batch normalization on every (True) or the chosen hidden layers.
 
     Not exposed: ``fit``'s ``comm`` (MPI data parallelism), ``report_every`` (every epoch is
     recorded), ``iterations`` (use ``batch_size=None``); ``loss`` and ``output_activation`` follow
@@ -106,7 +112,8 @@ class _DNNBase(BaseEstimator):
     def __init__(self, hidden_layer_sizes=(100,), hidden_activation="relu", init="he", l2=0.0,
                  keep_prob=1.0, optimizer="adam", learning_rate=0.001, epochs=200, batch_size=32,
                  shuffle=True, schedule=None, early_stopping=False, validation_fraction=0.1,
-                 patience=10, device="auto", dtype="float64", random_state=None, verbose=0):
+                 patience=10, device="auto", dtype="float64", random_state=None, verbose=0, skip=None,
+                 projection="learned", batch_norm=False):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.hidden_activation = hidden_activation
         self.init = init
@@ -123,6 +130,9 @@ class _DNNBase(BaseEstimator):
         self.patience = patience
         self.device = device
         self.dtype = dtype
+        self.skip = skip
+        self.projection = projection
+        self.batch_norm = batch_norm
         self.random_state = random_state
         self.verbose = verbose
 
@@ -185,7 +195,8 @@ class _DNNBase(BaseEstimator):
         network = Network(dims, hidden_activation=self.hidden_activation,
                           output_activation=self._output_activation(n_outputs), init=self.init,
                           device=self.device, dtype=self.dtype, seed=seed, l2=self.l2,
-                          keep_prob=self.keep_prob)
+                          keep_prob=self.keep_prob, skip=self.skip, projection=self.projection,
+                          batch_norm=self.batch_norm)
         return network, shuffle_seed
 
     def _hold_out(self, X, y_enc, rng, n_outputs):

@@ -260,11 +260,13 @@ def test_the_constructor_arguments_go_to_network_and_fit(monkeypatch):
                         l2=0.1, keep_prob=[0.9, 0.8], optimizer="momentum", learning_rate=0.05, epochs=3,
                         batch_size=7, shuffle=False, schedule=schedule, early_stopping=True,
                         validation_fraction=0.25, patience=2, device="numpy", dtype="float32",
-                        random_state=0, verbose=0).fit(X, y)
+                        random_state=0, verbose=0, skip=[(0, 2)], projection="pad",
+                        batch_norm=[True, False]).fit(X, y)
     args, kwargs = calls["Network"]
     assert args == ([3, 4, 3, 1],)
     assert kwargs == dict(hidden_activation=["tanh", "relu"], output_activation="sigmoid", init="xavier",
-                          device="numpy", dtype="float32", seed=kwargs["seed"], l2=0.1, keep_prob=[0.9, 0.8])
+                          device="numpy", dtype="float32", seed=kwargs["seed"], l2=0.1, keep_prob=[0.9, 0.8],
+                          skip=[(0, 2)], projection="pad", batch_norm=[True, False])
     Xt, Y, fit = calls["fit"]
     assert Xt.shape == (3, 30) and Y.shape == (1, 30)          # 25 % of 40 held out, course layout
     X_val, Y_val = fit.pop("validation_data")
