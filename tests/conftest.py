@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 
 import fastdnn
@@ -41,3 +43,24 @@ def fake_cupy():
     import fake_cupy as fc
     with fc.installed(devices=2) as stand_in:
         yield stand_in
+
+
+GPU_BACKENDS = ["cupy", "cupy-fused"]
+
+
+@pytest.fixture(params=[b for b in BACKENDS if b in ("numpy", "numba")] + GPU_BACKENDS)
+def device(request):
+    """(backend name, the CuPy stand-in or None): every CPU backend here, and the GPU ones through the strict
+    CuPy stand-in with their kernel bodies run on the CPU (tests/fake_cupy.py, tests/cuda_on_cpu.py);
+    a test narrows the list with ``@pytest.mark.parametrize("device", [...], indirect=True)``."""
+    if request.param in GPU_BACKENDS:
+        pytest.importorskip("cupy", reason="the CuPy stand-in checks names against the real cupy package")
+        import cuda_on_cpu
+        if cuda_on_cpu.compiler_unavailable_reason():
+            pytest.skip(cuda_on_cpu.compiler_unavailable_reason())
+        import fake_cupy as fc
+        with fc.installed(devices=2) as stand_in, warnings.catch_warnings():
+            warnings.simplefilter("error", fc.FakeCupyWarning)
+            yield request.param, stand_in
+    else:
+        yield request.param, None

@@ -124,22 +124,6 @@ Xn = RNG.standard_normal((3, 13))
 Yn = (RNG.random((1, 13)) > 0.5).astype(np.float64)
 
 
-@pytest.fixture(params=[b for b in BACKENDS if b in ("numpy", "numba")] + GPU)
-def device(request):
-    """A backend name; the GPU ones run through the CuPy stand-in (kernel bodies executed on the CPU)."""
-    if request.param in GPU:
-        pytest.importorskip("cupy", reason="the CuPy stand-in checks names against the real cupy package")
-        import cuda_on_cpu
-        if cuda_on_cpu.compiler_unavailable_reason():
-            pytest.skip(cuda_on_cpu.compiler_unavailable_reason())
-        import fake_cupy as fc
-        with fc.installed(devices=2) as stand_in, warnings.catch_warnings():
-            warnings.simplefilter("error", fc.FakeCupyWarning)
-            yield request.param, stand_in
-    else:
-        yield request.param, None
-
-
 def bn_net(device="numpy", dtype="float64", act="tanh", **kw):
     return fastdnn.Network(DIMS, act, "sigmoid", device=device, dtype=dtype, seed=4, batch_norm=BN, **kw)
 

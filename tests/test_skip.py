@@ -5,7 +5,6 @@ every backend x dtype (the GPU backends through the CuPy stand-in and their kern
 the CPU), through fit, save/load, pickling and ``to``."""
 import json
 import pickle
-import warnings
 
 import numpy as np
 import pytest
@@ -239,21 +238,6 @@ def test_fastdnn_gradient_check_covers_the_skips(projection):
 
 # --- every backend x dtype against the oracle -------------------------------------------------------------
 GPU = ["cupy", "cupy-fused"]
-
-
-@pytest.fixture(params=[b for b in BACKENDS if b in ("numpy", "numba")] + GPU)
-def device(request):
-    if request.param in GPU:
-        pytest.importorskip("cupy", reason="the CuPy stand-in checks names against the real cupy package")
-        import cuda_on_cpu
-        if cuda_on_cpu.compiler_unavailable_reason():
-            pytest.skip(cuda_on_cpu.compiler_unavailable_reason())
-        import fake_cupy as fc
-        with fc.installed(devices=2) as stand_in, warnings.catch_warnings():
-            warnings.simplefilter("error", fc.FakeCupyWarning)
-            yield request.param, stand_in
-    else:
-        yield request.param, None
 
 
 @pytest.mark.parametrize("output", ["sigmoid", "softmax"])
