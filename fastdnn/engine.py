@@ -492,10 +492,10 @@ class Engine:
             if dropped:
                 be.multiply(ws.dA[l - 1], ws.D[l - 1], out=ws.dA[l - 1])
 
-    def _forward_cost_delta(self, X, Y, ws, train=False):
-        """Forward, then the data term of the cost J (0-d, on the backend) and dZ[L] into the
-        workspace."""
-        self._forward(X, ws, train)
+    def _forward_cost_delta(self, X, Y, ws, train=False, batch_stats=None):
+        """Forward (see ``_forward``), then the data term of the cost J (0-d, on the backend) and dZ[L]
+        into the workspace."""
+        self._forward(X, ws, train, batch_stats)
         L = self.L
         return self.backend.output_layer(self.loss, self.activations[-1], ws.Z[L], ws.A[L], Y, ws.dA[L])
 
@@ -532,9 +532,7 @@ class Engine:
         """{'dW1': (n1, n0), 'db1': (n1, 1), ..., 'dWs1_3': (n3, n1), 'dgamma1': ...} = ∂J/∂ of every learned
         array (parameter_names), as host NumPy arrays; batch norm with X's own μ, σ² (as in training)."""
         ws = self.evaluation_workspace(X.shape[1])
-        self._forward(X, ws, batch_stats=True)
-        L = self.L
-        self.backend.output_layer(self.loss, self.activations[-1], ws.Z[L], ws.A[L], Y, ws.dA[L])
+        self._forward_cost_delta(X, Y, ws, batch_stats=True)
         self._backward(X, ws)
         self._add_l2(0.0, ws.m)
         named = self._named_views(self._dtheta)
