@@ -6,6 +6,10 @@ dθ and J, so every rank applies the same update to the same parameters (broadca
 training starts). L2 terms are added after the sum, with M. The all-reduced buffer is the flat
 gradient plus one entry: (P + 1) · itemsize bytes per step.
 
+Batch normalization is synchronized: a normalized layer's μ, σ² are the whole batch's (two all-reduces
+of n_l numbers in the forward), and its dβ, dγ too before dZ (one of 2 n_l), so every rank computes
+exactly the one-process gradient and the same running statistics.
+
 CuPy buffers go to MPI directly when the MPI library is CUDA-aware (see ``cuda_aware``), and through
 a pinned host buffer otherwise.
 """
@@ -101,8 +105,9 @@ class DataParallel:
         self.MPI, self.comm, self.engine = MPI, comm, engine
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.staged = engine.backend.device.startswith("cuda") and not cuda_aware()
-        self.host = None          # pinned host copy of the reduced buffer when staged
+        self.host = {}            # (shape, dtype) -> pinned host copy of a reduced buffer when staged
         self.m_total = self.shard_sizes = None
+        self.share = 1.0          # this step's m_r / M (set by the engine before each step)
 
     # --- collective agreement ----------------------------------------------------------------
     def agree(self, fn):
@@ -127,7 +132,7 @@ class DataParallel:
         engine = self.engine
         signature = repr((engine.layer_dims, [a.name for a in engine.activations], engine.loss.name,
                           engine.dtype.name, engine.optimizer, engine.l2, engine.keep_prob, engine.skips,
-                          engine.projection, plan))
+                          engine.projection, engine.batch_norm, plan))
         gathered = self.comm.allgather((signature, m_local))
         for r, (other, _) in enumerate(gathered):
             if other != signature:
@@ -151,8 +156,30 @@ class DataParallel:
         """buffer = Σ_ranks share_r · [dθ_r, J_r] in place, in one MPI call; returns the summed J."""
         buffer[-1] = cost
         buffer *= share
-        self._collective(buffer, lambda b: self.comm.Allreduce(self.MPI.IN_PLACE, b, op=self.MPI.SUM))
+        self._sum(buffer)
         return self.engine.backend.scalar(buffer[-1])
+
+    def batch_stats(self, mu, var):
+        """μ = Σ_r s_r μ_r and σ² = Σ_r s_r (σ²_r + (μ_r − μ)²) in place, from this rank's μ_r, σ²_r (n_l, 1)
+        over its m_r columns of the batch's M (s_r = m_r / M = ``share``): the batch's own statistics."""
+        mu_r = mu.copy()
+        mu *= self.share
+        self._sum(mu)
+        var += (mu_r - mu) ** 2
+        var *= self.share
+        self._sum(var)
+
+    def batch_norm_sums(self, dgamma, dbeta):
+        """dγ, dβ (n_l, 1) = Σ_r s_r · (rank r's) in place, in one MPI call: the whole batch's, which the
+        backward through μ and σ² needs (this rank's are sums over its columns of dZ̃ for its own J_r)."""
+        xp, n = self.engine.backend.xp, dgamma.shape[0]
+        both = xp.concatenate([dgamma, dbeta]) * self.share
+        self._sum(both)
+        dgamma[...], dbeta[...] = both[:n], both[n:]
+
+    def _sum(self, buffer):
+        """buffer = its sum over the ranks, in place."""
+        self._collective(buffer, lambda b: self.comm.Allreduce(self.MPI.IN_PLACE, b, op=self.MPI.SUM))
 
     def mean(self, values, m):
         """The mean over every rank's examples of per-rank means (None stays None), and the total m."""
@@ -169,11 +196,13 @@ class DataParallel:
             backend.synchronize()     # MPI reads device memory outside the stream's order
             call(buffer)
             return
-        if self.host is None or self.host.shape != buffer.shape or self.host.dtype != buffer.dtype:
-            self.host = backend.host_buffer(buffer.shape, buffer.dtype)
-        backend.copy_to_host(buffer, self.host)
-        call(self.host)
-        backend.copy_from_host(self.host, buffer)
+        key = (buffer.shape, buffer.dtype)
+        if key not in self.host:
+            self.host[key] = backend.host_buffer(buffer.shape, buffer.dtype)
+        host = self.host[key]
+        backend.copy_to_host(buffer, host)
+        call(host)
+        backend.copy_from_host(host, buffer)
 
     # --- failures -----------------------------------------------------------------------------
     def run(self, loop):

@@ -436,6 +436,8 @@ class Engine:
         be.gemm(W, A_prev, out=ws.Zn[l])
         if batch_stats:
             mu, var = be.batch_stats(ws.Zn[l], ws.mu[l], ws.var[l])
+            if self.parallel is not None:         # the whole batch's, over every rank's columns
+                self.parallel.batch_stats(mu, var)
         else:
             mu, var = running_mean, running_var
         return be.batch_norm_activation(act, ws.Zn[l], mu, var, BN_EPSILON, gamma, beta, ws.Z[l], ws.A[l])[1]
@@ -471,6 +473,8 @@ class Engine:
             if l in ws.Zn:                      # batch norm: dZ̃, dβ (db's place), dγ; dZ; then the GEMMs
                 gamma, dgamma = self._bn[self._slot()][l][0], self._bn_grads[l][0]
                 dZ = be.batch_norm_delta(self.activations[l - 1], ws.dA[l], ws.Z[l], ws.A[l], ws.Zn[l], dgamma, db)
+                if self.parallel is not None:     # dZ needs the whole batch's dγ, dβ
+                    self.parallel.batch_norm_sums(dgamma, db)
                 be.batch_norm_backward(dZ, ws.Zn[l], ws.var[l], BN_EPSILON, gamma, dgamma, db)
                 be.gemm(dZ, A_prev, out=dW, trans_b=True)
                 if l > 1:
@@ -574,6 +578,8 @@ class Engine:
         ws = self.workspace(X.shape[1])
         c = self._slot()
         theta, theta_out = self._thetas[c], self._thetas[1 - c]
+        if self.parallel is not None:
+            self.parallel.share = ws.m / (m_total or self.parallel.m_total)
         if ws.fused is not None:      # the whole step in one call; no update on a non-finite cost
             cost = ws.fused(X, Y, theta, theta_out, self._dtheta, ws.Zf, ws.Af, ws.dAf, learning_rate)
         else:
@@ -582,7 +588,7 @@ class Engine:
         m = ws.m
         if self.parallel is not None:
             m = m_total or self.parallel.m_total
-            cost = self.parallel.all_reduce(self.gradient_buffer, cost, ws.m / m)
+            cost = self.parallel.all_reduce(self.gradient_buffer, cost, self.parallel.share)
         cost = self._add_l2(cost, m)
         if self.backend.defers_checks and self.parallel is None:
             return self._deferred_step(cost, c, learning_rate, check, ws)

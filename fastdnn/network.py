@@ -464,9 +464,6 @@ class Network:
                        batch_size=batch_size, shuffle=shuffle, seed=seed, optimizer=optimizer, l2=l2,
                        keep_prob=keep_prob, schedule=schedule, validation_data=validation_data,
                        patience=patience, report_every=report_every, verbose=verbose)
-        if comm is not None and self.batch_norm:
-            raise NotImplementedError("batch normalization in data-parallel training is not supported yet: "
-                                      "the batch statistics would have to be all-reduced inside the forward pass")
         if comm is None:
             loop = self._training_loop(X, Y, **options)
             self.history = loop.history

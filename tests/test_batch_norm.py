@@ -296,12 +296,43 @@ def test_bad_batch_norm_arguments_are_named(kwargs, error, message):
         fastdnn.Network(DIMS, **kwargs)
 
 
-def test_data_parallel_batch_norm_is_refused_before_anything_changes():
-    net = bn_net()
-    before = net.parameters
-    with pytest.raises(NotImplementedError, match="data-parallel"):
-        net.fit(Xn, Yn, iterations=2, verbose=0, comm=object())
-    assert all(np.array_equal(net.parameters[k], v) for k, v in before.items())
+def test_data_parallel_batch_norm_uses_the_whole_batch_statistics(monkeypatch):
+    """DataParallel.batch_stats / batch_norm_sums combine per-rank (μ_r, σ²_r) and (dγ_r, dβ_r) into the
+    whole batch's: checked against the definition on the concatenated columns with a fake 3-rank sum."""
+    from fastdnn.distributed import DataParallel
+    rng = np.random.default_rng(3)
+    Z = rng.standard_normal((4, 30)) * 3 + 1
+    pieces = [Z[:, :5], Z[:, 5:17], Z[:, 17:]]
+    means = [p.mean(axis=1, keepdims=True) for p in pieces]
+    variances = [p.var(axis=1, keepdims=True) for p in pieces]
+    shares = [p.shape[1] / 30 for p in pieces]
+    calls = []
+
+    class Sum:                  # Allreduce over 3 ranks: rank 0's buffer + what ranks 1 and 2 contribute
+        def __init__(self, others):
+            self.others = iter(others)
+
+        def Allreduce(self, _, buffer, op=None):
+            calls.append(buffer.shape)
+            buffer += next(self.others)
+
+    dp = DataParallel.__new__(DataParallel)
+    dp.engine, dp.staged, dp.share = fastdnn.Network(DIMS, device="numpy").engine, False, shares[0]
+    mu_all = Z.mean(axis=1, keepdims=True)
+    others = [sum(s * m for s, m in zip(shares[1:], means[1:])),
+              sum(s * (v + (m - mu_all) ** 2) for s, m, v in zip(shares[1:], means[1:], variances[1:]))]
+    dp.comm, dp.MPI = Sum(others), type("MPI", (), {"IN_PLACE": None, "SUM": None})
+    mu, var = means[0].copy(), variances[0].copy()
+    dp.batch_stats(mu, var)
+    np.testing.assert_allclose(mu, mu_all, rtol=1e-13)
+    np.testing.assert_allclose(var, Z.var(axis=1, keepdims=True), rtol=1e-13)
+    dgammas, dbetas = rng.standard_normal((3, 4, 1)), rng.standard_normal((3, 4, 1))
+    dp.comm = Sum([np.concatenate([sum(s * d for s, d in zip(shares[1:], g[1:])) for g in (dgammas, dbetas)])])
+    dgamma, dbeta = dgammas[0].copy(), dbetas[0].copy()
+    dp.batch_norm_sums(dgamma, dbeta)
+    np.testing.assert_allclose(dgamma, sum(s * d for s, d in zip(shares, dgammas)), rtol=1e-13)
+    np.testing.assert_allclose(dbeta, sum(s * d for s, d in zip(shares, dbetas)), rtol=1e-13)
+    assert calls == [(4, 1), (4, 1), (8, 1)]        # two all-reduces in the forward, one in the backward
 
 
 def test_a_deep_network_trains_with_batch_norm():

@@ -67,6 +67,9 @@ FULL_BATCH = [
     ("adam", dict(iterations=50, learning_rate=0.02, optimizer="adam", report_every=10), None),
     ("adam_l2_validation", dict(iterations=50, learning_rate=0.02, optimizer="adam", report_every=10,
                                 validation=True), dict(l2=0.3)),
+    # synchronized batch norm: the batch's μ, σ², dβ, dγ over every rank's columns
+    ("adam_batch_norm", dict(iterations=50, learning_rate=0.02, optimizer="adam", report_every=10,
+                             validation=True), dict(batch_norm=True)),
 ]
 
 
@@ -93,17 +96,19 @@ def test_full_batch_data_parallel_equals_one_process(shards, tmp_path):
 
 def test_minibatches_split_across_unequal_shards_equal_one_process(tmp_path):
     """Global batch k of 64 takes the same fraction of every rank's examples: the same steps in one
-    process on the concatenated pieces give the same parameters (Adam, 4 epochs of 5 batches)."""
+    process on the concatenated pieces give the same parameters (Adam, 4 epochs of 5 batches); with
+    batch norm the running statistics too (every batch's μ, σ² are over all its ranks' pieces)."""
     shards, batch, epochs = [50, 120, 130], 64, 4
     fit = dict(epochs=epochs, batch_size=batch, shuffle=False, optimizer="adam", learning_rate=0.01)
-    scenarios = [dict(name=f"mini_{b}", backend=b, fit=fit) for b in BACKENDS]
+    scenarios = [dict(name=f"mini_{b}_{norm}", backend=b, fit=fit, network=dict(batch_norm=norm))
+                 for b in BACKENDS for norm in (False, True)]
     proc, results = launch(shards, scenarios, tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     X, Y, _, _ = mpi_worker.data()
     M = sum(shards)
     offsets = np.cumsum([0] + shards)
     for s in scenarios:
-        net = fastdnn.Network([2, 5, 3, 1], "relu", device=s["backend"], dtype="float64", seed=1)
+        net = fastdnn.Network([2, 5, 3, 1], "relu", device=s["backend"], dtype="float64", seed=1, **s["network"])
         for _ in range(epochs):
             for k in range(0, M, batch):          # rank r's part: positions [k m_r / M, (k + B) m_r / M)
                 cols = np.concatenate([np.arange(o + k * m // M, o + min(k + batch, M) * m // M)
@@ -244,7 +249,8 @@ def test_one_rank_trains_exactly_like_no_communicator(backend):
     X, Y, Xv, Yv = mpi_worker.data()
     runs = []
     for comm in (None, MPI.COMM_SELF):
-        net = fastdnn.Network([2, 5, 3, 1], device=backend, dtype="float64", seed=1, l2=0.2, keep_prob=0.8)
+        net = fastdnn.Network([2, 5, 3, 1], device=backend, dtype="float64", seed=1, l2=0.2, keep_prob=0.8,
+                              batch_norm=[True, False])
         history = net.fit(X, Y, epochs=3, batch_size=64, optimizer="adam", learning_rate=0.01, seed=4,
                           validation_data=(Xv, Yv), verbose=0, comm=comm)
         runs.append((net.parameters, [(h.cost, h.val_cost, h.val_accuracy) for h in history]))

@@ -291,11 +291,12 @@ def test_fused_backend_falls_back_to_cupy_when_nvrtc_cannot_compile(fake_cupy, m
         fastdnn.get_backend("cupy-fused")
 
 
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "batch norm"])
 @pytest.mark.parametrize("device", GPU)
-def test_mpi_staged_path_matches_numpy(fake_cupy, device, monkeypatch):
+def test_mpi_staged_path_matches_numpy(fake_cupy, device, batch_norm, monkeypatch):
     MPI = pytest.importorskip("mpi4py.MPI")
     monkeypatch.setenv("FASTDNN_MPI_CUDA_AWARE", "0")
-    nets = pair(device, "float64", l2=0.1)
+    nets = pair(device, "float64", l2=0.1, batch_norm=batch_norm)
     nets[0].fit(X, Y, epochs=2, batch_size=16, optimizer="adam", learning_rate=0.01, seed=1, verbose=0,
                 comm=MPI.COMM_SELF)
     nets[1].fit(X, Y, epochs=2, batch_size=16, optimizer="adam", learning_rate=0.01, seed=1, verbose=0)
