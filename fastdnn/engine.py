@@ -419,10 +419,10 @@ class Engine:
         A, passed = X, [X]
         batch_stats = train if batch_stats is None else batch_stats
         for l, ((W, b), act) in enumerate(zip(self.layers, self.activations), start=1):
+            skip = self._skip_forward(l, passed)
             if l in ws.Zn:
-                A = self._batch_norm_forward(l, act, A, W, b, ws, batch_stats)
+                A = self._batch_norm_forward(l, act, A, W, b, ws, batch_stats, skip)
             else:
-                skip = self._skip_forward(l, passed)
                 _, A = self.backend.linear_activation_forward(act, A, W, b, Z=ws.Z[l], A=ws.A[l], **skip)
             if train and l in ws.D:
                 self.backend.dropout_mask(ws.D[l], self.keep_prob[l - 1], self.rng)
@@ -430,8 +430,8 @@ class Engine:
             passed.append(A)
         return A
 
-    def _batch_norm_forward(self, l, act, A_prev, W, beta, ws, batch_stats):
-        """Zn[l] = W·A_prev normalized, Z[l] = γ·Zn + β, A[l] = g(Z[l]); returns A[l]."""
+    def _batch_norm_forward(self, l, act, A_prev, W, beta, ws, batch_stats, skip):
+        """Zn[l] = W·A_prev normalized, Z[l] = γ·Zn + β (+ a skip's S or Ws·S), A[l] = g(Z[l]); returns A[l]."""
         be, (gamma, running_mean, running_var) = self.backend, self._bn[self._slot()][l]
         be.gemm(W, A_prev, out=ws.Zn[l])
         if batch_stats:
@@ -440,7 +440,8 @@ class Engine:
                 self.parallel.batch_stats(mu, var)
         else:
             mu, var = running_mean, running_var
-        return be.batch_norm_activation(act, ws.Zn[l], mu, var, BN_EPSILON, gamma, beta, ws.Z[l], ws.A[l])[1]
+        return be.batch_norm_activation(act, ws.Zn[l], mu, var, BN_EPSILON, gamma, beta, ws.Z[l], ws.A[l],
+                                        **skip)[1]
 
     def _skip_forward(self, k, passed):
         """The keyword arguments of layer k's forward op for its skip: {} without one, else skip=A[l]
@@ -470,9 +471,14 @@ class Engine:
             source, first = self._into.get(l, (None, False))
             Ws = self.skip_weights.get((source, l))
             direct = source is not None and source >= 1 and Ws is None     # identity or padding: in the dZ pass
-            if l in ws.Zn:                      # batch norm: dZ̃, dβ (db's place), dγ; dZ; then the GEMMs
+            if l in ws.Zn:     # batch norm: dZ̃, dβ (db's place), dγ (and the skip's share); dZ; the GEMMs
                 gamma, dgamma = self._bn[self._slot()][l][0], self._bn_grads[l][0]
-                dZ = be.batch_norm_delta(self.activations[l - 1], ws.dA[l], ws.Z[l], ws.A[l], ws.Zn[l], dgamma, db)
+                into = dict(skip_out=ws.dA[source], skip_accumulate=not first) if direct else {}
+                dZ = be.batch_norm_delta(self.activations[l - 1], ws.dA[l], ws.Z[l], ws.A[l], ws.Zn[l], dgamma, db,
+                                         **into)
+                if Ws is not None:                # from dZ̃, before dZ replaces it
+                    self._projection_backward(source, l, first, Ws, X, ws, train)
+                    Ws = None
                 if self.parallel is not None:     # dZ needs the whole batch's dγ, dβ
                     self.parallel.batch_norm_sums(dgamma, db)
                 be.batch_norm_backward(dZ, ws.Zn[l], ws.var[l], BN_EPSILON, gamma, dgamma, db)
@@ -488,13 +494,18 @@ class Engine:
                     extra.update(skip_out=ws.dA[source], skip_accumulate=not first)
                 be.linear_activation_backward(self.activations[l - 1], ws.dA[l], ws.Z[l], ws.A[l],
                                               A_prev, W, dW, db, dA_prev, need_dA_prev=l > 1, **extra)
-            if Ws is not None:                  # dWs = dZ[k]·A[l]ᵀ; dA[l] (+)= Wsᵀ·dZ[k]
-                be.gemm(ws.dA[l], self._passed_on(source, X, ws, train), out=self._skip_grads[(source, l)],
-                        trans_b=True)
-                if source >= 1:
-                    be.gemm(Ws, ws.dA[l], out=ws.dA[source], trans_a=True, accumulate=not first)
+            if Ws is not None:
+                self._projection_backward(source, l, first, Ws, X, ws, train)
             if dropped:
                 be.multiply(ws.dA[l - 1], ws.D[l - 1], out=ws.dA[l - 1])
+
+    def _projection_backward(self, l, k, first, Ws, X, ws, train):
+        """A learned skip a[l] -> z[k], from dZ[k] (n_k, m) in ws.dA[k]: dWs = dZ[k]·A[l]ᵀ, and dA[l] (+)= Wsᵀ·dZ[k]
+        (written when ``first``)."""
+        be = self.backend
+        be.gemm(ws.dA[k], self._passed_on(l, X, ws, train), out=self._skip_grads[(l, k)], trans_b=True)
+        if l >= 1:
+            be.gemm(Ws, ws.dA[k], out=ws.dA[l], trans_a=True, accumulate=not first)
 
     def _forward_cost_delta(self, X, Y, ws, train=False, batch_stats=None):
         """Forward (see ``_forward``), then the data term of the cost J (0-d, on the backend) and dZ[L]

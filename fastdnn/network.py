@@ -99,23 +99,20 @@ class Network:
         it starts as "pad" does; "pad": fixed, A[l] zero-padded (n_l < n_k) or truncated (n_l > n_k).
         Equal widths always use the identity (no Ws). With B skips, the initial W[k] of each layer a
         skip goes into is scaled by 1/√B (Fixup's rescaling: the activations keep their scale through
-        the blocks; without it He-initialized blocks double their variance each).
+        the blocks; without it He-initialized blocks double their variance each), unless layer k is
+        batch-normalized (normalization undoes any scale of W[k]).
 
         ``batch_norm``: True (every hidden layer), or one bool per hidden layer: the layer computes
         Zn = (W·A_prev − μ)/√(σ² + ε), Z̃ = γ·Zn + β, A = g(Z̃) (ε = 1e-5), μ and σ² over the batch's examples
         in training and running averages outside it (predict, cost, forward: running ← 0.9·running +
         0.1·the batch's, every training step). γ (``gamma{l}``, starts at 1) and β (``beta{l}``, starts at 0)
         are learned by every optimizer and β replaces b[l]; ``running_mean{l}`` and ``running_var{l}`` (start
-        at 0 and 1) are in ``parameters`` too, never learned. A layer a skip connection goes into cannot
-        be normalized (not supported yet)."""
+        at 0 and 1) are in ``parameters`` too, never learned. On a layer a skip goes into, the skip is added
+        after the normalization: Z̃ = γ·Zn + β + S (or Ws·S), A = g(Z̃) (ResNet's order)."""
         self.layer_dims = _check_dims(layer_dims)
         self.skips = _layout.skip_pairs(skip, self.layer_dims)
         self.projection = _layout.check_projection(projection)
         self.batch_norm = _layout.batch_norm_layers(batch_norm, self.layer_dims)
-        both = sorted({k for _, k in self.skips} & set(self.batch_norm))
-        if both:
-            raise ValueError(f"layers {both} have a skip connection into them and batch normalization: "
-                             "not supported together yet (normalize other layers, or drop the skip)")
         self.activations = _layer_activations(hidden_activation, output_activation, self.L)
         if self.activations[-1].name == "softmax" and self.layer_dims[-1] < 2:
             raise ValueError(f"a softmax output needs at least 2 units (classes); layer_dims {self.layer_dims} "
@@ -177,7 +174,8 @@ class Network:
         if not self.skips:
             return parameters
         scale = 1 / np.sqrt(len(self.skips))
-        return {**parameters, **{f"W{k}": parameters[f"W{k}"] * scale for _, k in self.skips}}
+        return {**parameters, **{f"W{k}": parameters[f"W{k}"] * scale for _, k in self.skips
+                                 if k not in self.batch_norm}}
 
     def _initial_batch_norm(self, parameters):
         """For each normalized layer l: γ = 1, β = b[l] when given (else 0), running μ = 0 and σ² = 1."""

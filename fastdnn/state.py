@@ -114,8 +114,6 @@ def _check_batch_norm(config, dims):
             or layers != sorted(set(layers))):
         raise ValueError(f"batch_norm must be a sorted list of distinct hidden layers in [1, {len(dims) - 2}]; "
                          f"got {layers!r}")
-    if {p[1] for p in config.get("skip", [])} & set(layers):
-        raise ValueError(f"batch_norm {layers} includes a layer a skip connection goes into")
 
 
 def _check_skips(config, dims):

@@ -129,21 +129,23 @@ def bn_net(device="numpy", dtype="float64", act="tanh", **kw):
 
 
 def randomized(params, seed=2):
-    """The parameters with γ, β and the running statistics moved off their initial 1, 0, 0, 1."""
+    """The parameters with γ, β, b and the running statistics moved off their initial 1, 0, 0, 0, 1 (a zero b
+    after a ReLU layer whose column is all 0 would put Z exactly on the kink)."""
     rng = np.random.default_rng(seed)
     out = {k: np.asarray(v, np.float64) for k, v in params.items()}
     for k, v in out.items():
         if k.startswith(("gamma", "running_var")):
             out[k] = 1 + 0.4 * rng.random(v.shape)
-        elif k.startswith(("beta", "running_mean")):
+        elif k.startswith(("b", "running_mean")):
             out[k] = 0.5 * rng.standard_normal(v.shape)
     return out
 
 
-def oracle_forward(params, X, acts, batch_stats):
+def oracle_forward(params, X, acts, batch_stats, skips=()):
     """The output A[L] in float64: every normalized layer by the definition (normalize_oracle), with X's own
-    μ, σ² (batch_stats) or the running ones."""
-    A = X
+    μ, σ² (batch_stats) or the running ones; a skip (l, k) adds A[l] to layer k's Z̃ after the normalization
+    (through params["Ws{l}_{k}"] when given, else zero-padded or truncated to n_k rows)."""
+    A, passed, into = X, [X], {k: l for l, k in skips}
     for l, act in enumerate(acts, start=1):
         Z = params[f"W{l}"] @ A
         if f"gamma{l}" in params:
@@ -151,16 +153,25 @@ def oracle_forward(params, X, acts, batch_stats):
             Z = normalize_oracle(Z, params[f"gamma{l}"], params[f"beta{l}"], mu, var)[1]
         else:
             Z = Z + params[f"b{l}"]
+        if l in into:
+            S, Ws = passed[into[l]], params.get(f"Ws{into[l]}_{l}")
+            if Ws is None:
+                r, padded = min(len(S), len(Z)), np.zeros_like(Z)
+                padded[:r] = S[:r]
+                Z = Z + padded
+            else:
+                Z = Z + Ws @ S
         A = oracle.g(act, Z)
+        passed.append(A)
     return A
 
 
-def oracle_cost(params, X, Y, acts):
-    A = oracle_forward(params, X, acts, batch_stats=True)
+def oracle_cost(params, X, Y, acts, skips=()):
+    A = oracle_forward(params, X, acts, batch_stats=True, skips=skips)
     return float(-np.mean(Y * np.log(A) + (1 - Y) * np.log(1 - A)))
 
 
-def oracle_gradients(params, X, Y, acts, h=1e-6):
+def oracle_gradients(params, X, Y, acts, h=1e-6, skips=()):
     """Central differences of the training-mode cost over every learned array."""
     grads = {}
     for name, v in params.items():
@@ -171,7 +182,7 @@ def oracle_gradients(params, X, Y, acts, h=1e-6):
             for sign in (1, -1):
                 q = {k: a.copy() for k, a in params.items()}
                 q[name][idx] += sign * h
-                g[idx] += sign * oracle_cost(q, X, Y, acts) / (2 * h)
+                g[idx] += sign * oracle_cost(q, X, Y, acts, skips) / (2 * h)
         grads["d" + name] = g
     return grads
 
@@ -195,6 +206,65 @@ def test_a_network_matches_the_oracle_on_every_backend(device, dtype):
     for k in expected:
         np.testing.assert_allclose(grads[k], expected[k], rtol=0, atol={"float64": 1e-8, "float32": 2e-4}[dtype],
                                    err_msg=k)
+
+
+# skips into normalized layers (ResNet's order: normalize, add, activate): from X up-padded or through Ws,
+# a truncation or Ws from a wider layer, and the identity into a normalized layer after a plain one
+RESIDUAL = {"learned": ([3, 5, 4, 4, 1], [(0, 2), (1, 3)], "learned", True),
+            "pad": ([3, 5, 4, 4, 1], [(0, 2), (1, 3)], "pad", True),
+            "identity": ([3, 5, 5, 5, 1], [(1, 3)], "learned", [True, False, True])}
+
+
+def residual_bn_net(config, device="numpy", dtype="float64", act="tanh", **kw):
+    dims, skips, projection, norm = RESIDUAL[config]
+    return fastdnn.Network(dims, act, "sigmoid", device=device, dtype=dtype, seed=4, skip=skips,
+                           projection=projection, batch_norm=norm, **kw)
+
+
+@pytest.mark.parametrize("config", RESIDUAL)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_skips_into_normalized_layers_match_the_oracle_on_every_backend(device, dtype, config):
+    name, _ = device
+    dims, skips, projection, _ = RESIDUAL[config]
+    params = randomized(residual_bn_net(config).parameters)
+    net = fastdnn.Network.from_parameters(params, "tanh", "sigmoid", device=name, dtype=dtype, skip=skips,
+                                          projection=projection)
+    assert {k for _, k in skips} <= set(net.batch_norm)
+    acts = ["tanh"] * (len(dims) - 2) + ["sigmoid"]
+    exact = {k: rounded(v, dtype) for k, v in params.items()}
+    assert_close(net.forward(Xn), oracle_forward(exact, Xn, acts, False, skips), dtype)
+    grads, expected = net.gradients(Xn, Yn), oracle_gradients(exact, Xn, Yn, acts, skips=skips)
+    assert grads.keys() == expected.keys()
+    for k in expected:
+        np.testing.assert_allclose(grads[k], expected[k], rtol=0, atol={"float64": 1e-8, "float32": 2e-4}[dtype],
+                                   err_msg=k)
+
+
+@pytest.mark.parametrize("config", RESIDUAL)
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_gradient_check_of_skips_into_normalized_layers(act, config):
+    net = residual_bn_net(config, act=act)
+    net = fastdnn.Network.from_parameters(randomized(net.parameters, seed=7), act, "sigmoid", skip=net.skips,
+                                          projection=RESIDUAL[config][2], dtype="float64").regularize(l2=0.2)
+    assert fastdnn.gradient_check(net, Xn, Yn) < 1e-7
+
+
+@pytest.mark.parametrize("device", [b for b in BACKENDS if b != "numpy"] + GPU, indirect=True)
+@pytest.mark.parametrize("config", RESIDUAL)
+def test_fit_of_skips_into_normalized_layers_matches_numpy(device, config):
+    nets = [residual_bn_net(config, d) for d in (device[0], "numpy")]
+    hs = [n.fit(Xn, Yn, epochs=2, batch_size=5, optimizer="adam", learning_rate=0.05, verbose=0, report_every=1)
+          for n in nets]
+    np.testing.assert_allclose([r.cost for r in hs[0]], [r.cost for r in hs[1]], rtol=1e-10)
+    for k, v in nets[1].parameters.items():
+        assert_close(nets[0].parameters[k], v, "float64")
+
+
+def test_normalized_branch_ends_keep_their_he_initialization():
+    """Fixup's 1/√B rescaling of W[k] is for plain branch ends only: normalization would undo it."""
+    net, plain = residual_bn_net("identity"), fastdnn.Network([3, 5, 5, 5, 1], "tanh", "sigmoid", seed=4,
+                                                                    dtype="float64")
+    np.testing.assert_array_equal(net.parameters["W3"], plain.parameters["W3"])
 
 
 @pytest.mark.parametrize("act", ACTIVATIONS)
@@ -289,7 +359,6 @@ def test_a_damaged_state_is_refused_naming_the_field(change, message):
     (dict(batch_norm=[True]), ValueError, "2 bools"),
     (dict(batch_norm=[1, 0]), ValueError, "2 bools"),
     (dict(batch_norm="yes"), TypeError, "batch_norm must be True"),
-    (dict(batch_norm=True, skip=[(0, 2)]), ValueError, "skip connection into them and batch normalization"),
 ])
 def test_bad_batch_norm_arguments_are_named(kwargs, error, message):
     with pytest.raises(error, match=message):

@@ -249,21 +249,27 @@ class Backend:
         var[...] = xp.mean(xp.square(Z - mu), axis=1, keepdims=True)
         return mu, var
 
-    def batch_norm_activation(self, activation, Zn, mu, var, eps, gamma, beta, Z, A):
+    def batch_norm_activation(self, activation, Zn, mu, var, eps, gamma, beta, Z, A, skip=None, Ws=None):
         """Zn = (Zn − μ)/√(σ² + ε) in place (Zn holds W·A_prev on entry), Z = γ·Zn + β (the course's
         z̃) and A = g(Z). Zn, Z, A (n_l, m); μ, σ², γ, β (n_l, 1). With the batch's μ, σ² in training,
-        the running ones outside it. Returns (Z, A)."""
+        the running ones outside it. A skip into the layer adds S (or Ws·S) to Z before g, as in
+        ``linear_activation_forward`` (ResNet's order: normalize, add, activate). Returns (Z, A)."""
         xp = self.xp
         inv_std = 1 / xp.sqrt(var + eps)
         xp.subtract(Zn, mu, out=Zn)
         xp.multiply(Zn, inv_std.astype(Zn.dtype, copy=False), out=Zn)
         xp.multiply(Zn, gamma, out=Z)
         xp.add(Z, beta, out=Z)
+        if Ws is not None:
+            self.gemm(Ws, skip, out=Z, accumulate=True)
+        elif skip is not None:
+            self.add_skip(Z, skip)
         return Z, self.activation_forward(activation, Z, out=A)
 
-    def batch_norm_delta(self, activation, dA, Z, A, Zn, dgamma, dbeta):
-        """dZ̃ = dA * g'(Z̃) written over dA, dβ = Σ_cols dZ̃ and dγ = Σ_cols dZ̃·Zn. Returns dZ̃."""
-        dZt = self.delta_row_sum(activation, dA, Z, A, dbeta)
+    def batch_norm_delta(self, activation, dA, Z, A, Zn, dgamma, dbeta, skip_out=None, skip_accumulate=False):
+        """dZ̃ = dA * g'(Z̃) written over dA, dβ = Σ_cols dZ̃ and dγ = Σ_cols dZ̃·Zn; ``skip_out``: dZ̃ also
+        goes into it (see ``delta_row_sum``). Returns dZ̃."""
+        dZt = self.delta_row_sum(activation, dA, Z, A, dbeta, skip_out=skip_out, skip_accumulate=skip_accumulate)
         dgamma[...] = self.xp.sum(dZt * Zn, axis=1, keepdims=True)
         return dZt
 

@@ -106,17 +106,17 @@ class NumbaBackend(Backend):
         BN.batch_stats(Z, mu, var)
         return mu, var
 
-    def batch_norm_activation(self, activation, Zn, mu, var, eps, gamma, beta, Z, A):
-        """Normalize, scale/shift and activate in one fused pass."""
-        if not activation.elementwise:
-            return super().batch_norm_activation(activation, Zn, mu, var, eps, gamma, beta, Z, A)
+    def batch_norm_activation(self, activation, Zn, mu, var, eps, gamma, beta, Z, A, skip=None, Ws=None):
+        """Normalize, scale/shift and activate in one fused pass (composed ops with a skip into the layer)."""
+        if not activation.elementwise or skip is not None:
+            return super().batch_norm_activation(activation, Zn, mu, var, eps, gamma, beta, Z, A, skip, Ws)
         BN.batch_norm_activation(activation, Z.dtype)(Zn, mu, var, eps, gamma, beta, Z, A)
         return Z, A
 
-    def batch_norm_delta(self, activation, dA, Z, A, Zn, dgamma, dbeta):
-        """dZ̃, dβ and dγ in one fused pass."""
-        if not activation.elementwise:
-            return super().batch_norm_delta(activation, dA, Z, A, Zn, dgamma, dbeta)
+    def batch_norm_delta(self, activation, dA, Z, A, Zn, dgamma, dbeta, skip_out=None, skip_accumulate=False):
+        """dZ̃, dβ and dγ in one fused pass (composed ops with a skip into the layer)."""
+        if not activation.elementwise or skip_out is not None:
+            return super().batch_norm_delta(activation, dA, Z, A, Zn, dgamma, dbeta, skip_out, skip_accumulate)
         BN.batch_norm_delta(activation, dA.dtype)(dA, Z, A, Zn, dgamma, dbeta)
         return dA
 
