@@ -357,11 +357,7 @@ class Network:
     @_on_device
     def to_onnx(self, path: str | os.PathLike[str], opset: int | None = None) -> str | os.PathLike[str]:
         """Write the network as an ONNX graph, X (batch, n0) -> probabilities (batch, nL) = forward(X.T).T
-        (fastdnn.onnx_export.to_onnx; needs the onnx extra); returns path. Not for networks with skip
-        connections yet (NotImplementedError, before anything is written)."""
-        if self.skips:
-            raise NotImplementedError(f"ONNX export of skip connections {self.skips} is not supported yet; "
-                                      "export a network without skip=")
+        (fastdnn.onnx_export.to_onnx; needs the onnx extra); returns path."""
         from .onnx_export import to_onnx
         return to_onnx(self, path, opset)
 

@@ -1,4 +1,4 @@
-"""ONNX export: a trained Network as a standard ONNX graph (Gemm + activation per layer).
+"""ONNX export: a trained Network as a standard ONNX graph (Gemm + activation per layer, Add for skips).
 
 The course's layout is X (n0, m), one example per column; ONNX consumers (onnxruntime, ONNX-based
 servers, converters) expect one example per row. The exported graph therefore takes the transpose:
@@ -11,7 +11,10 @@ servers, converters) expect one example per row. The exported graph therefore ta
 
 Layer l is Z[l]ᵀ = Gemm(A[l-1]ᵀ, W[l], b[l], transB=1) = A[l-1]ᵀ · W[l]ᵀ + b[l], with W[l] stored as
 the (n_l, n_{l-1}) initializer ``W{l}`` and b[l] as the 1-D (n_l,) initializer ``b{l}`` (broadcast
-over the batch rows), then A[l]ᵀ = g[l](Z[l]ᵀ): Sigmoid, Tanh, Relu, Identity (linear),
+over the batch rows); a skip connection a[j] -> z[l] adds A[j]ᵀ (equal widths) or
+MatMul(A[j]ᵀ, Ws{j}_{l}) with the (n_j, n_l) initializer Wsᵀ — the learned projection, or for
+"pad" the fixed padding map (ones on the diagonal: zero-padding or truncation, exact for finite
+values); then A[l]ᵀ = g[l](Z[l]ᵀ): Sigmoid, Tanh, Relu, Identity (linear),
 Softmax(axis=1) (the per-example axis of the transposed layout), and for leaky_relu
 Where(Z > 0, Z, Z * slope), the formula fastdnn computes.
 
@@ -107,18 +110,40 @@ def _folded(net):
     return out
 
 
+def _skip(onnx, net, j, l, Z_in, Z, dtype):
+    """Nodes and initializers of Z[l]ᵀ = Z_in + A[j]ᵀ (equal widths) or + A[j]ᵀ · Wsᵀ (a learned
+    projection, or the fixed padding map)."""
+    make_node = onnx.helper.make_node
+    S = "X" if j == 0 else f"A{j}"
+    n_j, n_l = net.layer_dims[j], net.layer_dims[l]
+    if n_j == n_l:
+        return [make_node("Add", [Z_in, S], [Z], name=f"{Z}_Add")], []
+    name = f"Ws{j}_{l}"
+    Ws = net.parameters[name] if net.projection == "learned" else np.eye(n_l, n_j)
+    projected = f"{Z}_skip"
+    nodes = [make_node("MatMul", [S, name], [projected], name=f"{projected}_MatMul"),
+             make_node("Add", [Z_in, projected], [Z], name=f"{Z}_Add")]
+    return nodes, [onnx.numpy_helper.from_array(np.ascontiguousarray(np.asarray(Ws).T, dtype=dtype), name)]
+
+
 def _layers(onnx, net, dtype):
-    """Nodes and initializers of A[l]ᵀ = g[l](A[l-1]ᵀ · W[l]ᵀ + b[l]) for l = 1..L; the last A is
-    named 'probabilities'."""
+    """Nodes and initializers of A[l]ᵀ = g[l](A[l-1]ᵀ · W[l]ᵀ + b[l] (+ a skip's)) for l = 1..L; the
+    last A is named 'probabilities'."""
     parameters, nodes, initializers = _folded(net), [], []
+    into = {k: j for j, k in net.skips}
     A_prev = "X"
     for l, activation in enumerate(net.activations, 1):
         W = np.ascontiguousarray(parameters[f"W{l}"], dtype=dtype)
         b = np.ascontiguousarray(parameters[f"b{l}"], dtype=dtype).reshape(-1)
         initializers += [onnx.numpy_helper.from_array(W, f"W{l}"), onnx.numpy_helper.from_array(b, f"b{l}")]
         Z, A = f"Z{l}", ("probabilities" if l == net.L else f"A{l}")
-        nodes.append(onnx.helper.make_node("Gemm", [A_prev, f"W{l}", f"b{l}"], [Z], name=f"{Z}_Gemm",
+        Z_gemm = f"{Z}_gemm" if l in into else Z
+        nodes.append(onnx.helper.make_node("Gemm", [A_prev, f"W{l}", f"b{l}"], [Z_gemm], name=f"{Z}_Gemm",
                                            transB=1))
+        if l in into:
+            more_nodes, more_initializers = _skip(onnx, net, into[l], l, Z_gemm, Z, dtype)
+            nodes += more_nodes
+            initializers += more_initializers
         more_nodes, more_initializers = EXPORTERS[activation.name](onnx, activation, Z, A, dtype)
         nodes += more_nodes
         initializers += more_initializers
@@ -177,6 +202,7 @@ def to_model(net, opset=None):
         "layout": "examples as rows: X (batch, n0) = course X (n0, m) transposed",
         "layer_dims": json.dumps(list(net.layer_dims)),
         "activations": json.dumps([list(a.key) for a in net.activations]),
+        "skip": json.dumps([list(pair) for pair in net.skips]),
         "loss": net.loss.name,
         "dtype": dtype.name,
     })

@@ -127,6 +127,16 @@ def test_a_batch_normalized_network_exports_folded(ort, tmp_path, dtype):
     assert_relative(out["probabilities"], net.forward(X).T, dtype)
 
 
+def test_a_residual_batch_normalized_network_exports(ort, tmp_path):
+    """Skips into normalized layers: the folded layer's Gemm, then the skip's Add, then the activation."""
+    X, Y = datasets.spirals(m=150)
+    net = fastdnn.Network([2, 8, 8, 8, 8, 3], "relu", "softmax", device="numpy", seed=2, dtype="float64",
+                          skip=2, batch_norm=True)
+    net.fit(X, Y, learning_rate=0.05, optimizer="adam", iterations=50, verbose=0)
+    out = run(ort, onnx_export.to_onnx(net, str(tmp_path / "res.onnx")), X, "float64")
+    assert_relative(out["probabilities"], net.forward(X).T, "float64")
+
+
 def test_graph_passes_the_checker_with_the_declared_layout(onnx, tmp_path):
     net = network("relu", "softmax", dtype="float64", dims=(4, 6, 5))
     model = onnx.load(onnx_export.to_onnx(net, str(tmp_path / "n.onnx")))

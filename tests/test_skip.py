@@ -188,10 +188,19 @@ def test_from_parameters_rebuilds_a_residual_network():
         fastdnn.Network.from_parameters(net.parameters, "tanh", device="numpy")
 
 
-def test_onnx_export_of_a_residual_network_is_refused(tmp_path):
-    with pytest.raises(NotImplementedError, match=r"ONNX export of skip connections \[\(0, 2\)"):
-        net_of("numpy").to_onnx(tmp_path / "m.onnx")
-    assert not (tmp_path / "m.onnx").exists()
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("projection", ["learned", "pad"])
+def test_onnx_export_of_a_residual_network_runs_like_forward(tmp_path, projection, dtype):
+    """Every kind of skip of SKIPS (from X, padded up, truncated, identity, into the output) in the graph;
+    trained, so the learned projections moved off the padding map."""
+    ort = pytest.importorskip("onnxruntime", reason="running exported graphs needs onnxruntime")
+    net = net_of("numpy", dtype, projection=projection)
+    net.fit(X, Y, iterations=20, learning_rate=0.1, optimizer="adam", verbose=0)
+    assert projection == "pad" or not np.array_equal(net.parameters["Ws0_2"][:3], np.eye(3))
+    session = ort.InferenceSession(str(net.to_onnx(tmp_path / "m.onnx")), providers=["CPUExecutionProvider"])
+    out = session.run(["probabilities"], {"X": np.ascontiguousarray(X.T, dtype=dtype)})[0]
+    expected, rtol = net.forward(X).T, {"float64": 1e-12, "float32": 1e-5}[dtype]
+    np.testing.assert_allclose(out, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
 
 
 # --- gradient checks -------------------------------------------------------------------------------------
