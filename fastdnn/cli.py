@@ -291,6 +291,11 @@ def _train_parser(sub):
     p.add_argument("--hidden", type=positive_int, nargs="*", default=[8, 8], metavar="N",
                    help="units of each hidden layer (none: logistic regression)")
     p.add_argument("--activation", default="relu", choices=HIDDEN_ACTIVATIONS, help="hidden activation")
+    p.add_argument("--skip", type=nonnegative_int, default=0, metavar="N",
+                   help="a residual block every N hidden layers (0: none)")
+    p.add_argument("--projection", default="learned", choices=["learned", "pad"],
+                   help="what joins a skip between layers of different widths")
+    p.add_argument("--batch-norm", action="store_true", help="normalize every hidden layer over the batch")
     p.add_argument("--init", default="he", choices=sorted(SCALES), help="initial weights' scale")
     p.add_argument("--optimizer", default="adam", choices=sorted(OPTIMIZERS), help="update rule")
     p.add_argument("--learning-rate", type=positive_float, default=TRAIN_LEARNING_RATE, metavar="RATE",
@@ -549,8 +554,10 @@ def _train(args):
     output = "sigmoid" if classes == 2 else "softmax"
     net = fastdnn.Network([X.shape[0], *args.hidden, 1 if classes == 2 else classes], args.activation,
                           output, init=args.init, device=args.device, dtype=args.dtype, seed=args.seed,
-                          l2=args.l2, keep_prob=args.keep_prob)
-    say(f"{args.dataset}: X {X.shape}; network {net.layer_dims} ({args.activation} -> {output}), "
+                          l2=args.l2, keep_prob=args.keep_prob, skip=args.skip, projection=args.projection,
+                          batch_norm=args.batch_norm)
+    extras = (f", skips {net.skips}" if net.skips else "") + (", batch norm" if net.batch_norm else "")
+    say(f"{args.dataset}: X {X.shape}; network {net.layer_dims} ({args.activation} -> {output}{extras}), "
         f"{net.dtype.name}, backend {net.backend.name!r} on {net.device}, optimizer {args.optimizer}"
         + (f"; data-parallel over {comm.Get_size()} MPI ranks" if comm else ""))
     if args.epochs is not None:

@@ -399,6 +399,24 @@ def test_every_option_has_help_and_shows_its_default(command, capsys):
             assert "(default:" in text, f"{command} {option} does not show its default: {text!r}"
 
 
+def test_train_builds_residual_and_batch_normalized_networks(tmp_path, capsys):
+    argv = ["train", "--hidden", "8", "8", "8", "8", "--skip", "2", "--projection", "pad", "--batch-norm",
+            "--epochs", "5", "--device", "numpy", "--verbose", "0", "--save", str(tmp_path / "m.npz")]
+    status, out, err = run_main(capsys, argv)
+    assert status == 0, err
+    assert "skips [(1, 3)], batch norm" in out
+    net = fastdnn.load(str(tmp_path / "m.npz"))
+    assert net.skips == [(1, 3)] and net.projection == "pad" and net.batch_norm == [1, 2, 3, 4]
+
+
+def test_a_skip_the_network_cannot_have_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--hidden", "8", "--skip", "2", "--device", "numpy", "--save", str(tmp_path / "m.npz")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "skip" in err, err
+    assert not (tmp_path / "m.npz").exists()
+
+
 def test_the_train_help_shows_the_defaults_as_typed(capsys):
     status, out, _ = run_main(capsys, ["train", "--help"])
     text = " ".join(out.split())
