@@ -9,7 +9,7 @@ fastdnn.engine.BACKGROUND_COMPILE = False     # time compiled code, never steps 
 
 # run untimed (CI: --benchmark-disable) on these configurations / layer sizes only; the others are
 # the same code on larger arrays and cost most of the time, so only timed runs take them
-SMOKE_CONFIGS = ("tiny", "mnist-256", "moons-b64")
+SMOKE_CONFIGS = ("tiny", "mnist-256", "moons-b64", "planar-[2,4,1]")
 
 
 @pytest.hookimpl(tryfirst=True)

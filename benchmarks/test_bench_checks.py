@@ -76,12 +76,14 @@ def assert_parameters(got, want, start, dtype):
         np.testing.assert_allclose(got[k], want[k], rtol=RTOL[dtype], atol=RTOL[dtype] * 1e-2, err_msg=k)
 
 
-STEP_IMPLS = [*BACKENDS, "torch-autograd", "torch-hand", "jax-step", "jax-loop"]
+STEP_IMPLS = [*BACKENDS, "fit-loop", "torch-autograd", "torch-hand", "jax-step", "jax-loop"]
 
 
 def build_step(impl, config, dtype, lr):
     if impl in BACKENDS:
         return bench.network_step(config, dtype, impl, learning_rate=lr)
+    if impl == "fit-loop":
+        return bench.network_fit_loop(config, dtype, BACKENDS[-1], learning_rate=lr, steps=3)
     if impl.startswith("torch"):
         pytest.importorskip("torch")
         make = bench.torch_autograd if impl == "torch-autograd" else bench.torch_by_hand
@@ -249,6 +251,20 @@ def test_run_reports_the_limit_and_the_minibatch_section(tmp_path):
     assert "vs physical limit" in md and "Mini-batch" in md and "moons-b64" in md
 
 
+def test_the_activation_section_compares_each_hidden_activation_with_relu(tmp_path):
+    planar = bench.ACTIVATION_CONFIGS[0]._replace(m=50)
+    found = bench.activation_candidates(planar, "float64", ["numpy"], others=False)
+    assert [c.hidden for c in found] == list(bench.HIDDEN_ACTIVATIONS)
+    assert [c.net.activations[0].name for c in found] == list(bench.HIDDEN_ACTIVATIONS)
+    for c, scale in zip(found, (1.0, 2.0, 3.0, 4.0)):      # made-up times: each activation a multiple of relu's
+        c.times = [scale * 1e-5, scale * 2e-5]
+    rows = bench.summarize_activations(planar, "float64", found)
+    assert [r["vs_relu"] for r in rows] == pytest.approx([1.0, 2.0, 3.0, 4.0])
+    assert {r["section"] for r in rows} == {"activations"}
+    md = bench.table(rows)
+    assert "Hidden activations" in md and "| tanh |" in md and "3.00x" in md
+
+
 def test_run_takes_the_minibatch_section_with_every_configuration_and_only_moons_when_quick(monkeypatch):
     monkeypatch.setattr(bench, "peak_gemm_rate", lambda dtype, n: 1e9)
     for name in ("candidates", "minibatch_candidates"):
@@ -257,8 +273,11 @@ def test_run_takes_the_minibatch_section_with_every_configuration_and_only_moons
     for name in ("summarize", "summarize_minibatch"):
         monkeypatch.setattr(bench, name, lambda config, dtype, found, rate: [config.name])
     monkeypatch.setattr(bench, "machine_info", dict)
+    monkeypatch.setattr(bench, "activation_candidates", lambda config, dtype, *rest: config)
+    monkeypatch.setattr(bench, "summarize_activations", lambda config, dtype, found: ["act " + config.name])
     names = lambda configs, rounds: bench.run(configs, ("float32",), rounds=rounds, progress=False)[0]
     steps = [c.name for c in bench.CONFIGS]
-    assert names(bench.CONFIGS, 15) == steps + [c.name for c in bench.MINIBATCH_CONFIGS]
-    assert names(bench.CONFIGS, 3) == steps + ["moons-b64"]
+    acts = ["act " + c.name for c in bench.ACTIVATION_CONFIGS]
+    assert names(bench.CONFIGS, 15) == steps + [c.name for c in bench.MINIBATCH_CONFIGS] + acts
+    assert names(bench.CONFIGS, 3) == steps + ["moons-b64"] + acts[:1]
     assert names(bench.CONFIGS[:2], 15) == steps[:2]

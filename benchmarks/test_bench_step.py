@@ -13,8 +13,8 @@ from fastdnn import bench
 from fastdnn.backends import available_backends
 
 BACKENDS = [b.name for b in available_backends() if b.available]
-IMPLS = ["floor", *BACKENDS, "numba-without-update", "loop-examples", "loop-scalar", "loop-numba",
-         "torch-autograd", "torch-hand", "jax-step", "jax-loop"]
+IMPLS = ["floor", *BACKENDS, "numba-without-update", "numba-fit-loop", "loop-examples", "loop-scalar",
+         "loop-numba", "torch-autograd", "torch-hand", "jax-step", "jax-loop"]
 EPOCH_IMPLS = ["batch-step", *BACKENDS, "torch", "jax", "sklearn"]
 
 
@@ -29,10 +29,12 @@ def build(impl, config, dtype):
         if sum(a * b for a, b in zip(config.layer_dims, config.layer_dims[1:])) > 1000:
             pytest.skip("scalar Python loops: small sizes only")
         return bench.scalar_loop(config, dtype, 0.05, compiled=False)
-    if impl in ("loop-numba", "numba-without-update") and "numba" not in BACKENDS:
+    if impl in ("loop-numba", "numba-without-update", "numba-fit-loop") and "numba" not in BACKENDS:
         pytest.skip("numba is not installed")
     if impl == "numba-without-update":
         return bench.network_step(config, dtype, "numba", update=False)
+    if impl == "numba-fit-loop":
+        return bench.network_fit_loop(config, dtype, "numba")
     if impl == "loop-numba":
         return bench.scalar_loop(config, dtype, 0.05, compiled=True)
     if impl.startswith("jax"):
@@ -77,3 +79,14 @@ def test_epoch(benchmark, config, dtype, impl):
     """One call: an epoch of m / B Adam steps (divide by steps_per_call for a step); batch-step: one step."""
     time_it(benchmark, build_epoch(impl, config, dtype),
             f"epoch {config.name} {config.layer_dims} m={config.m} B={config.batch_size} {dtype}")
+
+
+@pytest.mark.parametrize("hidden", bench.HIDDEN_ACTIVATIONS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("config", configs(bench.ACTIVATION_CONFIGS))
+def test_hidden_activation(benchmark, config, dtype, hidden):
+    """One call: k full-batch steps inside fit (divide by steps_per_call); a group per network, a row per
+    hidden activation (the hidden-activation section of ``fastdnn bench``)."""
+    backend = "numba" if "numba" in BACKENDS else "numpy"
+    time_it(benchmark, bench.network_fit_loop(config._replace(hidden=hidden), dtype, backend),
+            f"activations {config.name} {config.layer_dims} m={config.m} {dtype}")

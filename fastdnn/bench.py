@@ -36,6 +36,14 @@ MINIBATCH_CONFIGS = [
     Config("mnist-16384-b256", [784, 256, 128, 10], 16384, "relu", "softmax", 256),
     Config("moons-b64", [2, 5, 2, 1], 300, "relu", "sigmoid", 64),
 ]
+# the hidden-activation section: the same network with each hidden activation, per step inside fit (the
+# course's planar networks, and an mnist-sized one)
+ACTIVATION_CONFIGS = [
+    Config("planar-[2,4,1]", [2, 4, 1], 400, "relu", "sigmoid"),
+    Config("planar-[2,20,7,5,1]", [2, 20, 7, 5, 1], 400, "relu", "sigmoid"),
+    Config("mnist-256", [784, 256, 128, 10], 256, "relu", "softmax"),
+]
+HIDDEN_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid")
 SETTLE_S = 0.15             # OpenBLAS spins ~0.1 s after a call; PyTorch's pool similarly
 
 
@@ -56,6 +64,7 @@ class Candidate:
     params: object = None     # () -> {"W1": ..., "b1": ...} as float64 NumPy arrays, if it has any
     steps_done: object = None # () -> optimizer steps taken so far, where the candidate counts them
     note: str = ""            # how its work differs from fastdnn's, if it does
+    hidden: str = ""          # its hidden activation, in the hidden-activation section
 
 
 def problem(config, dtype, seed=0):
@@ -133,6 +142,21 @@ def network_step(config, dtype, backend, update=True, learning_rate=1e-3):
     name = f"fastdnn {net.backend.name}" + ("" if update else " without the update")
     return Candidate(name, kind, "numpy", run, net.backend.name, net.device, net=net,
                      params=lambda: _host_params(net), steps_done=lambda: net.iteration)
+
+
+def network_fit_loop(config, dtype, backend, learning_rate=1e-3, steps=None):
+    """What ``fit(X, Y, iterations=k)`` costs per step (the compiled loop of full-batch steps where the
+    backend has one, with fit's own per-call work spread over k): k = ``steps``, by default as many as
+    make ~0.2 GFLOP (3 to 2000)."""
+    from . import Network
+    if steps is None:
+        steps = int(min(2000, max(3, 2e8 // flops_per_step(config))))
+    X, Y = problem(config, dtype)
+    net = Network(config.layer_dims, config.hidden, config.output, device=backend, dtype=dtype, seed=0)
+    run = lambda: net.fit(X, Y, iterations=steps, learning_rate=learning_rate, verbose=0, report_every=steps)
+    return Candidate(f"fastdnn {net.backend.name} fit loop ({steps} steps)", "fused", "numpy", run,
+                     net.backend.name, net.device, net=net, steps=steps, params=lambda: _host_params(net),
+                     steps_done=lambda: net.iteration)
 
 
 def per_example_loop(config, dtype, budget_s):
@@ -476,6 +500,7 @@ def candidates(config, dtype, loop_budget_s=0.05, backends=None, others=True):
     found += [network_step(config, dtype, name) for name in names]
     if "numba" in names:
         found.append(network_step(config, dtype, "numba", update=False))
+        found.append(network_fit_loop(config, dtype, "numba"))
     found.append(per_example_loop(config, dtype, loop_budget_s))
     if sum(a * b for a, b in zip(config.layer_dims, config.layer_dims[1:])) <= 1000:
         found.append(scalar_loop(config, dtype, loop_budget_s, compiled=False))   # small sizes only
@@ -487,6 +512,40 @@ def candidates(config, dtype, loop_budget_s=0.05, backends=None, others=True):
         except ImportError:
             pass
     return found
+
+
+def activation_candidates(config, dtype, backends=None, others=True):
+    """The network of ``config`` with each of HIDDEN_ACTIVATIONS: fastdnn's fit loop (numba where
+    available) and JAX's loop in one jit (relu, tanh and sigmoid, where installed); ``hidden`` names each."""
+    from .backends import available_backends
+    names = backends or [b.name for b in available_backends() if b.available]
+    backend = "numba" if "numba" in names else names[0]
+    found = []
+    for hidden in HIDDEN_ACTIVATIONS:
+        found.append(network_fit_loop(config._replace(hidden=hidden), dtype, backend))
+        found[-1].hidden = hidden
+    for hidden in ("relu", "tanh", "sigmoid") if others else ():
+        try:
+            found.append(jax_loop(config._replace(hidden=hidden), dtype))
+        except ImportError:
+            break
+        found[-1].hidden = hidden
+    return found
+
+
+def summarize_activations(config, dtype, found):
+    """Rows of the hidden-activation section: time per step and the ratio to the same implementation
+    with a ReLU hidden activation."""
+    rows = []
+    for c in found:
+        relu = next(r for r in found if r.hidden == "relu" and r.family == c.family)
+        t = np.array(c.times)
+        rows.append(dict(
+            section="activations", config=config.name, layer_dims=config.layer_dims, m=config.m, dtype=dtype,
+            hidden=c.hidden, implementation=c.name, backend=c.backend, device=c.device, steps_per_call=c.steps,
+            median_s=float(np.median(t)), p25_s=float(np.percentile(t, 25)), p75_s=float(np.percentile(t, 75)),
+            rounds=len(t), vs_relu=ratio(c, relu)))
+    return rows
 
 
 def peak_gemm_rate(dtype, n=2048, repeats=3):
@@ -622,25 +681,32 @@ def _cpu_name():
 
 
 def run(configs=CONFIGS, dtypes=("float32", "float64"), rounds=7, loop_budget_s=0.05, progress=True,
-        minibatch="auto", gemm_n=2048, backends=None, others=True):
+        minibatch="auto", gemm_n=2048, backends=None, others=True, activations="auto"):
     """Measure every configuration x dtype, then the mini-batch section (``minibatch``: a list of
     MINIBATCH_CONFIGS entries, or "auto": when ``configs`` is every step configuration, all of them
     with more than 3 rounds (``--full``), the moons one only with 3 or fewer (``--quick`` stays
     under a minute: an mnist epoch is ~0.1-0.3 s and each candidate runs 5+ of them); none when
-    ``configs`` is a selection). The peak GEMM rate of each dtype is measured once, first. ``backends``: fastdnn's
+    ``configs`` is a selection), then the hidden-activation section (``activations``: ACTIVATION_CONFIGS
+    entries, or "auto": all with ``--full``, the first with ``--quick``, none for a selection). The peak GEMM rate of each dtype is measured once, first. ``backends``: fastdnn's
     (default: every available one); ``others``: PyTorch, JAX and scikit-learn rows where installed.
     Returns (rows, info)."""
+    every = {c.name for c in configs} >= {c.name for c in CONFIGS}
     if minibatch == "auto":
-        every = {c.name for c in configs} >= {c.name for c in CONFIGS}
         minibatch = [] if not every else MINIBATCH_CONFIGS if rounds > 3 else \
             [c for c in MINIBATCH_CONFIGS if c.name == "moons-b64"]
+    if activations == "auto":
+        activations = [] if not every else ACTIVATION_CONFIGS if rounds > 3 else ACTIVATION_CONFIGS[:1]
     rates = {dtype: peak_gemm_rate(dtype, gemm_n) for dtype in dtypes}
-    jobs = [(c, d) for c in [*configs, *minibatch] for d in dtypes]
+    jobs = [(c, d, s) for s, group in (("step", configs), ("minibatch", minibatch), ("activations", activations))
+            for c in group for d in dtypes]
     bar = _progress(len(jobs), progress)
     rows = []
-    for config, dtype in jobs:
+    for config, dtype, section in jobs:
         bar.set_description(f"{config.name} {dtype}")
-        if config.batch_size:
+        if section == "activations":
+            rows += summarize_activations(config, dtype, measure(activation_candidates(config, dtype, backends, others),
+                                                                 rounds))
+        elif config.batch_size:
             rows += summarize_minibatch(config, dtype, measure(minibatch_candidates(config, dtype, backends, others), rounds),
                                         rates[dtype])
         else:
@@ -726,6 +792,18 @@ def table(rows):
                        f"{_fmt_ratio(r['vs_limit'])} |")
         notes = dict.fromkeys(r["note"] for r in group if r["note"])
         out += [f"\n\\* {n}" for n in notes]
+    acts = [r for r in rows if r.get("section") == "activations"]
+    if acts:
+        out.append("\n### Hidden activations: the same network with each, per step inside fit\n")
+    for key in dict.fromkeys((r["config"], r["dtype"]) for r in acts):
+        group = [r for r in acts if (r["config"], r["dtype"]) == key]
+        r0 = group[0]
+        out.append(f"\n**{r0['config']}**: {r0['layer_dims']}, m = {r0['m']}, {r0['dtype']}\n")
+        out.append("| implementation | hidden activation | time per step (IQR) | vs its relu |")
+        out.append("|---|---|---|---|")
+        for r in group:
+            out.append(f"| {r['implementation']} | {r['hidden']} | {_fmt_time(r['median_s'])} "
+                       f"({_fmt_time(r['p25_s'])}–{_fmt_time(r['p75_s'])}) | {_fmt_ratio(r['vs_relu'])} |")
     return "\n".join(out)
 
 
@@ -760,7 +838,9 @@ def write_reports(rows, info, directory, command):
               "measured on a subset of the examples and scaled to m. JAX loop rows run several steps "
               "in one jit call and report the time per step. The mini-batch section times one shuffled "
               "Adam epoch per call and reports epoch time / batches; 'vs full-batch step' is over "
-              "fastdnn's fused step (engine.train_step, Adam) on B examples.\n")
+              "fastdnn's fused step (engine.train_step, Adam) on B examples. 'fit loop' rows time "
+              "fit(X, Y, iterations=k) per step (its compiled loop, with fit's per-call work spread over k); "
+              "the hidden-activation section compares each activation with the same implementation's ReLU.\n")
     _atomic_write(paths["md"], header + table(rows) + "\n\n![chart](results.png)\n")
     if not chart(rows, paths["png"]):
         paths.pop("png")
