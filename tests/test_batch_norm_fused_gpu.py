@@ -90,7 +90,8 @@ def backward_oracle(dZt, Zn, var, gamma):
 def run_batch_stats(Z, block=SMALL_2D, final_block=SMALL_2D, schedule="forward"):
     (n, m), dtype = Z.shape, Z.dtype
     p = K.plan("batch_stats", (n, m), block, final_block)
-    mu, var, partials = np.full((n, 1), np.nan, dtype), np.full((n, 1), np.nan, dtype), np.full(max(1, p.partials), np.nan)
+    mu, var = np.full((n, 1), np.nan, dtype), np.full((n, 1), np.nan, dtype)
+    partials = np.full(max(1, p.partials), np.nan)
     src, name = K.batch_stats(dtype)
     for stage in ((0, 1) if p.final is not None else (0,)):
         E.launch(src, name, *p.main, (Z, mu, var, partials, i32(stage), i32(n), i32(m)), schedule=schedule)
@@ -204,7 +205,7 @@ def test_batch_norm_activation_with_the_batch_statistics_gives_zero_mean_unit_va
     ones, zeros = np.ones((n, 1), dtype), np.zeros((n, 1), dtype)
     Zn, Zt, A = run_activation("linear", Z, mu, var, ones, zeros, block=None)
     mu_o, var_o = stats_oracle(Z64)
-    close(Zn, normalize_oracle(Z64, mu_o, var_o, 1.0, 0.0)[0], "float32" if dtype == "float32" else dtype)
+    close(Zn, normalize_oracle(Z64, mu_o, var_o, 1.0, 0.0)[0], dtype)
     if shape[1] > 1:
         np.testing.assert_allclose(Zn.astype(np.float64).mean(axis=1), 0, atol=1e-5)
         np.testing.assert_allclose((Zn.astype(np.float64) ** 2).mean(axis=1) * (var_o[:, 0] + EPS) / var_o[:, 0],
@@ -498,7 +499,8 @@ def test_the_batch_norm_ops_allocate_and_launch_nothing_else(stand_in):
                     be.running_average(rvar, var, 0.9, out, None)
         counts = stand_in.counts
         assert counts["alloc"] == counts["sync"] == counts["kernel"] == counts["d2h"] == 0, dict(counts)
-        assert counts["launch"] == (7 if m < 100 else 10), dict(counts)      # 1 + 1 + 1 + 1 + 1 + 2; +2, +1: the partials
+        # 1 each (running_guard included) + 2 running averages; rows over several blocks: +2 (stats), +1 (delta)
+        assert counts["launch"] == (7 if m < 100 else 10), dict(counts)
 
 
 @pytest.mark.xfail(not GUARD_IN_BASE, strict=True,
@@ -537,3 +539,40 @@ def test_a_softmax_hidden_layer_takes_the_reference_path(stand_in):
     mu_o, var_o = stats_oracle(Z64)
     Zt_o = normalize_oracle(Z64, mu_o, var_o, 1.5, 0.25)[1]
     close(be.to_numpy(A), oracle.g("softmax", Zt_o), "float64")
+
+
+def test_the_backend_running_average_reads_the_device_guard(stand_in):
+    """go as a 0-d bool device array (read by the kernel), None, or a Python bool; and the guard that
+    running_guard builds from a non-finite cost or a halt."""
+    be = fastdnn.backends.get_backend("cupy-fused:0", fallback=False)
+    running, batch = be.asarray(np.full((5, 1), 2.0)), be.asarray(np.full((5, 1), 4.0))
+    inf, fine = be.asarray(np.array(np.inf)), be.asarray(np.array(0.5))
+    not_halted, halted = be.asarray(np.array(0, np.int64)), be.asarray(np.array(4, np.int64))
+    cases = [(lambda: be.asarray(np.array(True)), True), (lambda: be.asarray(np.array(False)), False),
+             (lambda: None, True), (lambda: True, True), (lambda: False, False),
+             (lambda: be.running_guard(fine, not_halted), True), (lambda: be.running_guard(inf, not_halted), False),
+             (lambda: be.running_guard(fine, halted), False)]
+    for make_go, moves in cases:
+        out = be.asarray(np.full((5, 1), -1.0))
+        go = make_go()
+        be.running_average(running, running, 0.9, out, go)            # its workspace, the first time
+        be.copy_from_host(np.full((5, 1), -1.0), out)
+        stand_in.reset_counts()
+        be.running_average(running, batch, 0.9, out, go)
+        assert stand_in.counts["kernel"] == stand_in.counts["alloc"] == 0
+        assert stand_in.counts["launch"] == (0 if go is False else 1)
+        np.testing.assert_allclose(be.to_numpy(out), np.full((5, 1), 0.9 * 2.0 + 0.1 * 4.0 if moves else -1.0),
+                                   rtol=1e-15)
+
+
+def test_mixed_dtypes_take_the_reference_path(stand_in):
+    """A kernel's pointers carry no dtype: float32 μ, σ² for float64 Z go through the CuPy ops, still right."""
+    be = fastdnn.backends.get_backend("cupy-fused:0", fallback=False)
+    Z, Z64 = draw((3, 20), "float64", seed=71, offset=1.0)
+    mu, var = be.empty((3, 1), np.float32), be.empty((3, 1), np.float32)
+    stand_in.reset_counts()
+    be.batch_stats(be.asarray(Z.copy()), mu, var)
+    assert stand_in.counts["launch"] == 0
+    mu_o, var_o = stats_oracle(Z64)
+    close(be.to_numpy(mu), mu_o, "float32")
+    close(be.to_numpy(var), var_o, "float32")

@@ -27,7 +27,8 @@ Argument types (what to pass to ``RawKernel(grid, block, args)``): arrays are Cu
 kernel's dtype T (float32 -> C ``float``, float64 -> ``double``) unless said otherwise; ``partials``
 are float64 arrays; scalars MUST be typed NumPy scalars, because CuPy passes a Python float as a C
 double and a Python int as a C long long: ``T`` -> ``np.float32``/``np.float64`` (the kernel's
-dtype), ``int`` -> ``np.int32``, ``long long`` -> ``np.int64``.
+dtype), ``double`` -> ``np.float64`` (whatever T), ``int`` -> ``np.int32``, ``long long`` -> ``np.int64``;
+a ``bool*`` is a 0-d CuPy bool array.
 
 =====================  ========================================================================
 kernel (kind)          arguments

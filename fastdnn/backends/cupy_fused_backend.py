@@ -3,7 +3,9 @@ fused pass as a ``cupy.RawKernel`` whose CUDA C source comes from ``_cupy_kernel
 formulas as the CPU kernels): bias + activation; dZ with its deterministic row sum db; the output
 delta with the cost's partial sums and their fixed-order total; the optimizer update over the flat
 buffers with the divergence guard; L2 and dropout. CuPy launches each kernel on its current device and
-stream with its own arrays (no bridge); the cost stays on the device until it is reported.
+stream with its own arrays (no bridge); the cost stays on the device until it is reported. Batch
+normalization too: the batch's μ, σ² (two float64 passes, deterministic row sums), normalize + γ, β +
+activation, dZ̃ with dβ and dγ, dZ, and the running averages under a device-side guard (``running_guard``).
 
 Scalars go to the kernels as typed NumPy scalars, exactly as each kernel's C signature says
 (``_cupy_kernels`` module docstring); arrays are C-contiguous (workspace, parameter and gradient views).
@@ -280,7 +282,8 @@ class CupyFusedBackend(CupyBackend):
         if not _contiguous(dZt, Zn, var, gamma, dgamma, dbeta):
             return super().batch_norm_backward(dZt, Zn, var, eps, gamma, dgamma, dbeta)
         n, m = dZt.shape
-        self._launch(kernel(self.xp, "batch_norm_backward", None, dZt.dtype), K.plan("batch_norm_backward", (n, m)).main,
+        self._launch(kernel(self.xp, "batch_norm_backward", None, dZt.dtype),
+                     K.plan("batch_norm_backward", (n, m)).main,
                      dZt, Zn, var, np.float64(eps), gamma, dgamma, dbeta, _i32(n), _i32(m))
         return dZt
 
@@ -296,14 +299,18 @@ class CupyFusedBackend(CupyBackend):
             return out
         f = out.dtype.type
         flag = go if guarded else self._buffer("unguarded", (), np.bool_, zero=True)
-        self._launch(kernel(self.xp, "running_average", None, out.dtype), K.plan("running_average", (out.size,)).main,
-                     running, batch, f(momentum), f(1 - momentum), out, flag, _i32(guarded), _i64(out.size))
+        self._launch(kernel(self.xp, "running_average", None, out.dtype),
+                     K.plan("running_average", (out.size,)).main, running, batch, f(momentum), f(1 - momentum), out, flag, _i32(guarded), _i64(out.size))
         return out
 
     def running_guard(self, cost, halted):
         """go = isfinite(cost) and halted == 0 as a 0-d bool device array (one thread on the device; the
         buffer is reused, valid until the next call): the running statistics' guard under the divergence
         protocol, without the three temporaries of the xp expression."""
+        xp = self.xp
+        if not (isinstance(cost, xp.ndarray) and cost.dtype in (np.float32, np.float64) and cost.size == 1
+                and isinstance(halted, xp.ndarray) and halted.dtype == np.int64 and halted.size == 1):
+            return xp.logical_and(xp.isfinite(cost), halted == 0)
         go = self._buffer("running-guard", (), np.bool_)
         self._launch(kernel(self.xp, "running_guard", None, cost.dtype), K.plan("running_guard", ()).main,
                      cost, halted, go)
@@ -311,5 +318,6 @@ class CupyFusedBackend(CupyBackend):
 
 
 def _contiguous(*arrays):
-    """Whether every array is C-contiguous (what the RawKernels index)."""
-    return all(a.flags.c_contiguous for a in arrays)
+    """Whether every array is C-contiguous and of the first one's dtype (what a RawKernel indexes; its pointers
+    carry no dtype)."""
+    return all(a.flags.c_contiguous and a.dtype == arrays[0].dtype for a in arrays)
