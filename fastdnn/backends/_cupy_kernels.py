@@ -27,7 +27,8 @@ Argument types (what to pass to ``RawKernel(grid, block, args)``): arrays are Cu
 kernel's dtype T (float32 -> C ``float``, float64 -> ``double``) unless said otherwise; ``partials``
 are float64 arrays; scalars MUST be typed NumPy scalars, because CuPy passes a Python float as a C
 double and a Python int as a C long long: ``T`` -> ``np.float32``/``np.float64`` (the kernel's
-dtype), ``int`` -> ``np.int32``, ``long long`` -> ``np.int64``.
+dtype), ``double`` -> ``np.float64`` (whatever T), ``int`` -> ``np.int32``, ``long long`` -> ``np.int64``;
+a ``bool*`` is a 0-d CuPy bool array.
 
 =====================  ========================================================================
 kernel (kind)          arguments
@@ -49,6 +50,17 @@ mark_divergence        const T* cost, long long* halted_at, T* halted_cost, long
 add_scaled             T* dW, const T* W, T c, long long size
 sum_squares            const T* W, long long size, double* partials
 dropout_mask           T* D, T keep_prob, T scale, long long size
+batch_stats            const T* Z, T* mu, T* var, double* partials, int stage, int n, int m
+bn_row_sums            const double* partials, T* out0, T* out1, int regions, double divisor, int n, int count
+batch_norm_activation  T* Zn, const T* mu, const T* var, double eps, const T* gamma, const T* beta, T* Z, T* A,
+                       int n, int m
+batch_norm_delta       T* dA, const T* Z, const T* A, const T* Zn, T* dgamma, T* dbeta, double* partials,
+                       int n, int m
+batch_norm_backward    T* dZt, const T* Zn, const T* var, double eps, const T* gamma, const T* dgamma,
+                       const T* dbeta, int n, int m
+running_average        const T* running, const T* batch, T a, T c, T* out, const bool* go, int guarded,
+                       long long size       (go: a 0-d bool array, read only when guarded != 0)
+running_guard          const T* cost, const long long* halted, bool* go     (go: a 0-d bool array)
 =====================  ========================================================================
 
 The divergence protocol (no host sync per step): ``halted``/``halted_at`` is ONE int64 (C long long)
@@ -76,6 +88,7 @@ THREADS = 256                 # threads per block that plan() uses
 MAX_GRID = 65535              # plan() keeps every grid dimension at most this (gridDim.y's limit)
 MAX_PARTIAL_BLOCKS = 1024     # blocks of a kernel that writes one partial sum per block
 ROW_SUM_BLOCKS = 512          # delta_row_sum: about this many blocks in all before splitting rows
+BN_LANE_COLUMNS = 16          # batch_stats, batch_norm_delta: one launch while a lane sums at most this many columns
 MAX_DIM = 2 ** 30             # n, m, sizes: int indices plus a grid stride cannot overflow
 
 KERNEL_PRELUDE = r"""#ifndef FDNN_KERNEL_PRELUDE
@@ -487,6 +500,232 @@ extern "C" __global__ void {name}(const {T}* cost, long long* halted_at, {T}* ha
 """), name
 
 
+# --- batch normalization -------------------------------------------------------------------------------
+# Z̃ = γ·(Z − μ)/√(σ² + ε) + β over the m columns of each row. The two reductions (batch_stats and
+# batch_norm_delta) put the lanes of a block's x along the columns of a row, like delta_row_sum. With one
+# column of blocks (plan.final is None) a block owns whole rows and finishes them in one launch; with
+# gridDim.x > 1 each block writes its float64 partial sums (region r of partials at r * n * gridDim.x,
+# row i's at i * gridDim.x + blockIdx.x) and ``bn_row_sums`` adds them up in a fixed order.
+_BN_ROWS = ("FDNN_NO_UNROLL for (int i0 = (int)(blockIdx.y * blockDim.y); i0 < n; "
+            "i0 += (int)(gridDim.y * blockDim.y))")
+
+
+def batch_stats(dtype):
+    """μ[i] = (1/m) Σ_j Z[i, j], then σ²[i] = (1/m) Σ_j (Z[i, j] − μ[i])² (two passes, float64 sums with
+    μ kept in double between them, as the CPU kernel). Z (n, m); mu, var (n, 1). ``stage`` 0: one column
+    of blocks -> both, in one launch; several -> region 1 of partials gets each block's Σ Z. ``stage`` 1
+    (several columns of blocks only): every block adds up row i's region-1 partials (a fixed order: the
+    same μ in every block), block column 0 writes μ, and region 0 gets each block's Σ (Z − μ)²; then
+    ``bn_row_sums`` (regions 1, divisor m) writes σ². partials: (plan.partials,) float64."""
+    T, s, _ = _t(dtype)
+    name = f"fdnn_batch_stats_{s}"
+    return _source(f"""
+extern "C" __global__ void {name}(const {T}* Z, {T}* mu, {T}* var, double* partials, int stage, int n, int m) {{
+    __shared__ double sh[FDNN_MAX_THREADS];
+    const unsigned int base = threadIdx.y * blockDim.x;
+    const long long count = (long long)gridDim.x;
+    const long long region = (long long)n * count;
+    const double md = (double)m;
+    {_BN_ROWS} {{
+        const int i = i0 + (int)threadIdx.y;
+        const long long row = (long long)i * m;
+        double sum = 0.0;
+        if (i < n) {{
+            if (stage == 0) {{
+                {_COLS} {{
+                    sum += (double)Z[row + j];
+                }}
+            }} else {{
+                FDNN_NO_UNROLL for (int c = (int)threadIdx.x; c < (int)gridDim.x; c += (int)blockDim.x) {{
+                    sum += partials[region + (long long)i * count + c];
+                }}
+            }}
+        }}
+        fdnn_tree_sum(sh, sum, threadIdx.x, blockDim.x, base);
+        if (stage == 0 && gridDim.x > 1u) {{
+            if (threadIdx.x == 0u && i < n) {{
+                partials[region + (long long)i * count + blockIdx.x] = sh[base];
+            }}
+            continue;
+        }}
+        const double mean = sh[base] / md;     /* every lane reads the row's sum ... */
+        __syncthreads();                        /* ... before the next sum reuses sh */
+        double q = 0.0;
+        if (i < n) {{
+            {_COLS} {{
+                const double d = (double)Z[row + j] - mean;
+                q += d * d;
+            }}
+        }}
+        q = fdnn_tree_sum(sh, q, threadIdx.x, blockDim.x, base);
+        if (threadIdx.x == 0u && i < n) {{
+            if (gridDim.x == 1u) {{
+                mu[i] = ({T})mean;
+                var[i] = ({T})(q / md);
+            }} else {{
+                partials[(long long)i * count + blockIdx.x] = q;
+                if (blockIdx.x == 0u) {{
+                    mu[i] = ({T})mean;
+                }}
+            }}
+        }}
+    }}
+}}
+"""), name
+
+
+def bn_row_sums(dtype):
+    """out_r[i] = (T)(Σ_c partials[r * n * count + i * count + c] / divisor) for r < regions (1 or 2; out1
+    is not touched when 1), each in a fixed order (lanes along x, rows along y). out0, out1 (n, 1)."""
+    T, s, _ = _t(dtype)
+    name = f"fdnn_bn_row_sums_{s}"
+    return _source(f"""
+extern "C" __global__ void {name}(const double* partials, {T}* out0, {T}* out1, int regions, double divisor,
+                                  int n, int count) {{
+    __shared__ double sh[FDNN_MAX_THREADS];
+    FDNN_NO_UNROLL for (int r = 0; r < regions; r++) {{
+        const double* part = partials + (long long)r * n * count;
+        {T}* out = r == 0 ? out0 : out1;
+        {_BN_ROWS} {{
+            const int i = i0 + (int)threadIdx.y;
+            double sum = 0.0;
+            if (i < n) {{
+                FDNN_NO_UNROLL for (int c = (int)threadIdx.x; c < count; c += (int)blockDim.x) {{
+                    sum += part[(long long)i * count + c];
+                }}
+            }}
+            sum = fdnn_tree_sum(sh, sum, threadIdx.x, blockDim.x, threadIdx.y * blockDim.x);
+            if (threadIdx.x == 0u && i < n) {{
+                out[i] = ({T})(sum / divisor);
+            }}
+        }}
+    }}
+}}
+"""), name
+
+
+def batch_norm_activation(activation, dtype):
+    """Zn = (Zn − μ)·s with s = T(1/√(σ² + ε)) (σ² + ε and the root in double, once per row), Z = γ·Zn + β,
+    A = g(Z): one pass. Zn (W·A_prev on entry), Z, A (n, m); mu, var, gamma, beta (n, 1); eps a double."""
+    T, s, dtype = _t(dtype)
+    g, _ = activation_functions(activation, dtype)
+    name = f"fdnn_batch_norm_activation_{c_identifier(activation.name)}_{s}"
+    return _source(g.source, f"""
+extern "C" __global__ void {name}({T}* Zn, const {T}* mu, const {T}* var, double eps, const {T}* gamma,
+                                  const {T}* beta, {T}* Z, {T}* A, int n, int m) {{
+    {_ROWS} {{
+        const {T} inv_std = ({T})(1.0 / sqrt((double)var[i] + eps));
+        const {T} mean = mu[i], gi = gamma[i], bi = beta[i];
+        const long long row = (long long)i * m;
+        {_COLS} {{
+            const {T} zn = (Zn[row + j] - mean) * inv_std;
+            Zn[row + j] = zn;
+            const {T} z = gi * zn + bi;
+            Z[row + j] = z;
+            A[row + j] = {g.name}(z);
+        }}
+    }}
+}}
+"""), name
+
+
+def batch_norm_delta(activation, dtype):
+    """dZ̃ = dA * g'(Z̃, A) written over dA, dβ = Σ_j dZ̃ and dγ = Σ_j dZ̃·Zn (float64 sums) in one pass: into
+    dbeta, dgamma with one column of blocks, else per block into partials regions 0 (dβ) and 1 (dγ) for
+    ``bn_row_sums`` (regions 2, divisor 1). dA, Z, A, Zn (n, m); dgamma, dbeta (n, 1)."""
+    T, s, dtype = _t(dtype)
+    _, dg = activation_functions(activation, dtype)
+    name = f"fdnn_batch_norm_delta_{c_identifier(activation.name)}_{s}"
+    return _source(dg.source, f"""
+extern "C" __global__ void {name}({T}* dA, const {T}* Z, const {T}* A, const {T}* Zn, {T}* dgamma, {T}* dbeta,
+                                  double* partials, int n, int m) {{
+    __shared__ double sh[FDNN_MAX_THREADS];
+    const unsigned int base = threadIdx.y * blockDim.x;
+    const long long count = (long long)gridDim.x;
+    const long long region = (long long)n * count;
+    {_BN_ROWS} {{
+        const int i = i0 + (int)threadIdx.y;
+        double sb = 0.0, sg = 0.0;
+        if (i < n) {{
+            const long long row = (long long)i * m;
+            {_COLS} {{
+                const {T} d = dA[row + j] * {dg.name}(Z[row + j], A[row + j]);
+                dA[row + j] = d;
+                sb += (double)d;
+                sg += (double)d * (double)Zn[row + j];
+            }}
+        }}
+        sb = fdnn_tree_sum(sh, sb, threadIdx.x, blockDim.x, base);
+        sg = fdnn_tree_sum(sh, sg, threadIdx.x, blockDim.x, base);
+        if (threadIdx.x == 0u && i < n) {{
+            if (gridDim.x == 1u) {{
+                dbeta[i] = ({T})sb;
+                dgamma[i] = ({T})sg;
+            }} else {{
+                partials[(long long)i * count + blockIdx.x] = sb;
+                partials[region + (long long)i * count + blockIdx.x] = sg;
+            }}
+        }}
+    }}
+}}
+"""), name
+
+
+def batch_norm_backward(dtype):
+    """dZ = c·(m dZ̃ − dβ − Zn·dγ) written over dZ̃, c = T(γ/(m √(σ² + ε))) (in double, once per row): the
+    gradient through the batch's own μ and σ². dZt, Zn (n, m); var, gamma, dgamma, dbeta (n, 1); eps a double."""
+    T, s, _ = _t(dtype)
+    name = f"fdnn_batch_norm_backward_{s}"
+    return _source(f"""
+extern "C" __global__ void {name}({T}* dZt, const {T}* Zn, const {T}* var, double eps, const {T}* gamma,
+                                  const {T}* dgamma, const {T}* dbeta, int n, int m) {{
+    const {T} mt = ({T})m;
+    {_ROWS} {{
+        const {T} c = ({T})((double)gamma[i] / ((double)m * sqrt((double)var[i] + eps)));
+        const {T} db = dbeta[i], dg = dgamma[i];
+        const long long row = (long long)i * m;
+        {_COLS} {{
+            dZt[row + j] = c * (mt * dZt[row + j] - db - Zn[row + j] * dg);
+        }}
+    }}
+}}
+"""), name
+
+
+def running_average(dtype):
+    """out = a·running + c·batch over size values (a = T(momentum), c = T(1 − momentum), computed on the
+    host), only where *go when ``guarded`` != 0 (a 0-d bool on the device: no host sync); go is not read
+    when ``guarded`` is 0. running, batch, out (size,) — the (n, 1) running and batch μ or σ²."""
+    T, s, _ = _t(dtype)
+    name = f"fdnn_running_average_{s}"
+    return _source(f"""
+extern "C" __global__ void {name}(const {T}* running, const {T}* batch, {T} a, {T} c, {T}* out, const bool* go,
+                                  int guarded, long long size) {{
+    if (guarded != 0 && !*go) {{
+        return;
+    }}
+    {_FLAT.format(size="size")} {{
+        out[p] = a * running[p] + c * batch[p];
+    }}
+}}
+"""), name
+
+
+def running_guard(dtype):
+    """*go = (*cost is finite) and (*halted == 0): the running statistics' guard of a step under the
+    divergence protocol, on the device (one thread writes; plan (1, 1, 1)). cost: 0-d T; halted: 0-d int64;
+    go: 0-d bool."""
+    T, s, _ = _t(dtype)
+    name = f"fdnn_running_guard_{s}"
+    return _source(f"""
+extern "C" __global__ void {name}(const {T}* cost, const long long* halted, bool* go) {{
+    if (blockIdx.x == 0u && threadIdx.x == 0u) {{
+        *go = isfinite(*cost) && *halted == 0;
+    }}
+}}
+"""), name
+
+
 # --- L2, dropout -------------------------------------------------------------------------------------
 def add_scaled(dtype):
     """dW += c W elementwise over size values (flat)."""
@@ -619,6 +858,22 @@ def _plan_flat(kind, shape, block, final_block):
     return Plan(Launch((min(_cdiv(size, b[0]), MAX_GRID), 1, 1), b), None, 0, 0)
 
 
+def _plan_batch_norm_sums(kind, shape, block, final_block):
+    """batch_stats, batch_norm_delta: one column of blocks (one launch) while a lane has at most
+    BN_LANE_COLUMNS columns of a row to sum, else columns of blocks as delta_row_sum's, two float64
+    partials regions and the final ``bn_row_sums``."""
+    n, m = _check(kind, shape, 2)
+    b = _block(block, _block_2d(n), 2)
+    gy = min(_cdiv(n, b[1]), MAX_GRID)
+    gx = 1 if _cdiv(m, b[0]) <= BN_LANE_COLUMNS else min(_cdiv(m, b[0]), _cdiv(ROW_SUM_BLOCKS, gy),
+                                                         MAX_PARTIAL_BLOCKS)
+    if gx == 1:
+        return Plan(Launch((1, gy, 1), b), None, 0, 0)
+    fb = _block(final_block, (32, 8, 1), 2)
+    final = Launch((1, min(_cdiv(n, fb[1]), MAX_GRID), 1), fb)
+    return Plan(Launch((gx, gy, 1), b), final, 2 * n * gx, gx)
+
+
 def _plan_single(kind, shape, block, final_block):
     return Plan(Launch((1, 1, 1), (1, 1, 1)), None, 0, 0)
 
@@ -631,12 +886,16 @@ _PLANS = {"bias_activation": _plan_elementwise_2d, "delta_row_sum": _plan_delta_
           "bias_skip_activation": _plan_elementwise_2d, "delta_row_sum_skip": _plan_delta_row_sum,
           "output_elementwise": _plan_output_elementwise, "bias_softmax": _plan_columns,
           "output_softmax_ce": _plan_columns, "optimizer_update": _plan_flat, "add_scaled": _plan_flat,
-          "dropout_mask": _plan_flat, "sum_squares": _plan_flat, "mark_divergence": _plan_single}
+          "dropout_mask": _plan_flat, "sum_squares": _plan_flat, "mark_divergence": _plan_single,
+          "batch_stats": _plan_batch_norm_sums, "batch_norm_delta": _plan_batch_norm_sums,
+          "batch_norm_activation": _plan_elementwise_2d, "batch_norm_backward": _plan_elementwise_2d,
+          "running_average": _plan_flat, "running_guard": _plan_single}
 
 # The final-sum kernel each reducing kind's Plan.final launches.
 FINAL_KERNEL = {"delta_row_sum": row_sum_partials, "delta_row_sum_skip": row_sum_partials,
                 "output_elementwise": sum_partials,
-                "output_softmax_ce": sum_partials, "sum_squares": sum_partials}
+                "output_softmax_ce": sum_partials, "sum_squares": sum_partials,
+                "batch_stats": bn_row_sums, "batch_norm_delta": bn_row_sums}
 
 
 # --- every kernel ------------------------------------------------------------------------------------
@@ -670,6 +929,21 @@ def catalog(dtype):
         ("mark_divergence", mark_divergence), ("add_scaled", add_scaled), ("sum_squares", sum_squares),
         ("dropout_mask", dropout_mask))]
     out += [("optimizer_update", name, optimizer_update(cls(), dtype)) for name, cls in OPTIMIZERS.items()]
+    return out
+
+
+def batch_norm_catalog(dtype):
+    """[(kind, variant, (source, kernel_name))]: the batch-normalization kernels in this dtype (each
+    activation-dependent kind for every registered elementwise activation). Kept out of :func:`catalog`,
+    whose compile test classifies every kind it lists (tests/test_batch_norm_fused_gpu.py compiles these)."""
+    from ..activations import ACTIVATIONS
+    out = []
+    for act in [cls() for cls in ACTIVATIONS.values() if cls.elementwise]:
+        out.append(("batch_norm_activation", act.name, batch_norm_activation(act, dtype)))
+        out.append(("batch_norm_delta", act.name, batch_norm_delta(act, dtype)))
+    out += [(kind, "", fn(dtype)) for kind, fn in (
+        ("batch_stats", batch_stats), ("bn_row_sums", bn_row_sums), ("batch_norm_backward", batch_norm_backward),
+        ("running_average", running_average), ("running_guard", running_guard))]
     return out
 
 

@@ -3,7 +3,9 @@ fused pass as a ``cupy.RawKernel`` whose CUDA C source comes from ``_cupy_kernel
 formulas as the CPU kernels): bias + activation; dZ with its deterministic row sum db; the output
 delta with the cost's partial sums and their fixed-order total; the optimizer update over the flat
 buffers with the divergence guard; L2 and dropout. CuPy launches each kernel on its current device and
-stream with its own arrays (no bridge); the cost stays on the device until it is reported.
+stream with its own arrays (no bridge); the cost stays on the device until it is reported. Batch
+normalization too: the batch's μ, σ² (two float64 passes, deterministic row sums), normalize + γ, β +
+activation, dZ̃ with dβ and dγ, dZ, and the running averages under a device-side guard (``running_guard``).
 
 Scalars go to the kernels as typed NumPy scalars, exactly as each kernel's C signature says
 (``_cupy_kernels`` module docstring); arrays are C-contiguous (workspace, parameter and gradient views).
@@ -227,3 +229,95 @@ class CupyFusedBackend(CupyBackend):
         self._launch(kernel(self.xp, "dropout_mask", None, D.dtype), K.plan("dropout_mask", (D.size,)).main,
                      D, f(keep_prob), f(1 / keep_prob), _i64(D.size))
         return D
+
+    # --- batch normalization ------------------------------------------------------------------------
+    def _bn_sums(self, kind, plan, k, args, first, second, regions, divisor, dtype):
+        """Launch a batch-norm reduction ``k`` (its ``args`` end before n, m) and, with several columns of
+        blocks, its fixed-order final ``bn_row_sums`` into first (and second)."""
+        n, m = args[0].shape
+        partials = self._partials(plan)
+        if kind == "batch_stats":
+            for stage in ((0, 1) if plan.final is not None else (0,)):
+                self._launch(k, plan.main, *args, partials, _i32(stage), _i32(n), _i32(m))
+        else:
+            self._launch(k, plan.main, *args, partials, _i32(n), _i32(m))
+        if plan.final is not None:
+            self._launch(kernel(self.xp, "bn_row_sums", None, dtype), plan.final, partials, first, second,
+                         _i32(regions), np.float64(divisor), _i32(n), _i32(plan.final_count))
+
+    def batch_stats(self, Z, mu, var):
+        """μ = (1/m) Σ_cols Z and σ² = (1/m) Σ_cols (Z − μ)², two passes summed in float64 in a fixed order:
+        one launch while a lane sums at most ``BN_LANE_COLUMNS`` columns of a row, else three (Σ Z per block;
+        μ and Σ (Z − μ)² per block; σ²). Z (n_l, m) -> mu, var (n_l, 1)."""
+        if not _contiguous(Z, mu, var):
+            return super().batch_stats(Z, mu, var)
+        plan = K.plan("batch_stats", Z.shape)
+        self._bn_sums("batch_stats", plan, kernel(self.xp, "batch_stats", None, Z.dtype), (Z, mu, var),
+                      var, var, 1, float(Z.shape[1]), Z.dtype)
+        return mu, var
+
+    def batch_norm_activation(self, activation, Zn, mu, var, eps, gamma, beta, Z, A):
+        """One pass: Zn = (Zn − μ)/√(σ² + ε) in place, Z = γ·Zn + β, A = g(Z). Zn, Z, A (n_l, m); μ, σ², γ, β
+        (n_l, 1) — the batch's or the running ones. A softmax layer takes the reference path."""
+        if not activation.elementwise or not _contiguous(Zn, mu, var, gamma, beta, Z, A):
+            return super().batch_norm_activation(activation, Zn, mu, var, eps, gamma, beta, Z, A)
+        n, m = Zn.shape
+        self._launch(kernel(self.xp, "batch_norm_activation", activation, Zn.dtype),
+                     K.plan("batch_norm_activation", (n, m)).main,
+                     Zn, mu, var, np.float64(eps), gamma, beta, Z, A, _i32(n), _i32(m))
+        return Z, A
+
+    def batch_norm_delta(self, activation, dA, Z, A, Zn, dgamma, dbeta):
+        """One pass: dZ̃ = dA * g'(Z̃) over dA with both row sums dβ = Σ_cols dZ̃ and dγ = Σ_cols dZ̃·Zn (float64,
+        fixed order; a final launch adds the blocks' partials when a row spans several). Returns dZ̃."""
+        if not activation.elementwise or not _contiguous(dA, Z, A, Zn, dgamma, dbeta):
+            return super().batch_norm_delta(activation, dA, Z, A, Zn, dgamma, dbeta)
+        plan = K.plan("batch_norm_delta", dA.shape)
+        self._bn_sums("batch_norm_delta", plan, kernel(self.xp, "batch_norm_delta", activation, dA.dtype),
+                      (dA, Z, A, Zn, dgamma, dbeta), dbeta, dgamma, 2, 1.0, dA.dtype)
+        return dA
+
+    def batch_norm_backward(self, dZt, Zn, var, eps, gamma, dgamma, dbeta):
+        """One pass: dZ = γ/(m √(σ² + ε)) · (m dZ̃ − dβ − Zn·dγ) over dZ̃ (n_l, m)."""
+        if not _contiguous(dZt, Zn, var, gamma, dgamma, dbeta):
+            return super().batch_norm_backward(dZt, Zn, var, eps, gamma, dgamma, dbeta)
+        n, m = dZt.shape
+        self._launch(kernel(self.xp, "batch_norm_backward", None, dZt.dtype),
+                     K.plan("batch_norm_backward", (n, m)).main,
+                     dZt, Zn, var, np.float64(eps), gamma, dgamma, dbeta, _i32(n), _i32(m))
+        return dZt
+
+    def running_average(self, running, batch, momentum, out, go=None):
+        """out = momentum·running + (1 − momentum)·batch ((n, 1)) in one launch; with ``go`` (a 0-d bool device
+        array) the kernel reads it and writes nothing when it is false (no host sync, nothing allocated)."""
+        xp = self.xp
+        guarded = go is not None and not isinstance(go, (bool, np.bool_))
+        if (guarded and not (isinstance(go, xp.ndarray) and go.dtype == np.bool_ and go.size == 1)) \
+                or not _contiguous(running, batch, out):
+            return super().running_average(running, batch, momentum, out, go)
+        if go is not None and not guarded and not go:
+            return out
+        f = out.dtype.type
+        flag = go if guarded else self._buffer("unguarded", (), np.bool_, zero=True)
+        self._launch(kernel(self.xp, "running_average", None, out.dtype),
+                     K.plan("running_average", (out.size,)).main, running, batch, f(momentum), f(1 - momentum), out, flag, _i32(guarded), _i64(out.size))
+        return out
+
+    def running_guard(self, cost, halted):
+        """go = isfinite(cost) and halted == 0 as a 0-d bool device array (one thread on the device; the
+        buffer is reused, valid until the next call): the running statistics' guard under the divergence
+        protocol, without the three temporaries of the xp expression."""
+        xp = self.xp
+        if not (isinstance(cost, xp.ndarray) and cost.dtype in (np.float32, np.float64) and cost.size == 1
+                and isinstance(halted, xp.ndarray) and halted.dtype == np.int64 and halted.size == 1):
+            return xp.logical_and(xp.isfinite(cost), halted == 0)
+        go = self._buffer("running-guard", (), np.bool_)
+        self._launch(kernel(self.xp, "running_guard", None, cost.dtype), K.plan("running_guard", ()).main,
+                     cost, halted, go)
+        return go
+
+
+def _contiguous(*arrays):
+    """Whether every array is C-contiguous and of the first one's dtype (what a RawKernel indexes; its pointers
+    carry no dtype)."""
+    return all(a.flags.c_contiguous and a.dtype == arrays[0].dtype for a in arrays)
