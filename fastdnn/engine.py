@@ -634,8 +634,7 @@ class Engine:
                                     self._counters[c, T] + 1, self._thetas[1 - c], self._states[1 - c], cost,
                                     halted)
         if self.batch_norm:          # like the update: only for a finite cost before any divergence
-            xp = self.backend.xp
-            self._update_running(c, ws, xp.logical_and(xp.isfinite(cost), halted == 0))
+            self._update_running(c, ws, self.backend.running_guard(cost, halted))
         self.backend.mark_divergence(cost, halted, halted_cost, self._counters[c, ITERATION])
         self._commit(c)
         if check:

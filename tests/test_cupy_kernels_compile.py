@@ -18,10 +18,10 @@ pytestmark = pytest.mark.skipif(_nvrtc.unavailable_reason() is not None,
 DTYPES = ("float32", "float64")
 MAX_REGISTERS = 64            # 256-thread blocks keep full occupancy up to 64 registers per thread
 ELEMENTWISE = {"bias_activation", "bias_skip_activation", "bias_softmax", "optimizer_update", "add_scaled",
-               "dropout_mask"}
+               "dropout_mask", "running_average", "running_guard"}
 INTEGER_DIVISION = re.compile(r"\b(?:div|rem)\.[su](?:16|32|64)\b")     # dozens of instructions each
 REDUCING = {"delta_row_sum", "delta_row_sum_skip", "row_sum_partials", "output_elementwise", "output_softmax_ce",
-            "sum_partials", "sum_squares"}
+            "sum_partials", "sum_squares", "batch_stats", "bn_row_sums", "batch_norm_delta"}
 
 
 def _cupy():

@@ -929,13 +929,12 @@ def catalog(dtype):
         ("mark_divergence", mark_divergence), ("add_scaled", add_scaled), ("sum_squares", sum_squares),
         ("dropout_mask", dropout_mask))]
     out += [("optimizer_update", name, optimizer_update(cls(), dtype)) for name, cls in OPTIMIZERS.items()]
-    return out
+    return out + batch_norm_catalog(dtype)
 
 
 def batch_norm_catalog(dtype):
     """[(kind, variant, (source, kernel_name))]: the batch-normalization kernels in this dtype (each
-    activation-dependent kind for every registered elementwise activation). Kept out of :func:`catalog`,
-    whose compile test classifies every kind it lists (tests/test_batch_norm_fused_gpu.py compiles these)."""
+    activation-dependent kind for every registered elementwise activation); part of :func:`catalog`."""
     from ..activations import ACTIVATIONS
     out = []
     for act in [cls() for cls in ACTIVATIONS.values() if cls.elementwise]:

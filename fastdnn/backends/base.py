@@ -284,6 +284,12 @@ class Backend:
         dZt *= c
         return dZt
 
+    def running_guard(self, cost, halted):
+        """go = isfinite(cost) and halted == 0, a 0-d bool on the backend (no host sync): whether a deferred
+        step may update the running statistics."""
+        xp = self.xp
+        return xp.logical_and(xp.isfinite(cost), halted == 0)
+
     def running_average(self, running, batch, momentum, out, go=None):
         """out = momentum·running + (1 − momentum)·batch ((n, 1): the running μ or σ²); with ``go`` (a 0-d
         bool on the backend) only where it is true (no host sync)."""

@@ -256,22 +256,24 @@ class CupyFusedBackend(CupyBackend):
                       var, var, 1, float(Z.shape[1]), Z.dtype)
         return mu, var
 
-    def batch_norm_activation(self, activation, Zn, mu, var, eps, gamma, beta, Z, A):
+    def batch_norm_activation(self, activation, Zn, mu, var, eps, gamma, beta, Z, A, skip=None, Ws=None):
         """One pass: Zn = (Zn − μ)/√(σ² + ε) in place, Z = γ·Zn + β, A = g(Z). Zn, Z, A (n_l, m); μ, σ², γ, β
-        (n_l, 1) — the batch's or the running ones. A softmax layer takes the reference path."""
-        if not activation.elementwise or not _contiguous(Zn, mu, var, gamma, beta, Z, A):
-            return super().batch_norm_activation(activation, Zn, mu, var, eps, gamma, beta, Z, A)
+        (n_l, 1) — the batch's or the running ones. A softmax layer, or one a skip goes into, takes the
+        reference path."""
+        if not activation.elementwise or skip is not None or not _contiguous(Zn, mu, var, gamma, beta, Z, A):
+            return super().batch_norm_activation(activation, Zn, mu, var, eps, gamma, beta, Z, A, skip, Ws)
         n, m = Zn.shape
         self._launch(kernel(self.xp, "batch_norm_activation", activation, Zn.dtype),
                      K.plan("batch_norm_activation", (n, m)).main,
                      Zn, mu, var, np.float64(eps), gamma, beta, Z, A, _i32(n), _i32(m))
         return Z, A
 
-    def batch_norm_delta(self, activation, dA, Z, A, Zn, dgamma, dbeta):
+    def batch_norm_delta(self, activation, dA, Z, A, Zn, dgamma, dbeta, skip_out=None, skip_accumulate=False):
         """One pass: dZ̃ = dA * g'(Z̃) over dA with both row sums dβ = Σ_cols dZ̃ and dγ = Σ_cols dZ̃·Zn (float64,
-        fixed order; a final launch adds the blocks' partials when a row spans several). Returns dZ̃."""
-        if not activation.elementwise or not _contiguous(dA, Z, A, Zn, dgamma, dbeta):
-            return super().batch_norm_delta(activation, dA, Z, A, Zn, dgamma, dbeta)
+        fixed order; a final launch adds the blocks' partials when a row spans several). Returns dZ̃. With a
+        skip out of the layer's input (``skip_out``), the reference path."""
+        if not activation.elementwise or skip_out is not None or not _contiguous(dA, Z, A, Zn, dgamma, dbeta):
+            return super().batch_norm_delta(activation, dA, Z, A, Zn, dgamma, dbeta, skip_out, skip_accumulate)
         plan = K.plan("batch_norm_delta", dA.shape)
         self._bn_sums("batch_norm_delta", plan, kernel(self.xp, "batch_norm_delta", activation, dA.dtype),
                       (dA, Z, A, Zn, dgamma, dbeta), dbeta, dgamma, 2, 1.0, dA.dtype)
