@@ -576,7 +576,8 @@ class Engine:
         ws = self.workspace(X.shape[1])
         if fused is not None:
             c = self._slot()
-            return fused(X, Y, self._thetas[c], self._thetas[1 - c], self._dtheta, ws.Zf, ws.Af, ws.dAf, 0.0)
+            return fused(X, Y, self._thetas[c], self._thetas[1 - c], self._dtheta, ws.Zf, ws.Af, ws.dAf, 0.0,
+                         *ws.bn_work)
         cost = self._forward_cost_delta(X, Y, ws, train=True)
         self._backward(X, ws, train=True)
         return cost

@@ -142,6 +142,42 @@ def test_a_diverging_first_step_changes_nothing(fit, counts):
     assert counts["epoch" if "epochs" in fit else "loop"] == 1
 
 
+class PendingCompile:
+    """A background compile that reports itself running for the next ``checks`` questions."""
+
+    def __init__(self, checks):
+        self.checks = checks
+
+    def is_alive(self):
+        self.checks -= 1
+        return self.checks >= 0
+
+
+@pytest.mark.parametrize("fit, checks", [(dict(iterations=12, report_every=6), 4), (dict(epochs=4, batch_size=5), 2)],
+                         ids=["loop", "epoch"])
+def test_a_call_goes_on_from_numpy_steps_to_the_compiled_call(fit, checks, counts, monkeypatch):
+    """While the compiled loop or epoch compiles in the background (see engine.BACKGROUND_COMPILE), the steps
+    run on NumPy on the same θ; the compiled call then takes over mid-call, running statistics included."""
+    import fastdnn.engine as engine_module
+    from fastdnn.backends.numba_backend import NumbaBackend
+    monkeypatch.setattr(engine_module, "BACKGROUND_COMPILE", True)
+    kind = "epoch" if "epochs" in fit else "loop"
+    make = getattr(NumbaBackend, f"fused_{kind}")
+
+    def made(self, *args, **kw):
+        call = make(self, *args, **kw)
+        call.ready, call.job = False, PendingCompile(checks)
+        return call
+    monkeypatch.setattr(NumbaBackend, f"fused_{kind}", made)
+    nets = [net_of(d, "tanh", "sigmoid") for d in ("numba", "numpy")]
+    histories = [net.fit(X, LABELS["sigmoid"], optimizer="adam", learning_rate=0.05, seed=5, verbose=0, **fit)
+                 for net in nets]
+    np.testing.assert_allclose(histories[0].costs, histories[1].costs, rtol=1e-10)
+    assert_same_network(nets[0], nets[1], "float64")
+    assert 0 < nets[0].engine.reference_steps < nets[0].iteration
+    assert counts[kind] >= 1
+
+
 @pytest.mark.parametrize("optimizer", ["gd", "adam"])
 def test_a_compiled_batch_norm_epoch_allocates_nothing(optimizer, counts):
     """A whole shuffled epoch (64 steps) of a batch-normalized network as one compiled call allocates nothing
