@@ -371,13 +371,14 @@ class Engine:
     def _compiled(self, kind, m):
         """The backend's compiled whole epoch (kind "epoch", batches of m) or loop of full-batch steps
         ("loop", m examples) for this network and optimizer, or None: when a step needs Python between
-        its ops (dropout, L2, data-parallel) or the backend has none. Resolved once per setting."""
-        bn = self._fused_batch_norm()
-        if self.parallel is not None or self.l2 or any(p < 1 for p in self.keep_prob) or bn is None:
+        its ops (dropout, L2, data-parallel) or the backend has none (or none for this network: batch norm
+        where the backend does not compile it, see ``_fused_batch_norm``). Resolved once per setting."""
+        if self.parallel is not None or self.l2 or any(p < 1 for p in self.keep_prob):
             return None
         key = (kind, m)
         if key not in self._compiled_calls:
-            make = getattr(self.backend, f"fused_{kind}", None)
+            bn = self._fused_batch_norm()
+            make = getattr(self.backend, f"fused_{kind}", None) if bn is not None else None
             self._compiled_calls[key] = make and make(self.activations, self.loss, self.layer_dims, m,
                                                       self.dtype, self.optimizer, **self._fused_skips(), **bn)
         return self._compiled_calls[key]
@@ -385,10 +386,11 @@ class Engine:
     def _fused_batch_norm(self):
         """The batch-normalized layers for a backend's compiled calls: {} without any (the plain call,
         unchanged), {'batch_norm': ((l, offset of γ[l], of the running μ[l], of the running σ²[l] in θ), ...)}
-        where the backend compiles them (``compiles_batch_norm``), else None (op by op)."""
+        where the backend compiles them (``compiles_batch_norm``), else None (op by op; so also data-parallel,
+        where the batch's μ, σ² need an all-reduce inside the forward)."""
         if not self.batch_norm:
             return {}
-        if not getattr(self.backend, "compiles_batch_norm", False):
+        if not getattr(self.backend, "compiles_batch_norm", False) or self.parallel is not None:
             return None
         return {"batch_norm": tuple((l, *self._bn_layout[l]) for l in self.batch_norm)}
 

@@ -238,6 +238,16 @@ def test_networks_the_compiled_calls_decline_train_op_by_op_as_numpy(kw, counts)
     assert counts == {"loop": 0, "epoch": 0, "step": 0}
 
 
+def test_data_parallel_steps_of_a_normalized_network_get_no_compiled_calls():
+    """Data-parallel batch norm needs the batch's μ, σ² all-reduced inside the forward: no compiled step,
+    epoch or loop then (a plain network keeps its fused step without the update)."""
+    for batch_norm, fused in ((NORMALIZED, False), (False, True)):
+        engine = net_of("numba", "relu", "sigmoid", batch_norm=batch_norm).engine
+        engine.set_parallel(object())          # what the engine sees of a distributed.DataParallel here
+        assert engine._compiled("loop", 13) is None and engine._compiled("epoch", 5) is None
+        assert (engine.workspace(13).fused is not None) == fused
+
+
 def test_a_plain_network_gets_its_compiled_calls_without_batch_norm(monkeypatch):
     """A network without batch norm asks the backend exactly as before (no ``batch_norm`` argument: its
     kernels and their cache keys unchanged)."""
