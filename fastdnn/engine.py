@@ -371,15 +371,47 @@ class Engine:
     def _compiled(self, kind, m):
         """The backend's compiled whole epoch (kind "epoch", batches of m) or loop of full-batch steps
         ("loop", m examples) for this network and optimizer, or None: when a step needs Python between
-        its ops (dropout, L2, data-parallel) or the backend has none. Resolved once per setting."""
-        if self.parallel is not None or self.l2 or any(p < 1 for p in self.keep_prob) or self.batch_norm:
+        its ops (dropout, L2, data-parallel) or the backend has none (or none for this network: batch norm
+        where the backend does not compile it, see ``_fused_batch_norm``). Resolved once per setting."""
+        if self.parallel is not None or self.l2 or any(p < 1 for p in self.keep_prob):
             return None
         key = (kind, m)
         if key not in self._compiled_calls:
-            make = getattr(self.backend, f"fused_{kind}", None)
+            bn = self._fused_batch_norm()
+            make = getattr(self.backend, f"fused_{kind}", None) if bn is not None else None
             self._compiled_calls[key] = make and make(self.activations, self.loss, self.layer_dims, m,
-                                                      self.dtype, self.optimizer, **self._fused_skips())
+                                                      self.dtype, self.optimizer, **self._fused_skips(), **bn)
         return self._compiled_calls[key]
+
+    def _fused_batch_norm(self):
+        """The batch-normalized layers for a backend's compiled calls: {} without any (the plain call,
+        unchanged), {'batch_norm': ((l, offset of γ[l], of the running μ[l], of the running σ²[l] in θ), ...)}
+        where the backend compiles them (``compiles_batch_norm``), else None (op by op; so also data-parallel,
+        where the batch's μ, σ² need an all-reduce inside the forward)."""
+        if not self.batch_norm:
+            return {}
+        if not getattr(self.backend, "compiles_batch_norm", False) or self.parallel is not None:
+            return None
+        return {"batch_norm": tuple((l, *self._bn_layout[l]) for l in self.batch_norm)}
+
+    def _batch_norm_buffer(self, ws):
+        """Make ws.Zn[l], ws.mu[l], ws.var[l] views of one flat buffer ws.Bf (the compiled calls' layout: every
+        normalized layer's μ, σ² (n_l each), then every one's Zn (n_l, m)); ws.bn_work = (Bf,), or () without
+        batch norm: what a compiled call takes after its other arguments."""
+        ws.bn_work = ()
+        if not self.batch_norm:
+            return
+        dims, m = self.layer_dims, ws.m
+        rows = sum(dims[l] for l in self.batch_norm)
+        ws.Bf, o = self.backend.empty((rows * (2 + m),), self.dtype), 0
+        for l in self.batch_norm:
+            n = dims[l]
+            ws.mu[l], ws.var[l] = ws.Bf[o:o + n].reshape(n, 1), ws.Bf[o + n:o + 2 * n].reshape(n, 1)
+            o += 2 * n
+        for l in self.batch_norm:
+            ws.Zn[l] = ws.Bf[o:o + dims[l] * m].reshape(dims[l], m)
+            o += dims[l] * m
+        ws.bn_work = (ws.Bf,)
 
     def workspace(self, m):
         """The training workspace for batches of m (the last two sizes are kept; steps on the reference
@@ -392,11 +424,13 @@ class Engine:
             dropout = [l for l, p in enumerate(self.keep_prob, start=1) if p < 1]
             # data-parallel steps update after the all-reduce, never inside the fused call
             optimizer = None if self.parallel else self.optimizer
-            fused = None if dropout or self.l2 or self.batch_norm else self.backend.fused_step(
-                self.activations, self.loss, self.layer_dims, m, self.dtype, optimizer, **self._fused_skips())
+            bn = self._fused_batch_norm()
+            fused = None if dropout or self.l2 or bn is None else self.backend.fused_step(
+                self.activations, self.loss, self.layer_dims, m, self.dtype, optimizer, **self._fused_skips(), **bn)
             try:
-                ws = workspaces[m] = Workspace(self.backend, self.layer_dims, m, self.dtype, fused, dropout,
-                                               self.batch_norm)
+                ws = Workspace(self.backend, self.layer_dims, m, self.dtype, fused, dropout, self.batch_norm)
+                self._batch_norm_buffer(ws)
+                workspaces[m] = ws
             except MemoryError as exc:
                 arrays = 3 * sum(self.layer_dims[1:]) + sum(self.layer_dims[l] for l in [*dropout, *dropout,
                                                                                       *self.batch_norm])
@@ -559,7 +593,8 @@ class Engine:
         ws = self.workspace(X.shape[1])
         if fused is not None:
             c = self._slot()
-            return fused(X, Y, self._thetas[c], self._thetas[1 - c], self._dtheta, ws.Zf, ws.Af, ws.dAf, 0.0)
+            return fused(X, Y, self._thetas[c], self._thetas[1 - c], self._dtheta, ws.Zf, ws.Af, ws.dAf, 0.0,
+                         *ws.bn_work)
         cost = self._forward_cost_delta(X, Y, ws, train=True)
         self._backward(X, ws, train=True)
         return cost
@@ -592,7 +627,7 @@ class Engine:
         if self.parallel is not None:
             self.parallel.share = ws.m / (m_total or self.parallel.m_total)
         if ws.fused is not None:      # the whole step in one call; no update on a non-finite cost
-            cost = ws.fused(X, Y, theta, theta_out, self._dtheta, ws.Zf, ws.Af, ws.dAf, learning_rate)
+            cost = ws.fused(X, Y, theta, theta_out, self._dtheta, ws.Zf, ws.Af, ws.dAf, learning_rate, *ws.bn_work)
         else:
             cost = self._forward_cost_delta(X, Y, ws, train=True)
             self._backward(X, ws, train=True)
@@ -674,7 +709,7 @@ class Engine:
 
         def arguments(alphas):
             return (X, Y, np.asarray(alphas, self.dtype), tuple(self._thetas), self._states, self._dtheta,
-                    ws.Zf, ws.Af, ws.dAf, self._counters, self._current)
+                    ws.Zf, ws.Af, ws.dAf, self._counters, self._current, *ws.bn_work)
 
         done, first = 0, None
         if not _compiled_now(loop, arguments(rates)):      # steps on NumPy until it is compiled
@@ -825,7 +860,7 @@ class Engine:
                                    self.backend.empty((YT.shape[1] * B,), self.dtype))
         XbT, Ybf = buffers["compiled"]
         args = (XT, YT, order.astype(np.int64, copy=False), tuple(self._thetas), self._states, self._dtheta,
-                ws.Zf, ws.Af, ws.dAf, XbT, Ybf, learning_rate, self._counters, self._current)
+                ws.Zf, ws.Af, ws.dAf, XbT, Ybf, learning_rate, self._counters, self._current, *ws.bn_work)
         if not _compiled_now(epoch, args):
             return None
         total, bad_batch, bad_cost = epoch(*args)
