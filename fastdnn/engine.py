@@ -29,7 +29,8 @@ Wᵀ·dZ accumulates onto it; dWs = dZ[k]·A[l]ᵀ (+ (λ/m) Ws with L2, which c
 Batch normalization on hidden layers (``batch_norm``, sorted l): Zn = (W·A_prev − μ)/√(σ² + ε), Z = γ·Zn + β,
 A = g(Z), β in b's place in θ, every γ after the Ws, then the running μ, σ² (in θ so the slots carry them;
 gradient 0, so no optimizer moves them; a step sets the other slot's after the update). Such a network
-trains op by op (no fused or compiled step) and not data-parallel.
+trains on numba's compiled step, epoch and loop (not together with skips: op by op then), op by op elsewhere,
+and data-parallel with the whole batch's μ, σ², dβ, dγ (see distributed).
 """
 import contextlib
 import math
@@ -54,10 +55,7 @@ class Workspace:
 
     def __init__(self, backend, layer_dims, m, dtype, fused=None, dropout_layers=(), batch_norm=()):
         self.m, self.fused = m, fused
-        # batch-normalized layers: Zn[l] = the normalized W·A_prev (n_l, m), the batch's μ[l], σ²[l] (n_l, 1)
-        self.Zn = {l: backend.empty((layer_dims[l], m), dtype) for l in batch_norm}
-        self.mu = {l: backend.empty((layer_dims[l], 1), dtype) for l in batch_norm}
-        self.var = {l: backend.empty((layer_dims[l], 1), dtype) for l in batch_norm}
+        self._batch_norm_buffer(backend, layer_dims, m, dtype, batch_norm)
         self.D = {l: backend.empty((layer_dims[l], m), dtype) for l in dropout_layers}
         self.Ad = {l: backend.empty((layer_dims[l], m), dtype) for l in dropout_layers}
         offsets = workspace_offsets(layer_dims, m)
@@ -65,6 +63,23 @@ class Workspace:
         self.Z, self.A, self.dA = ([None] + [flat[o:o + n * m].reshape(n, m)
                                              for o, n in zip(offsets, layer_dims[1:])]
                                    for flat in (self.Zf, self.Af, self.dAf))
+
+    def _batch_norm_buffer(self, backend, dims, m, dtype, batch_norm):
+        """For each batch-normalized layer l: the batch's μ[l], σ²[l] (n_l, 1) and Zn[l] = the normalized
+        W·A_prev (n_l, m), views of one flat buffer Bf in the compiled calls' layout (every layer's μ, σ²,
+        then every layer's Zn); bn_work = (Bf,), or () without batch norm: what a compiled call takes last."""
+        self.Zn, self.mu, self.var, self.bn_work = {}, {}, {}, ()
+        if not batch_norm:
+            return
+        self.Bf, o = backend.empty((sum(dims[l] for l in batch_norm) * (2 + m),), dtype), 0
+        for l in batch_norm:
+            n = dims[l]
+            self.mu[l], self.var[l] = self.Bf[o:o + n].reshape(n, 1), self.Bf[o + n:o + 2 * n].reshape(n, 1)
+            o += 2 * n
+        for l in batch_norm:
+            self.Zn[l] = self.Bf[o:o + dims[l] * m].reshape(dims[l], m)
+            o += dims[l] * m
+        self.bn_work = (self.Bf,)
 
 
 # Columns of the per-slot counters: the optimizer's step t, the network's iteration, its epoch.
@@ -390,28 +405,9 @@ class Engine:
         where the batch's μ, σ² need an all-reduce inside the forward)."""
         if not self.batch_norm:
             return {}
-        if not getattr(self.backend, "compiles_batch_norm", False) or self.parallel is not None:
+        if not self.backend.compiles_batch_norm or self.parallel is not None:
             return None
         return {"batch_norm": tuple((l, *self._bn_layout[l]) for l in self.batch_norm)}
-
-    def _batch_norm_buffer(self, ws):
-        """Make ws.Zn[l], ws.mu[l], ws.var[l] views of one flat buffer ws.Bf (the compiled calls' layout: every
-        normalized layer's μ, σ² (n_l each), then every one's Zn (n_l, m)); ws.bn_work = (Bf,), or () without
-        batch norm: what a compiled call takes after its other arguments."""
-        ws.bn_work = ()
-        if not self.batch_norm:
-            return
-        dims, m = self.layer_dims, ws.m
-        rows = sum(dims[l] for l in self.batch_norm)
-        ws.Bf, o = self.backend.empty((rows * (2 + m),), self.dtype), 0
-        for l in self.batch_norm:
-            n = dims[l]
-            ws.mu[l], ws.var[l] = ws.Bf[o:o + n].reshape(n, 1), ws.Bf[o + n:o + 2 * n].reshape(n, 1)
-            o += 2 * n
-        for l in self.batch_norm:
-            ws.Zn[l] = ws.Bf[o:o + dims[l] * m].reshape(dims[l], m)
-            o += dims[l] * m
-        ws.bn_work = (ws.Bf,)
 
     def workspace(self, m):
         """The training workspace for batches of m (the last two sizes are kept; steps on the reference
@@ -428,9 +424,8 @@ class Engine:
             fused = None if dropout or self.l2 or bn is None else self.backend.fused_step(
                 self.activations, self.loss, self.layer_dims, m, self.dtype, optimizer, **self._fused_skips(), **bn)
             try:
-                ws = Workspace(self.backend, self.layer_dims, m, self.dtype, fused, dropout, self.batch_norm)
-                self._batch_norm_buffer(ws)
-                workspaces[m] = ws
+                ws = workspaces[m] = Workspace(self.backend, self.layer_dims, m, self.dtype, fused, dropout,
+                                               self.batch_norm)
             except MemoryError as exc:
                 arrays = 3 * sum(self.layer_dims[1:]) + sum(self.layer_dims[l] for l in [*dropout, *dropout,
                                                                                       *self.batch_norm])

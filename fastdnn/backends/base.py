@@ -205,12 +205,17 @@ class Backend:
         self.output_delta(loss, activation, Z, A, Y, out=dZ)
         return cost
 
+    # whether fused_step (and fused_epoch / fused_loop, where the backend has them) take ``batch_norm``
+    compiles_batch_norm = False
+
     def fused_step(self, activations, loss, layer_dims, m, dtype, optimizer, skips=()):
         """A callable doing a whole training step in one call for this network and batch size,
         step(X, Y, θ, θ_out, dθ, Zf, Af, dAf, α) -> J, or None to use the ops one by one. Its
         ``updates`` attribute says whether it also applied the optimizer's update (never when
         optimizer is None). ``skips``: the skip connections, (l, k, offset of Ws in θ or -1, whether its
-        gradient is the first into dA[l]) each (see engine.py)."""
+        gradient is the first into dA[l]) each (see engine.py). A backend with ``compiles_batch_norm``
+        also takes ``batch_norm`` ((l, offset of γ[l], of the running μ[l], σ²[l] in θ) per normalized
+        layer; its calls then take the workspace's Bf last)."""
         return None
 
     def update_guarded(self, optimizer, theta, dtheta, states, learning_rate, t, out, states_out, cost, halted):
