@@ -796,8 +796,7 @@ class Engine:
     def example_major(self, Xd, Yd):
         """(X (m, n0), Y (m, nL)) C-contiguous copies with one example per row: a mini-batch of random
         examples is then a gather of whole rows (contiguous), not of scattered columns."""
-        xp = self.backend.xp
-        return xp.ascontiguousarray(Xd.T), xp.ascontiguousarray(Yd.T)
+        return self.backend.transposed(Xd), self.backend.transposed(Yd)
 
     def train_epoch(self, XT, YT, learning_rate, batch_size, shuffle, seed, buffers):
         """One pass over the examples (XT (m, n0), YT (m, nL): example-major, see ``example_major``) in

@@ -243,3 +243,15 @@ def test_whole_epochs_and_loops_are_compiled_calls_where_the_step_is(path):
     assert (net.engine._compiled("loop", 90) is not None) == compiled
     net.regularize(l2=0.1)                            # L2 adds Python between the ops
     assert net.engine._compiled("epoch", 32) is None
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 70), (33, 31), (64, 96), (100, 1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_tiled_transpose_is_the_transpose(shape, dtype, monkeypatch):
+    """The example-major copy of mini-batch training (tiles of 32, edges included)."""
+    from fastdnn.backends import get_backend, numba_backend
+    monkeypatch.setattr(numba_backend, "TRANSPOSE_MIN_SIZE", 1)
+    A = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    out = get_backend("numba").transposed(A)
+    assert out.flags.c_contiguous and out.dtype == dtype
+    np.testing.assert_array_equal(out, A.T)

@@ -72,6 +72,10 @@ class Backend:
         """A 0-d array as a Python float (a device-to-host copy on GPUs)."""
         return float(x)
 
+    def transposed(self, A):
+        """Aᵀ as a new C-contiguous array. A (n, m) -> (m, n)."""
+        return self.xp.ascontiguousarray(A.T)
+
     def gather_rows(self, A, index, out):
         """out = A[index], whole rows. A (m, n), index (k,) of ints in [0, m) -> out (k, n)."""
         if self.xp is np:        # mode="raise" (the default) would buffer the result: a temporary
