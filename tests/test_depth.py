@@ -17,7 +17,7 @@ def rows():
 
 
 def test_the_default_setting_is_one_shared_by_the_three_variants():
-    assert (depth.WIDTH, depth.ITERATIONS, depth.LEARNING_RATE) == (12, 2000, 0.07)
+    assert (depth.WIDTH, depth.ITERATIONS, depth.LEARNING_RATE) == (16, 2000, 0.1)
     assert DEPTH in depth.DEPTHS and depth.SEEDS >= 3
 
 
@@ -44,8 +44,8 @@ def test_a_run_is_at_chance_when_its_cost_is_near_ln3_above_it_or_nan():
 def test_the_table_states_the_setting_and_has_a_line_per_variant(rows):
     text = depth.table(list(rows.values()), depth.WIDTH, depth.ITERATIONS, depth.LEARNING_RATE)
     header = text.split("\n")[0]
-    assert "[2, 12 x depth hidden, 3]" in header and "2000 full-batch gradient-descent steps" in header
-    assert "learning rate 0.07 for all three variants" in header and "1 seed (0);" in header
+    assert "[2, 16 x depth hidden, 3]" in header and "2000 full-batch gradient-descent steps" in header
+    assert "learning rate 0.1 for all three variants" in header and "1 seed (0);" in header
     assert text.count("\n| ") == 4 and "| 25 | plain | 1.099 (1.099–1.099) |" in text
     assert [line.split(" | ")[4] for line in text.split("\n")[-3:]] == ["1/1", "0/1", "0/1"]
 
@@ -53,5 +53,5 @@ def test_the_table_states_the_setting_and_has_a_line_per_variant(rows):
 def test_a_diverged_run_counts_as_an_infinite_cost_in_the_table():
     rows = [dict(depth=30, variant="residual (skip=2)", seed=s, final_cost=c, accuracy=a, seconds=1.0)
             for s, (c, a) in enumerate([(0.01, 0.99), (math.nan, 1 / 3), (0.1, 0.97)])]
-    line = depth.table(rows, 12, 2000, 0.07).split("\n")[-1]
+    line = depth.table(rows, 16, 2000, 0.1).split("\n")[-1]
     assert line == "| 30 | residual (skip=2) | 0.100 (0.010–diverged) | 0.970 (0.333–0.990) | 1/3 | 1.0 |"
