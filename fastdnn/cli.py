@@ -21,7 +21,7 @@ import warnings
 
 import numpy as np
 
-from . import __version__, datasets
+from . import __version__, datasets, depth
 from .activations import ACTIVATIONS
 from .errors import FastDNNError
 from .initializers import SCALES
@@ -272,12 +272,15 @@ def _deep_parser(sub):
                  "descent three ways: plain, with a residual block every two hidden layers (skip=2) and "
                  "with batch normalization; print the final cost and training accuracy of each (median "
                  "and range over the seeds).", _deep)
-    p.add_argument("--depth", type=positive_int, nargs="+", default=[10, 20, 30], metavar="N",
+    p.add_argument("--depth", type=positive_int, nargs="+", default=list(depth.DEPTHS), metavar="N",
                    help="hidden layers (one network per depth)")
-    p.add_argument("--width", type=positive_int, default=8, metavar="N", help="units per hidden layer")
-    p.add_argument("--iterations", type=positive_int, default=2000, metavar="N", help="full-batch steps")
-    p.add_argument("--learning-rate", type=positive_float, default=0.02, metavar="RATE", help="gradient descent's α")
-    p.add_argument("--seeds", type=positive_int, default=3, metavar="N", help="runs per variant (seeds 0..N-1)")
+    p.add_argument("--width", type=positive_int, default=depth.WIDTH, metavar="N", help="units per hidden layer")
+    p.add_argument("--iterations", type=positive_int, default=depth.ITERATIONS, metavar="N",
+                   help="full-batch steps")
+    p.add_argument("--learning-rate", type=positive_float, default=depth.LEARNING_RATE, metavar="RATE",
+                   help="gradient descent's α")
+    p.add_argument("--seeds", type=positive_int, default=depth.SEEDS, metavar="N",
+                   help="runs per variant (seeds 0..N-1)")
     p.add_argument("--device", type=device, default="cpu", metavar="DEVICE",
                    help="auto, cpu, cuda, cuda:N or a backend name (see 'fastdnn backends')")
 
@@ -682,7 +685,6 @@ USER_ERRORS = (FastDNNError, ValueError, OSError, ImportError, MemoryError)
 
 
 def _deep(args):
-    from . import depth
     rows = depth.compare(args.depth, args.width, args.iterations, args.learning_rate, range(args.seeds),
                          device=args.device)
     print(depth.table(rows, args.width, args.iterations, args.learning_rate))
