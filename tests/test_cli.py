@@ -345,7 +345,7 @@ def test_deep_prints_one_row_per_variant(capsys):
     assert status == 0, err
     rows = [line for line in out.splitlines() if line.startswith("| ") and "variant" not in line]
     assert [r.split("|")[2].strip() for r in rows] == ["plain", "residual (skip=2)", "batch norm"]
-    assert "[2, 8 x depth hidden, 3]" in out and "chance-level cost ln 3 = 1.099" in out
+    assert "[2, 16 x depth hidden, 3]" in out and "chance-level cost ln 3 = 1.099" in out
     assert all(r.split("|")[1].strip() == "4" for r in rows)
 
 
