@@ -356,9 +356,11 @@ class Engine:
         self.optimizer = optimizer
 
     def regularize(self, l2, keep_prob):
-        """Use L2 strength l2 (>= 0) and keep_prob (one per hidden layer), already checked."""
-        self.l2, self.keep_prob = l2, tuple(keep_prob)
-        self._forget_compiled()
+        """Use L2 strength l2 (>= 0) and keep_prob (one per hidden layer), already checked; the workspaces
+        and compiled calls are kept when neither changes (every fit call sets them)."""
+        if (l2, tuple(keep_prob)) != (self.l2, self.keep_prob):
+            self.l2, self.keep_prob = l2, tuple(keep_prob)
+            self._forget_compiled()
 
     def set_parallel(self, parallel):
         """Step data-parallel through ``parallel`` (a distributed.DataParallel), or alone (None)."""

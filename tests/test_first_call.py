@@ -240,3 +240,25 @@ def test_demo_on_a_backend_without_compiles_prints_the_first_call_overhead(capsy
     assert len(first) == 1 and first[0].endswith("s more than 300 steady steps")
     assert any(line.startswith("steady: ") for line in lines) and "training accuracy" in lines[-1]
     assert fastdnn.__version__ in lines[0]
+
+
+def test_repeated_fits_keep_their_workspaces_and_compiled_calls_until_a_setting_changes():
+    """Every fit sets the optimizer and the regularization; the same ones keep what was built (a fit of a
+    small network is then mostly its compiled epoch), another l2 rebuilds it and is applied."""
+    X, Y = datasets.moons(m=40, seed=0)
+    nets = [Network([2, 5, 1], device=d, dtype="float64", seed=1) for d in ("numba", "numpy")]
+    fit = dict(epochs=1, batch_size=16, optimizer="adam", learning_rate=0.01, verbose=0)
+    for net in nets:
+        net.fit(X, Y, **fit)
+    engine = nets[0].engine
+    built = (dict(engine._workspaces), dict(engine._compiled_calls))
+    assert built[0] and built[1]
+    for net in nets:
+        net.fit(X, Y, **fit)
+    assert all(engine._workspaces[k] is v for k, v in built[0].items())
+    assert all(engine._compiled_calls[k] is v for k, v in built[1].items())
+    for net in nets:
+        net.fit(X, Y, l2=0.3, **fit)
+    assert not any(engine._workspaces.get(k) is v for k, v in built[0].items())
+    for k, v in nets[1].parameters.items():
+        np.testing.assert_allclose(nets[0].parameters[k], v, rtol=1e-10, err_msg=k)
