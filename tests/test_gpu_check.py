@@ -109,7 +109,7 @@ def test_the_first_user_script_runs_through_the_stand_in(fake_cupy, monkeypatch,
         module[part]()
     out = capsys.readouterr().out
     compared = [line for line in out.splitlines() if ": vs numpy " in line]
-    assert len(compared) == 2 * (4 * 2 + 1) and max(float(line.rsplit(" ", 1)[1]) for line in compared) < 1e-10
+    assert len(compared) == 2 * (5 * 2 + 2) and max(float(line.rsplit(" ", 1)[1]) for line in compared) < 1e-10
     assert out.count("finite True") == 2 and out.count("device labels") == 2
     assert "issue-14 repro: backend cupy-fused" in out and "NOT raised" not in out
     assert out.count("parameters finite: True") == 2

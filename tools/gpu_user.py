@@ -114,7 +114,8 @@ def features():
     cases = {"skip=2": ([6, 8, 8, 8, 8, 1], dict(skip=2)),
              "skip learned Ws": ([6, 4, 8, 8, 1], dict(skip=[(0, 2), (1, 3)], projection="learned")),
              "skip pad": ([6, 4, 8, 8, 1], dict(skip=[(0, 2), (1, 3)], projection="pad")),
-             "batch_norm": ([6, 8, 8, 1], dict(batch_norm=True))}
+             "batch_norm": ([6, 8, 8, 1], dict(batch_norm=True)),
+             "skip=2 into normalized layers": ([6, 8, 8, 8, 8, 1], dict(skip=2, batch_norm=True))}
     fits = {"full": dict(iterations=30, optimizer="adam", learning_rate=0.01),
             "mini": dict(epochs=2, batch_size=64, optimizer="adam", learning_rate=0.01)}
     for backend in ("cupy", "cupy-fused"):
@@ -134,10 +135,11 @@ def features():
         print(f"device labels {backend}: prepare(device X, Y) {s / 10 * 1e3:.2f} ms each")
         try:
             from mpi4py import MPI
-            nets = [Network([6, 16, 1], device=d, dtype="float64", seed=2) for d in (backend, "numpy")]
-            nets[0].fit(X, Y, iterations=10, verbose=0, comm=MPI.COMM_SELF)
-            nets[1].fit(X, Y, iterations=10, verbose=0)
-            print(f"MPI COMM_SELF {backend}: vs numpy {agree(*nets):.1e}")
+            for kw in ({}, dict(batch_norm=True)):
+                nets = [Network([6, 16, 1], device=d, dtype="float64", seed=2, **kw) for d in (backend, "numpy")]
+                nets[0].fit(X, Y, iterations=10, verbose=0, comm=MPI.COMM_SELF)
+                nets[1].fit(X, Y, iterations=10, verbose=0)
+                print(f"MPI COMM_SELF {backend}{' batch_norm' if kw else ''}: vs numpy {agree(*nets):.1e}")
         except Exception as exc:        # noqa: BLE001  no mpi4py, or no MPI library under it
             print(f"MPI {backend}: not run ({type(exc).__name__}: {exc})")
 
