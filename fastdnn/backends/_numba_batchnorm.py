@@ -7,7 +7,7 @@ import functools
 
 import numpy as np
 
-from .._layout import BN_EPSILON, BN_MOMENTUM
+from .._layout import BN_MOMENTUM
 from ._numba_kernels import _FLAGS, _scalar, jitable, njit, register_jitable
 
 
