@@ -2,7 +2,10 @@
 whole step, the whole shuffled epoch and the loop of full-batch steps of a network with batch-normalized hidden
 layers give what the per-op ``numpy`` path gives for the same seed (1e-10 in float64, close in float32): the
 costs, every learned array and the running μ, σ²; a diverging step restores the network as there; an epoch
-allocates nothing. Each test also checks that the compiled calls really ran (they are counted)."""
+allocates nothing. The same for networks with both skip connections and batch norm (one compiled body for
+all, issue 12): skips into normalized layers (ResNet's order, Z̃ = γ·Zn + β + S) and into plain ones, learned
+Ws, padding, truncation and identity. Each test also checks that the compiled calls really ran (they are
+counted)."""
 import tracemalloc
 import warnings
 
@@ -223,12 +226,11 @@ def test_a_compiled_step_allocates_nothing_after_the_first(counts):
     assert counts["step"] == 11
 
 
-@pytest.mark.parametrize("kw", [dict(l2=0.1), dict(keep_prob=[0.9, 1.0, 1.0]), dict(skip=[(0, 2)])],
-                         ids=["l2", "dropout", "skip-elsewhere"])
+@pytest.mark.parametrize("kw", [dict(l2=0.1), dict(keep_prob=[0.9, 1.0, 1.0]),
+                                dict(l2=0.1, skip=[(1, 3)])], ids=["l2", "dropout", "l2-with-skip"])
 def test_networks_the_compiled_calls_decline_train_op_by_op_as_numpy(kw, counts):
-    """L2 and dropout (Python between the ops) decline as for plain networks; so does a batch-normalized
-    network with skip connections (into its unnormalized layers; the compiled calls do not combine the two):
-    they train op by op, and still as on numpy."""
+    """L2 and dropout (Python between the ops) decline as for plain networks, skips or not: they train op by
+    op, and still as on numpy."""
     nets = [net_of(d, "relu", "sigmoid", **kw) for d in ("numba", "numpy")]
     assert nets[0].engine._compiled("loop", 13) is None and nets[0].engine._compiled("epoch", 5) is None
     assert nets[0].engine.workspace(13).fused is None
@@ -260,3 +262,83 @@ def test_a_plain_network_gets_its_compiled_calls_without_batch_norm(monkeypatch)
     net = fastdnn.Network([3, 5, 4, 1], "relu", "sigmoid", device="numba", seed=1)
     assert net.engine._compiled("loop", 13) is not None and net.engine.workspace(13).fused is not None
     assert asked == [[], []]
+
+
+# --- residual + normalized networks (skips and batch norm in the same compiled calls) -------------------------
+# [3, 5, 4, 6, out], layers 1 and 3 normalized: a[1] -> z[3] goes into a normalized layer (5 -> 6: Ws or zero
+# padding), x -> z[2] into a plain hidden one (3 -> 4), a[2] -> z[4] into the output layer (4 -> 1, 3 or 2: Ws
+# or truncation); a[1] -> z[3] and a[1] -> z[4]: two skip gradients into dA[1], the first from the output
+# layer, the second from the normalized layer's dZ̃.
+RESIDUAL = [
+    ("adam", "tanh", "sigmoid", dict(skip=[(1, 3), (0, 2), (2, 4)], projection="learned")),
+    ("momentum", "relu", "softmax", dict(skip=[(1, 3), (0, 2), (2, 4)], projection="pad")),
+    ("rmsprop", "leaky_relu", "linear", dict(skip=[(1, 3), (1, 4)], projection="pad")),
+    ("gd", "sigmoid", "sigmoid", dict(skip=[(0, 3), (1, 4)], projection="learned")),
+]
+
+
+@pytest.mark.parametrize("optimizer, hidden, output, kw", RESIDUAL,
+                         ids=["learned", "pad", "two-into-one-source", "from-x-into-normalized"])
+def test_residual_normalized_fit_on_numba_equals_fit_on_numpy(optimizer, hidden, output, kw, counts):
+    nets = [net_of(d, hidden, output, **kw) for d in ("numba", "numpy")]
+    assert nets[0].engine._compiled("loop", 13) is not None and nets[0].engine.workspace(13).fused is not None
+    costs = [train(net, output, optimizer) for net in nets]
+    np.testing.assert_allclose(costs[0], costs[1], rtol=1e-10)
+    assert_same_network(nets[0], nets[1], "float64")
+    if kw["projection"] == "learned":
+        assert "Ws1_3" in nets[0].parameters or "Ws0_3" in nets[0].parameters
+    assert counts["loop"] >= 2 and (counts["epoch"], counts["step"]) == (3, 2)
+    assert nets[0].engine.reference_steps == 0
+
+
+@pytest.mark.parametrize("dims, batch_norm, skip", [
+    ([3, 6, 5, 4, 2], [True, False, True], [(1, 3), (0, 2)]),        # truncation 6 -> 4 into a normalized layer
+    ([3, 5, 4, 5, 2], True, [(1, 3), (2, 4)]),                        # identity 5 -> 5, every hidden layer normalized
+], ids=["truncation", "identity"])
+def test_skips_that_truncate_or_keep_widths_into_normalized_layers(dims, batch_norm, skip, counts, monkeypatch):
+    """Also with GEMMs as loops (no BLAS from the compiled code) for the first."""
+    import fastdnn.backends.numba_backend as nb
+    if dims[1] == 6:
+        monkeypatch.setattr(nb, "BLAS_WHOLE_STEP", False)
+        monkeypatch.setattr(nb, "WHOLE_STEP_MAX_WORK", 10**12)
+    nets = [fastdnn.Network(dims, "tanh", "linear", device=d, dtype="float64", seed=4, batch_norm=batch_norm,
+                            skip=skip, projection="pad") for d in ("numba", "numpy")]
+    costs = [train(net, "linear", "adam") for net in nets]
+    np.testing.assert_allclose(costs[0], costs[1], rtol=1e-10)
+    for k, v in nets[1].parameters.items():
+        assert_close(nets[0].parameters[k], v, "float64", scale=max(1.0, float(np.abs(v).max())))
+    assert counts["loop"] >= 2 and (counts["epoch"], counts["step"]) == (3, 2)
+
+
+def test_residual_normalized_float32_is_close_to_numpy(counts):
+    kw = dict(skip=[(1, 3), (0, 2), (2, 4)], projection="learned")
+    nets = [net_of(d, "relu", "softmax", dtype="float32", **kw) for d in ("numba", "numpy")]
+    costs = [train(net, "softmax", "adam", learning_rate=0.01) for net in nets]
+    assert_close(costs[0], costs[1], "float32")
+    assert_same_network(nets[0], nets[1], "float32")
+    assert nets[0].parameters["Ws1_3"].dtype == np.float32
+    assert counts["loop"] >= 2 and (counts["epoch"], counts["step"]) == (3, 2)
+
+
+@pytest.mark.parametrize("projection", ["learned", "pad"])
+def test_a_compiled_residual_normalized_epoch_allocates_nothing(projection, counts):
+    """As ``test_a_compiled_batch_norm_epoch_allocates_nothing``, with skips into a normalized layer (32 -> 24)
+    and into the output layer (64 -> 10)."""
+    rng = np.random.RandomState(0)
+    X_, Y_ = rng.rand(64, 4096), rng.randint(0, 10, 4096)
+    net = fastdnn.Network([64, 32, 16, 24, 10], "relu", "softmax", device="numba", dtype="float32", seed=0,
+                          batch_norm=[False, True, True], skip=[(1, 3), (0, 4)], projection=projection)
+    net.fit(X_, Y_, epochs=1, batch_size=64, optimizer="adam", learning_rate=1e-3, verbose=0)
+    Xd, Yd = net.prepare(X_, Y_)
+    XT, YT = net.engine.example_major(Xd, Yd)
+    buffers = {}
+    net.engine.train_epoch(XT, YT, 1e-3, 64, True, 1, buffers)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        net.engine.train_epoch(XT, YT, 1e-3, 64, True, 1, buffers)
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    assert sum(s.size_diff for s in after.compare_to(before, "filename")) < 64 * 1024
+    assert counts["epoch"] == 3 and net.iteration == 3 * 64

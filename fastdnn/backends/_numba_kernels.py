@@ -461,63 +461,6 @@ def _row_sum(dZ, db):
         db[i, 0] = s
 
 
-@functools.lru_cache(maxsize=None)
-def _backprop(hidden, output, loss, dtype, blas_bits):
-    """The forward, cost and backward of one step, jitable: GEMMs as loops, or through NumPy's BLAS
-    when ``blas_bits`` (its integer width) is given.
-
-    backprop(X, xt, Y, theta, dtheta, dims, pofs, Zf, Af, dAf, inv_m) -> J: X is (n0, m), or (m, n0)
-    when ``xt`` (one example per row: the first layer's GEMMs take it transposed); parameters are read
-    from the flat θ (W[l] at pofs[l-1], b[l] after it), Z, A, dA from flat work buffers (layer l's
-    (n_l, m) block after the layers before it); dθ is written only when J is finite."""
-    gemm = loop_gemm if blas_bits is None else blas_gemm(dtype, blas_bits)
-    forward_hidden = _bias_activation(hidden, dtype)
-    delta_hidden = _delta_row_sum(hidden, dtype)
-    if output.name == "softmax":
-        forward_output, output_pass = _bias_softmax(dtype), _output_softmax_ce(dtype)
-    else:
-        forward_output, output_pass = _bias_activation(output, dtype), _output_elementwise(loss, output, dtype)
-
-    def backprop(X, xt, Y, theta, dtheta, dims, pofs, Zf, Af, dAf, inv_m):
-        L, m = dims.shape[0] - 1, X.shape[0] if xt else X.shape[1]
-        A_prev, wo = X, 0
-        for l in range(1, L + 1):
-            n, k, po = dims[l], dims[l - 1], pofs[l - 1]
-            W = theta[po:po + n * k].reshape((n, k))
-            b = theta[po + n * k:po + n * k + n].reshape((n, 1))
-            Z, A = Zf[wo:wo + n * m].reshape((n, m)), Af[wo:wo + n * m].reshape((n, m))
-            gemm(False, xt and l == 1, W, A_prev, Z)
-            if l < L:
-                forward_hidden(Z, b, A)
-            else:
-                forward_output(Z, b, A)
-            A_prev = A
-            wo += n * m
-        n = dims[L]
-        wo -= n * m
-        cost = output_pass(Zf[wo:wo + n * m].reshape((n, m)), Af[wo:wo + n * m].reshape((n, m)), Y,
-                           dAf[wo:wo + n * m].reshape((n, m)), inv_m)
-        if not np.isfinite(cost):
-            return cost
-        for l in range(L, 0, -1):
-            n, k, po = dims[l], dims[l - 1], pofs[l - 1]
-            dZ = dAf[wo:wo + n * m].reshape((n, m))
-            db = dtheta[po + n * k:po + n * k + n].reshape((n, 1))
-            if l < L:
-                delta_hidden(dZ, Zf[wo:wo + n * m].reshape((n, m)), Af[wo:wo + n * m].reshape((n, m)), db)
-            else:
-                _row_sum(dZ, db)
-            wp = wo - k * m
-            A_prev = X if l == 1 else Af[wp:wo].reshape((k, m))
-            gemm(False, not (xt and l == 1), dZ, A_prev, dtheta[po:po + n * k].reshape((n, k)))
-            if l > 1:
-                gemm(True, False, theta[po:po + n * k].reshape((n, k)), dZ, dAf[wp:wo].reshape((k, m)))
-            wo = wp
-        return cost
-
-    return jitable(backprop, hidden, output, loss, dtype, blas_bits)
-
-
 @register_jitable(**_FLAGS)
 def _block_offset(dims, l, m):
     """Where layer l's (n_l, m) block starts in a flat workspace buffer."""
@@ -525,6 +468,13 @@ def _block_offset(dims, l, m):
     for i in range(1, l):
         o += dims[i] * m
     return o
+
+
+@register_jitable(**_FLAGS)
+def _block(flat, dims, l, m):
+    """Layer l's (n_l, m) block of a flat workspace buffer (l >= 1)."""
+    o, n = _block_offset(dims, l, m), dims[l]
+    return flat[o:o + n * m].reshape((n, m))
 
 
 @register_jitable(**_FLAGS)
@@ -549,23 +499,75 @@ def _skip_rows(dZ, dS, accumulate):
         dS[r:, :] = 0
 
 
-def _pick_backprop(hidden, output, loss, dtype, blas_bits, plan):
-    """The jitable step body: ``_backprop``, or ``_residual_backprop`` for a network with skips."""
-    if not plan:
-        return _backprop(hidden, output, loss, dtype, blas_bits)
-    return _residual_backprop(hidden, output, loss, dtype, blas_bits, plan)
+@functools.lru_cache(maxsize=None)
+def _skip_blocks(dtype, blas_bits):
+    """(add_skip, project), jitable: a skip a[s] -> z[k]'s forward, Z[k] += Ws · A[s] (``o``: Ws's offset in θ)
+    or, for o = -1, Z[k][:r] += A[s][:r]; and its learned Ws's backward from dZ (dZ[k], or dZ̃[k] on a
+    normalized layer): dWs = dZ · A[s]ᵀ and, for s >= 1, dA[s] (+)= Wsᵀ · dZ (written when ``first``)."""
+    gemm = loop_gemm if blas_bits is None else blas_gemm(dtype, blas_bits)
+    gemm_acc = loop_gemm_acc if blas_bits is None else blas_gemm(dtype, blas_bits, True)
+
+    def add_skip(Z, X, xt, theta, Af, dims, m, s, o):
+        n, ns = Z.shape[0], dims[s]
+        if o >= 0:
+            Ws = theta[o:o + n * ns].reshape((n, ns))
+            if s == 0:
+                gemm_acc(False, xt, Ws, X, Z)
+            else:
+                gemm_acc(False, False, Ws, _block(Af, dims, s, m), Z)
+        elif s == 0 and xt:
+            _add_rows(Z, X.T)
+        elif s == 0:
+            _add_rows(Z, X)
+        else:
+            _add_rows(Z, _block(Af, dims, s, m))
+
+    def project(dZ, X, xt, theta, dtheta, Af, dAf, dims, m, s, o, first):
+        n, ns = dZ.shape[0], dims[s]
+        dWs = dtheta[o:o + n * ns].reshape((n, ns))
+        if s == 0:
+            gemm(False, not xt, dZ, X, dWs)
+            return
+        gemm(False, True, dZ, _block(Af, dims, s, m), dWs)
+        Ws = theta[o:o + n * ns].reshape((n, ns))
+        if first:
+            gemm(True, False, Ws, dZ, _block(dAf, dims, s, m))
+        else:
+            gemm_acc(True, False, Ws, dZ, _block(dAf, dims, s, m))
+
+    return jitable(add_skip, dtype, blas_bits), jitable(project, dtype, blas_bits)
+
+
+_NO_SKIPS = ((-1,), (-1,), (0,), (0,))
+_NO_BATCH_NORM = ((-1,), (-1,), (-1,), (0,), (0,), 0)
 
 
 @functools.lru_cache(maxsize=None)
-def _residual_backprop(hidden, output, loss, dtype, blas_bits, plan):
-    """``_backprop`` for a network with skip connections a[l] -> z[k] (the engine's math, engine.py), jitable.
+def _backprop(hidden, output, loss, dtype, blas_bits, skips=(), batch_norm=()):
+    """The forward, cost and backward of one step (the engine's math, engine.py), jitable, for plain,
+    residual and batch-normalized networks and their combinations: GEMMs as loops, or through NumPy's BLAS
+    when ``blas_bits`` (its integer width) is given.
 
-    plan = (src, off, first, acc), tuples of L + 1 ints indexed by layer: src[k] the layer l whose output
+    backprop(X, xt, Y, theta, dtheta, dims, pofs, Zf, Af, dAf, Bf, inv_m) -> J: X is (n0, m), or (m, n0)
+    when ``xt`` (one example per row: the first layer's GEMMs take it transposed); parameters are read
+    from the flat θ (W[l] at pofs[l-1], b[l] (β[l]) after it), Z, A, dA from flat work buffers (layer l's
+    (n_l, m) block after the layers before it), the batch-norm work from Bf (any array without batch norm:
+    never read); dθ is written only when J is finite. The compile-time plans (empty: none; their branches
+    compile away):
+
+    skips = (src, off, first, acc), tuples of L + 1 ints indexed by layer: src[k] the layer l whose output
     skips into z[k] (-1: none); off[k] the offset of its learned Ws (n_k, n_l) in θ (-1: identity or
     padding); first[k] 1 when its gradient is the first written into dA[l]; acc[l] 1 when dA[l] holds skip
-    gradients before layer l+1's GEMM (which then accumulates, beta = 1). Hidden layers take the skip in
-    their fused passes (bias + skip + activation; dZ + db + the skip's dA); the output layer adds it in a
-    pass of its own (n_L rows)."""
+    gradients before layer l+1's GEMM (which then accumulates, beta = 1). A plain hidden layer takes the skip
+    in its fused passes (bias + skip + activation; dZ + db + the skip's dA); the output layer adds it in a
+    pass of its own.
+
+    batch_norm = (gamma_at, mean_at, var_at, stats_at, rows_at, stats_size) (``_numba_batchnorm``): a
+    normalized layer: Zn = W·A_prev, the batch's μ, σ² into Bf, Zn normalized, Z̃ = γ·Zn + β (+ a skip's S or
+    Ws·S), A = g(Z̃); backward: dZ̃, dβ (in b's slot), dγ, the skip's gradient from dZ̃, then dZ through μ, σ²,
+    then the GEMMs. The running statistics' entries of dθ are never written (they stay 0)."""
+    from . import _numba_batchnorm as BN
+    from .._layout import BN_EPSILON
     gemm = loop_gemm if blas_bits is None else blas_gemm(dtype, blas_bits)
     gemm_acc = loop_gemm_acc if blas_bits is None else blas_gemm(dtype, blas_bits, True)
     forward_hidden, forward_hidden_skip = _bias_activation(hidden, dtype), _bias_skip_activation(hidden, dtype)
@@ -574,9 +576,15 @@ def _residual_backprop(hidden, output, loss, dtype, blas_bits, plan):
         forward_output, output_pass = _bias_softmax(dtype), _output_softmax_ce(dtype)
     else:
         forward_output, output_pass = _bias_activation(output, dtype), _output_elementwise(loss, output, dtype)
-    src, off, first, acc = plan
+    add_skip, project = _skip_blocks(dtype, blas_bits)
+    normalize, shift = BN._batch_norm_activation(hidden, dtype), BN._batch_norm_shift(dtype)
+    activate, delta_normalized = BN._activation(hidden, dtype), BN._batch_norm_delta(hidden, dtype)
+    batch_stats, normalized_backward = BN._batch_stats, BN._batch_norm_backward
+    skipping, normalizing, eps = bool(skips), bool(batch_norm), BN_EPSILON
+    src, off, first, acc = skips or _NO_SKIPS
+    gamma_at, _, _, stats_at, rows_at, stats_size = batch_norm or _NO_BATCH_NORM
 
-    def backprop(X, xt, Y, theta, dtheta, dims, pofs, Zf, Af, dAf, inv_m):
+    def backprop(X, xt, Y, theta, dtheta, dims, pofs, Zf, Af, dAf, Bf, inv_m):
         L, m = dims.shape[0] - 1, X.shape[0] if xt else X.shape[1]
         A_prev, wo = X, 0
         for l in range(1, L + 1):
@@ -584,36 +592,38 @@ def _residual_backprop(hidden, output, loss, dtype, blas_bits, plan):
             W = theta[po:po + n * k].reshape((n, k))
             b = theta[po + n * k:po + n * k + n].reshape((n, 1))
             Z, A = Zf[wo:wo + n * m].reshape((n, m)), Af[wo:wo + n * m].reshape((n, m))
-            gemm(False, xt and l == 1, W, A_prev, Z)
-            s, fused = src[l], False
-            if s >= 0:
-                ns, so = dims[s], _block_offset(dims, s, m)
-                if off[l] >= 0:                        # Z += Ws · A[s], beta = 1
-                    Ws = theta[off[l]:off[l] + n * ns].reshape((n, ns))
-                    if s == 0:
-                        gemm_acc(False, xt, Ws, X, Z)
-                    else:
-                        gemm_acc(False, False, Ws, Af[so:so + ns * m].reshape((ns, m)), Z)
-                elif l < L:                            # the skip joins the bias + activation pass
+            s = src[l] if skipping else -1
+            o = off[l] if skipping else -1
+            go = gamma_at[l] if normalizing else -1
+            if go >= 0:
+                so, zo = stats_at[l], stats_size + rows_at[l] * m
+                Zn = Bf[zo:zo + n * m].reshape((n, m))
+                mu, var = Bf[so:so + n].reshape((n, 1)), Bf[so + n:so + 2 * n].reshape((n, 1))
+                gemm(False, xt and l == 1, W, A_prev, Zn)
+                batch_stats(Zn, mu, var)
+                gamma = theta[go:go + n].reshape((n, 1))
+                if s < 0:
+                    normalize(Zn, mu, var, eps, gamma, b, Z, A)
+                else:                                  # ResNet's order: normalize, add the skip, activate
+                    shift(Zn, mu, var, eps, gamma, b, Z)
+                    add_skip(Z, X, xt, theta, Af, dims, m, s, o)
+                    activate(Z, A)
+            else:
+                gemm(False, xt and l == 1, W, A_prev, Z)
+                if s >= 0 and o < 0 and l < L:        # the skip joins the bias + activation pass
                     if s == 0 and xt:
                         forward_hidden_skip(Z, b, X.T, A)
                     elif s == 0:
                         forward_hidden_skip(Z, b, X, A)
                     else:
-                        forward_hidden_skip(Z, b, Af[so:so + ns * m].reshape((ns, m)), A)
-                    fused = True
-                elif s == 0 and xt:
-                    _add_rows(Z, X.T)
-                elif s == 0:
-                    _add_rows(Z, X)
+                        forward_hidden_skip(Z, b, _block(Af, dims, s, m), A)
                 else:
-                    _add_rows(Z, Af[so:so + ns * m].reshape((ns, m)))
-            if fused:
-                pass
-            elif l < L:
-                forward_hidden(Z, b, A)
-            else:
-                forward_output(Z, b, A)
+                    if s >= 0:
+                        add_skip(Z, X, xt, theta, Af, dims, m, s, o)
+                    if l < L:
+                        forward_hidden(Z, b, A)
+                    else:
+                        forward_output(Z, b, A)
             A_prev = A
             wo += n * m
         n = dims[L]
@@ -626,60 +636,87 @@ def _residual_backprop(hidden, output, loss, dtype, blas_bits, plan):
             n, k, po = dims[l], dims[l - 1], pofs[l - 1]
             dZ = dAf[wo:wo + n * m].reshape((n, m))
             db = dtheta[po + n * k:po + n * k + n].reshape((n, 1))
-            s = src[l]
-            ns, so = dims[max(s, 0)], _block_offset(dims, max(s, 0), m)
-            dS = dAf[so:so + ns * m].reshape((ns, m))
-            direct = s >= 1 and off[l] < 0
-            if l < L and direct:
-                delta_hidden_skip(dZ, Zf[wo:wo + n * m].reshape((n, m)), Af[wo:wo + n * m].reshape((n, m)), db,
-                                  dS, first[l] == 0)
-                if first[l] == 1 and ns > n:
+            Z, A = Zf[wo:wo + n * m].reshape((n, m)), Af[wo:wo + n * m].reshape((n, m))
+            s = src[l] if skipping else -1
+            o = off[l] if skipping else -1
+            go = gamma_at[l] if normalizing else -1
+            direct = s >= 1 and o < 0                  # identity or padding from a hidden layer: dA[s] gets dZ
+            if go >= 0:
+                so, zo = stats_at[l], stats_size + rows_at[l] * m
+                Zn, var = Bf[zo:zo + n * m].reshape((n, m)), Bf[so + n:so + 2 * n].reshape((n, 1))
+                dgamma = dtheta[go:go + n].reshape((n, 1))
+                delta_normalized(dZ, Z, A, Zn, dgamma, db)
+                if direct:                             # the skip's gradient is dZ̃, before dZ replaces it
+                    _skip_rows(dZ, _block(dAf, dims, s, m), first[l] == 0)
+                elif s >= 0 and o >= 0:
+                    project(dZ, X, xt, theta, dtheta, Af, dAf, dims, m, s, o, first[l] == 1)
+                normalized_backward(dZ, Zn, var, eps, theta[go:go + n].reshape((n, 1)), dgamma, db)
+            elif l < L and direct:
+                dS = _block(dAf, dims, s, m)
+                delta_hidden_skip(dZ, Z, A, db, dS, first[l] == 0)
+                if first[l] == 1 and dS.shape[0] > n:
                     dS[n:, :] = 0
             elif l < L:
-                delta_hidden(dZ, Zf[wo:wo + n * m].reshape((n, m)), Af[wo:wo + n * m].reshape((n, m)), db)
+                delta_hidden(dZ, Z, A, db)
             else:
                 _row_sum(dZ, db)
                 if direct:
-                    _skip_rows(dZ, dS, first[l] == 0)
+                    _skip_rows(dZ, _block(dAf, dims, s, m), first[l] == 0)
             wp = wo - k * m
             A_prev = X if l == 1 else Af[wp:wo].reshape((k, m))
             gemm(False, not (xt and l == 1), dZ, A_prev, dtheta[po:po + n * k].reshape((n, k)))
-            if l > 1 and acc[l - 1] == 1:
+            if l > 1 and skipping and acc[l - 1] == 1:
                 gemm_acc(True, False, theta[po:po + n * k].reshape((n, k)), dZ, dAf[wp:wo].reshape((k, m)))
             elif l > 1:
                 gemm(True, False, theta[po:po + n * k].reshape((n, k)), dZ, dAf[wp:wo].reshape((k, m)))
-            if s >= 0 and off[l] >= 0:                 # dWs = dZ · A[s]ᵀ; dA[s] (+)= Wsᵀ · dZ
-                dWs = dtheta[off[l]:off[l] + n * ns].reshape((n, ns))
-                if s == 0:
-                    gemm(False, not xt, dZ, X, dWs)
-                else:
-                    gemm(False, True, dZ, Af[so:so + ns * m].reshape((ns, m)), dWs)
-                    Ws = theta[off[l]:off[l] + n * ns].reshape((n, ns))
-                    if first[l] == 1:
-                        gemm(True, False, Ws, dZ, dS)
-                    else:
-                        gemm_acc(True, False, Ws, dZ, dS)
+            if go < 0 and s >= 0 and o >= 0:
+                project(dZ, X, xt, theta, dtheta, Af, dAf, dims, m, s, o, first[l] == 1)
             wo = wp
         return cost
 
-    return jitable(backprop, hidden, output, loss, dtype, blas_bits, plan)
+    return jitable(backprop, hidden, output, loss, dtype, blas_bits, *_plans(skips, batch_norm))
+
+
+def _plans(skips, batch_norm):
+    """What names a kernel built for these plans: nothing for a plain network (its names, and so its cache
+    entries, as before the plans), else both plans."""
+    return (skips, batch_norm) if skips or batch_norm else ()
 
 
 @functools.lru_cache(maxsize=None)
-def whole_step(hidden, output, loss, dtype, with_update, blas_bits=None, plan=()):
-    """One training step of a network whose hidden layers all use ``hidden``, in one call (see
-    ``_backprop``; with skip connections, ``plan``: see ``_residual_backprop``): step(X, xt, Y, theta,
-    theta_out, dtheta, dims, pofs, Zf, Af, dAf, lr, inv_m) -> J; with_update, θ_out = θ - α dθ is written
-    too, only when J is finite."""
-    backprop = _pick_backprop(hidden, output, loss, dtype, blas_bits, plan)
+def _running(dtype, batch_norm):
+    """running(thetas, c, Bf, dims): the running μ, σ² update after a step's update and commit
+    (``_numba_batchnorm._running_update``); nothing without batch norm. Jitable."""
+    if batch_norm:
+        from ._numba_batchnorm import _running_update
+        return _running_update(dtype, batch_norm)
 
-    def step(X, xt, Y, theta, theta_out, dtheta, dims, pofs, Zf, Af, dAf, lr, inv_m):
-        cost = backprop(X, xt, Y, theta, dtheta, dims, pofs, Zf, Af, dAf, inv_m)
+    def running(thetas, c, Bf, dims):
+        pass
+
+    return jitable(running, "no batch norm")
+
+
+@functools.lru_cache(maxsize=None)
+def _whole_step(hidden, output, loss, dtype, with_update, blas_bits, skips, batch_norm):
+    backprop = _backprop(hidden, output, loss, dtype, blas_bits, skips, batch_norm)
+
+    def step(X, xt, Y, theta, theta_out, dtheta, dims, pofs, Zf, Af, dAf, Bf, lr, inv_m):
+        cost = backprop(X, xt, Y, theta, dtheta, dims, pofs, Zf, Af, dAf, Bf, inv_m)
         if with_update and np.isfinite(cost):
             sgd_update(theta, dtheta, lr, theta_out)
         return cost
 
-    return njit(variant(step, hidden, output, loss, dtype, with_update, blas_bits, *((plan,) if plan else ())))
+    return njit(variant(step, hidden, output, loss, dtype, with_update, blas_bits, *_plans(skips, batch_norm)))
+
+
+def whole_step(hidden, output, loss, dtype, with_update, blas_bits=None, skips=(), batch_norm=()):
+    """One training step in one call (``_backprop``; ``skips``, ``batch_norm``: its plans, () for none):
+    step(X, xt, Y, theta, theta_out, dtheta, dims, pofs, Zf, Af, dAf, Bf, lr, inv_m) -> J; with_update,
+    θ_out = θ - α dθ is written too, only when J is finite. With batch norm the batch's μ, σ² are left in Bf
+    for the engine's running-statistics update (after the optimizer's); without, Bf is any array of the
+    dtype (never read)."""
+    return _whole_step(hidden, output, loss, dtype, with_update, blas_bits, skips, batch_norm)
 
 
 @functools.lru_cache(maxsize=None)
@@ -706,23 +743,14 @@ def _update_and_commit(optimizer, dtype):
     return jitable(update, optimizer, dtype)
 
 
-@functools.lru_cache(maxsize=None)
-def whole_epoch(hidden, output, loss, optimizer, dtype, blas_bits=None, plan=()):
-    """One shuffled mini-batch epoch in one call: for each batch, its rows gathered from the
-    example-major data, the step (``_backprop``) and the optimizer's update and commit
-    (``_update_and_commit``).
 
-    epoch(XT, YT, order, B, thetas, states1, states2, dtheta, dims, pofs, Zf, Af, dAf, XbT, Ybf, lr,
-    counters, current) -> (J, diverged at batch, its cost): XT (m, n0), YT (m, nL); order: the
-    permutation; batches of B (the last smaller); thetas, states1, states2: the two slots' buffers
-    (tuples; unused states any (P,) arrays); XbT (B, n0) and Ybf (nL B,) gather buffers. J is the mean
-    cost over the examples; a batch whose cost is not finite stops the epoch before its update (its
-    index returned, else -1). ``plan``: the skip connections (``_residual_backprop``)."""
-    backprop = _pick_backprop(hidden, output, loss, dtype, blas_bits, plan)
-    update = _update_and_commit(optimizer, dtype)
+@functools.lru_cache(maxsize=None)
+def _whole_epoch(hidden, output, loss, optimizer, dtype, blas_bits, skips, batch_norm):
+    backprop = _backprop(hidden, output, loss, dtype, blas_bits, skips, batch_norm)
+    update, running = _update_and_commit(optimizer, dtype), _running(dtype, batch_norm)
     ftype = np.dtype(dtype).type
 
-    def epoch(XT, YT, order, B, thetas, states1, states2, dtheta, dims, pofs, Zf, Af, dAf, XbT, Ybf, lr,
+    def epoch(XT, YT, order, B, thetas, states1, states2, dtheta, dims, pofs, Zf, Af, dAf, Bf, XbT, Ybf, lr,
               counters, current):
         m, n0, nL = XT.shape[0], XT.shape[1], YT.shape[1]
         total = 0.0
@@ -735,36 +763,58 @@ def whole_epoch(hidden, output, loss, optimizer, dtype, blas_bits=None, plan=())
                     Xb[r, c] = XT[src, c]
                 for i in range(nL):
                     Yb[i, r] = YT[src, i]
-            cost = backprop(Xb, True, Yb, thetas[current[0]], dtheta, dims, pofs, Zf, Af, dAf, ftype(1.0 / mb))
+            c = current[0]
+            cost = backprop(Xb, True, Yb, thetas[c], dtheta, dims, pofs, Zf, Af, dAf, Bf, ftype(1.0 / mb))
             if not np.isfinite(cost):
                 return total, k, cost
             update(thetas, states1, states2, dtheta, lr, counters, current)
+            running(thetas, c, Bf, dims)
             total += cost * mb / m
         return total, -1, 0.0
 
-    return njit(variant(epoch, hidden, output, loss, optimizer, dtype, blas_bits, *((plan,) if plan else ())))
+    return njit(variant(epoch, hidden, output, loss, optimizer, dtype, blas_bits, *_plans(skips, batch_norm)))
+
+
+def whole_epoch(hidden, output, loss, optimizer, dtype, blas_bits=None, skips=(), batch_norm=()):
+    """One shuffled mini-batch epoch in one call: for each batch, its rows gathered from the example-major
+    data, the step (``_backprop``), the optimizer's update and commit (``_update_and_commit``) and, with
+    batch norm, the new slot's running μ, σ².
+
+    epoch(XT, YT, order, B, thetas, states1, states2, dtheta, dims, pofs, Zf, Af, dAf, Bf, XbT, Ybf, lr,
+    counters, current) -> (J, diverged at batch, its cost): XT (m, n0), YT (m, nL); order: the
+    permutation; batches of B (the last smaller); thetas, states1, states2: the two slots' buffers
+    (tuples; unused states any (P,) arrays); Bf: see ``whole_step``; XbT (B, n0) and Ybf (nL B,) gather
+    buffers. J is the mean cost over the examples; a batch whose cost is not finite stops the epoch before
+    its update (its index returned, else -1): nothing of it is written."""
+    return _whole_epoch(hidden, output, loss, optimizer, dtype, blas_bits, skips, batch_norm)
 
 
 @functools.lru_cache(maxsize=None)
-def whole_loop(hidden, output, loss, optimizer, dtype, blas_bits=None, plan=()):
-    """k full-batch steps in one call: loop(X, xt, Y, rates, thetas, states1, states2, dtheta, dims,
-    pofs, Zf, Af, dAf, counters, current) -> (first J, steps taken, the diverging cost): ``rates``
-    holds each step's α; a step whose cost is not finite stops before its update. ``plan``: the skip
-    connections (``_residual_backprop``)."""
-    backprop = _pick_backprop(hidden, output, loss, dtype, blas_bits, plan)
-    update = _update_and_commit(optimizer, dtype)
+def _whole_loop(hidden, output, loss, optimizer, dtype, blas_bits, skips, batch_norm):
+    backprop = _backprop(hidden, output, loss, dtype, blas_bits, skips, batch_norm)
+    update, running = _update_and_commit(optimizer, dtype), _running(dtype, batch_norm)
     ftype = np.dtype(dtype).type
 
-    def loop(X, xt, Y, rates, thetas, states1, states2, dtheta, dims, pofs, Zf, Af, dAf, counters, current):
+    def loop(X, xt, Y, rates, thetas, states1, states2, dtheta, dims, pofs, Zf, Af, dAf, Bf, counters, current):
         inv_m = ftype(1.0 / (X.shape[0] if xt else X.shape[1]))
         first = 0.0
         for i in range(rates.shape[0]):
-            cost = backprop(X, xt, Y, thetas[current[0]], dtheta, dims, pofs, Zf, Af, dAf, inv_m)
+            c = current[0]
+            cost = backprop(X, xt, Y, thetas[c], dtheta, dims, pofs, Zf, Af, dAf, Bf, inv_m)
             if i == 0:
                 first = cost
             if not np.isfinite(cost):
                 return first, i, cost
             update(thetas, states1, states2, dtheta, rates[i], counters, current)
+            running(thetas, c, Bf, dims)
         return first, rates.shape[0], 0.0
 
-    return njit(variant(loop, hidden, output, loss, optimizer, dtype, blas_bits, *((plan,) if plan else ())))
+    return njit(variant(loop, hidden, output, loss, optimizer, dtype, blas_bits, *_plans(skips, batch_norm)))
+
+
+def whole_loop(hidden, output, loss, optimizer, dtype, blas_bits=None, skips=(), batch_norm=()):
+    """k full-batch steps in one call: loop(X, xt, Y, rates, thetas, states1, states2, dtheta, dims, pofs, Zf,
+    Af, dAf, Bf, counters, current) -> (first J, steps taken, the diverging cost): ``rates`` holds each
+    step's α; a step whose cost is not finite stops before its update; with batch norm, each update is
+    followed by the new slot's running μ, σ². Plans and Bf: see ``whole_step``."""
+    return _whole_loop(hidden, output, loss, optimizer, dtype, blas_bits, skips, batch_norm)

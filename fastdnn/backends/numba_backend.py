@@ -152,34 +152,26 @@ class NumbaBackend(Backend):
         return hidden[0], output, blas_bits
 
     def fused_step(self, activations, loss, layer_dims, m, dtype, optimizer, skips=(), batch_norm=()):
-        """The whole step in one compiled call for networks ``_whole`` accepts (GEMMs through BLAS,
-        else as loops for small networks); None otherwise. It applies plain gradient descent itself;
-        other optimizers follow as one fused update pass. ``skips``: the skip connections (``_skip_plan``);
-        ``batch_norm``: the normalized layers (``_batch_norm_plan``; then run(..., α, Bf) takes the flat
-        batch-norm buffer last and leaves the batch's μ, σ² in it; not with skips: None)."""
+        """The whole step in one compiled call (``_numba_kernels.whole_step``) for networks ``_whole`` accepts
+        (GEMMs through BLAS, else as loops for small networks); None otherwise. It applies plain gradient
+        descent itself; other optimizers follow as one fused update pass. ``skips``: the skip connections
+        (``_skip_plan``); ``batch_norm``: the normalized layers (``_batch_norm_plan``; then run(..., α, Bf)
+        takes the flat batch-norm buffer last and leaves the batch's μ, σ² in it)."""
         whole = self._whole(activations, loss, layer_dims, m)
-        if whole is None or (batch_norm and skips):
+        if whole is None:
             return None
         hidden, output, blas_bits = whole
         updates = optimizer is not None and optimizer.name == "gd"
         ftype = np.dtype(dtype).type
         dims, pofs = flat_layout(layer_dims)
         inv_m = ftype(1.0 / m)
-        if batch_norm:
-            bn_step = BN.whole_step(hidden, output, loss, np.dtype(dtype), updates, blas_bits,
-                                    _batch_norm_plan(layer_dims, batch_norm))
+        step = K.whole_step(hidden, output, loss, np.dtype(dtype), updates, blas_bits, *_plans(layer_dims, skips,
+                                                                                                batch_norm))
 
-            def run(X, Y, theta, theta_out, dtheta, Zf, Af, dAf, learning_rate, Bf):
-                X, xt = _rows(X)
-                return bn_step(X, xt, Y, theta, theta_out, dtheta, dims, pofs, Zf, Af, dAf, Bf, ftype(learning_rate),
-                               inv_m)
-            run.updates = updates
-            return run
-        step = K.whole_step(hidden, output, loss, np.dtype(dtype), updates, blas_bits, *_skip_plan(layer_dims, skips))
-
-        def run(X, Y, theta, theta_out, dtheta, Zf, Af, dAf, learning_rate):
+        def run(X, Y, theta, theta_out, dtheta, Zf, Af, dAf, learning_rate, Bf=None):
             X, xt = _rows(X)
-            return step(X, xt, Y, theta, theta_out, dtheta, dims, pofs, Zf, Af, dAf, ftype(learning_rate), inv_m)
+            return step(X, xt, Y, theta, theta_out, dtheta, dims, pofs, Zf, Af, dAf, Zf if Bf is None else Bf,
+                        ftype(learning_rate), inv_m)
 
         run.updates = updates
         return run
@@ -187,71 +179,41 @@ class NumbaBackend(Backend):
     def fused_epoch(self, activations, loss, layer_dims, batch_size, dtype, optimizer, skips=(), batch_norm=()):
         """A whole shuffled mini-batch epoch — gathers, steps, updates, commits — in one compiled call
         (``_numba_kernels.whole_epoch``), for networks ``_whole`` accepts at this batch size; else None.
-        epoch(XT, YT, order, thetas, states, dθ, Zf, Af, dAf, XbT, Ybf, α, counters, current); with
-        ``batch_norm`` (``_numba_batchnorm.whole_epoch``; not with skips) the flat batch-norm buffer Bf last."""
+        epoch(XT, YT, order, thetas, states, dθ, Zf, Af, dAf, XbT, Ybf, α, counters, current), with
+        ``batch_norm`` the flat batch-norm buffer Bf last."""
         whole = self._whole(activations, loss, layer_dims, batch_size)
-        if whole is None or (batch_norm and skips):
+        if whole is None:
             return None
         hidden, output, blas_bits = whole
-        if batch_norm:
-            return self._batch_norm_epoch(hidden, output, loss, layer_dims, batch_size, dtype, optimizer, blas_bits,
-                                          batch_norm)
         kernel = K.whole_epoch(hidden, output, loss, optimizer, np.dtype(dtype), blas_bits,
-                               *_skip_plan(layer_dims, skips))
+                               *_plans(layer_dims, skips, batch_norm))
         ftype, (dims, pofs) = np.dtype(dtype).type, flat_layout(layer_dims)
 
-        def arguments(XT, YT, order, thetas, states, dtheta, Zf, Af, dAf, XbT, Ybf, learning_rate, counters, current):
+        def arguments(XT, YT, order, thetas, states, dtheta, Zf, Af, dAf, XbT, Ybf, learning_rate, counters, current,
+                      Bf=None):
             s1, s2 = _state_pairs(states, dtheta)
-            return (XT, YT, order, batch_size, thetas, s1, s2, dtheta, dims, pofs, Zf, Af, dAf, XbT, Ybf,
-                    ftype(learning_rate), counters, current)
+            return (XT, YT, order, batch_size, thetas, s1, s2, dtheta, dims, pofs, Zf, Af, dAf,
+                    Zf if Bf is None else Bf, XbT, Ybf, ftype(learning_rate), counters, current)
         return _compilable(kernel, arguments)
 
     def fused_loop(self, activations, loss, layer_dims, m, dtype, optimizer, skips=(), batch_norm=()):
         """k full-batch steps with their updates and commits in one compiled call
         (``_numba_kernels.whole_loop``), for networks ``_whole`` accepts; else None.
-        loop(X, Y, rates, thetas, states, dθ, Zf, Af, dAf, counters, current); with ``batch_norm``
-        (``_numba_batchnorm.whole_loop``; not with skips) the flat batch-norm buffer Bf last."""
+        loop(X, Y, rates, thetas, states, dθ, Zf, Af, dAf, counters, current), with ``batch_norm`` the flat
+        batch-norm buffer Bf last."""
         whole = self._whole(activations, loss, layer_dims, m)
-        if whole is None or (batch_norm and skips):
+        if whole is None:
             return None
         hidden, output, blas_bits = whole
-        if batch_norm:
-            return self._batch_norm_loop(hidden, output, loss, layer_dims, dtype, optimizer, blas_bits, batch_norm)
         kernel = K.whole_loop(hidden, output, loss, optimizer, np.dtype(dtype), blas_bits,
-                              *_skip_plan(layer_dims, skips))
+                              *_plans(layer_dims, skips, batch_norm))
         dims, pofs = flat_layout(layer_dims)
 
-        def arguments(X, Y, rates, thetas, states, dtheta, Zf, Af, dAf, counters, current):
+        def arguments(X, Y, rates, thetas, states, dtheta, Zf, Af, dAf, counters, current, Bf=None):
             X, xt = _rows(X)
             s1, s2 = _state_pairs(states, dtheta)
-            return X, xt, Y, rates, thetas, s1, s2, dtheta, dims, pofs, Zf, Af, dAf, counters, current
-        return _compilable(kernel, arguments)
-
-    @staticmethod
-    def _batch_norm_epoch(hidden, output, loss, layer_dims, batch_size, dtype, optimizer, blas_bits, batch_norm):
-        """``fused_epoch`` of a batch-normalized network: epoch(..., counters, current, Bf)."""
-        kernel = BN.whole_epoch(hidden, output, loss, optimizer, np.dtype(dtype), blas_bits,
-                                _batch_norm_plan(layer_dims, batch_norm))
-        ftype, (dims, pofs) = np.dtype(dtype).type, flat_layout(layer_dims)
-
-        def arguments(XT, YT, order, thetas, states, dtheta, Zf, Af, dAf, XbT, Ybf, learning_rate, counters, current,
-                      Bf):
-            s1, s2 = _state_pairs(states, dtheta)
-            return (XT, YT, order, batch_size, thetas, s1, s2, dtheta, dims, pofs, Zf, Af, dAf, Bf, XbT, Ybf,
-                    ftype(learning_rate), counters, current)
-        return _compilable(kernel, arguments)
-
-    @staticmethod
-    def _batch_norm_loop(hidden, output, loss, layer_dims, dtype, optimizer, blas_bits, batch_norm):
-        """``fused_loop`` of a batch-normalized network: loop(..., counters, current, Bf)."""
-        kernel = BN.whole_loop(hidden, output, loss, optimizer, np.dtype(dtype), blas_bits,
-                               _batch_norm_plan(layer_dims, batch_norm))
-        dims, pofs = flat_layout(layer_dims)
-
-        def arguments(X, Y, rates, thetas, states, dtheta, Zf, Af, dAf, counters, current, Bf):
-            X, xt = _rows(X)
-            s1, s2 = _state_pairs(states, dtheta)
-            return X, xt, Y, rates, thetas, s1, s2, dtheta, dims, pofs, Zf, Af, dAf, Bf, counters, current
+            return (X, xt, Y, rates, thetas, s1, s2, dtheta, dims, pofs, Zf, Af, dAf, Zf if Bf is None else Bf,
+                    counters, current)
         return _compilable(kernel, arguments)
 
     def update(self, optimizer, theta, dtheta, states, learning_rate, t, out, states_out):
@@ -265,11 +227,19 @@ class NumbaBackend(Backend):
         return out
 
 
+def _plans(layer_dims, skips, batch_norm):
+    """The compiled calls' plans as the extra arguments of ``_numba_kernels.whole_*``: () for a plain network
+    (the plain call, its kernels and cache keys unchanged), else (skip plan, batch-norm plan), each () where
+    the network has none."""
+    if not skips and not batch_norm:
+        return ()
+    return _skip_plan(layer_dims, skips), _batch_norm_plan(layer_dims, batch_norm)
+
+
 def _skip_plan(layer_dims, skips):
-    """The compiled step's view of the skip connections as the extra argument of ``_numba_kernels.whole_*``:
-    ((src, off, first, acc),), tuples of L + 1 ints (see ``_residual_backprop``), from the engine's (l, k,
-    offset of Ws or -1, first gradient into dA[l]) per skip; () without skips (the plain call, its cache
-    key unchanged)."""
+    """The compiled calls' view of the skip connections: (src, off, first, acc), tuples of L + 1 ints (see
+    ``_numba_kernels._backprop``), from the engine's (l, k, offset of Ws or -1, first gradient into dA[l]) per
+    skip; () without skips."""
     if not skips:
         return ()
     L = len(layer_dims) - 1
@@ -278,14 +248,16 @@ def _skip_plan(layer_dims, skips):
         src[k], off[k], first[k] = int(l), int(o), int(bool(f))
         if l >= 1:
             acc[l] = 1
-    return ((tuple(src), tuple(off), tuple(first), tuple(acc)),)
+    return tuple(src), tuple(off), tuple(first), tuple(acc)
 
 
 def _batch_norm_plan(layer_dims, batch_norm):
     """The compiled calls' view of the batch-normalized layers (the ``plan`` of ``_numba_batchnorm``), from the
     engine's (l, offset of γ[l], of the running μ[l], of the running σ²[l] in θ) per normalized layer, sorted:
     (gamma_at, mean_at, var_at, stats_at, rows_at, stats_size), tuples of L + 1 ints (-1 / 0 where a layer
-    is not normalized) and the size of the batch statistics at the start of the flat buffer Bf."""
+    is not normalized) and the size of the batch statistics at the start of the flat buffer Bf; () without."""
+    if not batch_norm:
+        return ()
     L = len(layer_dims) - 1
     gamma_at, mean_at, var_at, stats_at, rows_at = [-1] * (L + 1), [-1] * (L + 1), [-1] * (L + 1), [0] * (L + 1), \
         [0] * (L + 1)
