@@ -29,8 +29,8 @@ Wᵀ·dZ accumulates onto it; dWs = dZ[k]·A[l]ᵀ (+ (λ/m) Ws with L2, which c
 Batch normalization on hidden layers (``batch_norm``, sorted l): Zn = (W·A_prev − μ)/√(σ² + ε), Z = γ·Zn + β,
 A = g(Z), β in b's place in θ, every γ after the Ws, then the running μ, σ² (in θ so the slots carry them;
 gradient 0, so no optimizer moves them; a step sets the other slot's after the update). Such a network
-trains on numba's compiled step, epoch and loop (not together with skips: op by op then), op by op elsewhere,
-and data-parallel with the whole batch's μ, σ², dβ, dγ (see distributed).
+trains on numba's compiled step, epoch and loop (skips included), op by op elsewhere, and data-parallel with
+the whole batch's μ, σ², dβ, dγ (see distributed).
 """
 import contextlib
 import math
