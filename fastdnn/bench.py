@@ -586,9 +586,9 @@ def measure(found, rounds, min_block_s=0.02, max_calls=1000):
         one = max(time.perf_counter() - start, 1e-7)
         calls[c.name] = int(max(1, min(max_calls, min_block_s / one)))
     order = sorted(found, key=lambda c: (c.family != "numpy", c.family))
-    for _ in range(rounds):
+    for r in range(rounds):
         family = None
-        for c in order:
+        for c in _rotated(order, r):
             if family is not None and c.family != family:
                 time.sleep(SETTLE_S)
             family = c.family
@@ -599,6 +599,17 @@ def measure(found, rounds, min_block_s=0.02, max_calls=1000):
             c.times.append((time.perf_counter() - start) / n * c.scale / c.steps)
         time.sleep(SETTLE_S if family != "numpy" else 0)
     return found
+
+
+def _rotated(order, r):
+    """``order`` with each family's candidates rotated by r places: the first candidate after a switch of
+    library (or a sleep) runs on colder caches and threads, so no candidate takes that place every round."""
+    out = []
+    for family in dict.fromkeys(c.family for c in order):
+        group = [c for c in order if c.family == family]
+        k = r % len(group)
+        out += group[k:] + group[:k]
+    return out
 
 
 def ratio(a, b):
