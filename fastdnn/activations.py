@@ -29,7 +29,6 @@ class Activation:
 
     name = ""
     elementwise = True
-    transcendental = False     # g needs exp/tanh: compiled scalar loops cannot use SIMD for it
 
     @property
     def key(self):
@@ -48,7 +47,6 @@ class Activation:
 
 class Sigmoid(Activation):
     name = "sigmoid"
-    transcendental = True
 
     def forward(self, xp, Z, out=None):
         """A = 1 / (1 + exp(-Z)), via exp(-|Z|) so nothing overflows. (n, m) -> (n, m)."""
@@ -77,7 +75,6 @@ class Sigmoid(Activation):
 
 class Tanh(Activation):
     name = "tanh"
-    transcendental = True
 
     def forward(self, xp, Z, out=None):
         """A = tanh(Z). (n, m) -> (n, m)."""
@@ -184,7 +181,6 @@ class Linear(Activation):
 class Softmax(Activation):
     name = "softmax"
     elementwise = False
-    transcendental = True
 
     def forward(self, xp, Z, out=None):
         """A[:, j] = exp(Z[:, j] - max) / Σ_i exp(Z[i, j] - max), per column. (C, m) -> (C, m)."""

@@ -18,10 +18,10 @@ from .base import Backend
 BLAS_WHOLE_STEP = True
 # Without it, steps of up to this many multiply-adds (3 m Σ n_l n_{l-1}) run with GEMMs as loops,
 # larger ones op by op. Measured crossover (relu, float32): 1.3M: loops 64 µs vs per op 71 µs;
-# 4.2M: 158 vs 143 µs. Above it, hidden layers with exp/tanh also go op by op (NumPy's SIMD).
+# 4.2M: 158 vs 143 µs. (tanh and sigmoid vectorize in ``_fastmath``'s forms: they no longer go op by op on
+# large layers: mnist-256 [784, 256, 128, 10] fit loop, tanh / sigmoid vs relu 1.23 / 1.40x -> 1.02 / 1.04x
+# float32, 1.43 / 1.34x -> 1.06 / 1.05x float64.)
 WHOLE_STEP_MAX_WORK = 2_000_000
-# From this many entries on, NumPy's SIMD exp/tanh beat a compiled scalar loop (~3 ns an entry).
-SIMD_MIN_SIZE = 4096
 TRANSPOSE_MIN_SIZE = 1 << 20     # elements from which ``transposed`` runs the tiled kernel
 
 
@@ -72,11 +72,9 @@ class NumbaBackend(Backend):
 
     def linear_activation_forward(self, activation, A_prev, W, b, Z=None, A=None, skip=None, Ws=None):
         """Z = W · A_prev (BLAS; + Ws · S by a second GEMM with beta = 1), then Z += b (+ S) and A = g(Z)
-        in one fused pass. Where g needs exp or tanh, NumPy's SIMD ufuncs beat a compiled scalar loop on
-        large layers (measured 2x for tanh), so those take the reference path (sigmoid's allocates a
-        temporary), as does a softmax output with a skip into it."""
-        if (activation.transcendental and W.shape[0] * A_prev.shape[1] >= SIMD_MIN_SIZE) or \
-                (activation.name == "softmax" and skip is not None):
+        in one fused pass (tanh and sigmoid in the vectorizing forms of ``_fastmath``); a softmax output
+        with a skip into it takes the reference path."""
+        if activation.name == "softmax" and skip is not None:
             return super().linear_activation_forward(activation, A_prev, W, b, Z, A, skip, Ws)
         Z = self.gemm(W, A_prev, out=Z)
         A = np.empty_like(Z) if A is None else A   # only for callers outside a workspace
@@ -146,8 +144,7 @@ class NumbaBackend(Backend):
             return None
         large = 3 * m * sum(a * b for a, b in zip(layer_dims[:-1], layer_dims[1:])) > WHOLE_STEP_MAX_WORK
         blas_bits = _blas.int_bits() if BLAS_WHOLE_STEP else None
-        simd = hidden[0].transcendental and max(layer_dims[1:-1], default=0) * m >= SIMD_MIN_SIZE
-        if large and (simd or blas_bits is None):
+        if large and blas_bits is None:
             return None
         return hidden[0], output, blas_bits
 
