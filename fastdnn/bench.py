@@ -769,53 +769,51 @@ def markdown_table(header, rows):
 def table(rows):
     """Markdown tables, one per configuration and dtype: the step section, then the mini-batch one."""
     out = []
-    step_rows = [r for r in rows if r.get("section", "step") == "step"]
-    for key in dict.fromkeys((r["config"], r["dtype"]) for r in step_rows):
-        group = [r for r in step_rows if (r["config"], r["dtype"]) == key]
+    for group in _groups(rows, "step"):
         r0 = group[0]
         out.append(f"\n**{r0['config']}**: {r0['layer_dims']}, m = {r0['m']}, {r0['dtype']}{_limit_text(r0)}\n")
-        out.append("| implementation | backend / device | time per step (IQR) | vs loop | vs GEMM floor "
-                   "| vs physical limit | vs PyTorch |")
-        out.append("|---|---|---|---|---|---|---|")
-        for r in sorted(group, key=lambda r: r["median_s"]):
-            extra = " (extrapolated)" if r["extrapolated"] else ""
-            out.append(f"| {r['implementation']} | {r['backend']} / {r['device']} | "
-                       f"{_fmt_time(r['median_s'])}{extra} ({_fmt_time(r['p25_s'])}–{_fmt_time(r['p75_s'])}) | "
-                       f"{_fmt_ratio(r['speedup_over_loop'], 1)} | {_fmt_ratio(r['vs_floor'])} | "
-                       f"{_fmt_ratio(r.get('vs_limit'))} | {_fmt_ratio(r['vs_torch'])} |")
-    mini = [r for r in rows if r.get("section") == "minibatch"]
-    if mini:
-        out.append("\n### Mini-batch: one shuffled Adam epoch, per step\n")
-    for key in dict.fromkeys((r["config"], r["dtype"]) for r in mini):
-        group = [r for r in mini if (r["config"], r["dtype"]) == key]
+        out.append(markdown_table(
+            ["implementation", "backend / device", "time per step (IQR)", "vs loop", "vs GEMM floor",
+             "vs physical limit", "vs PyTorch"],
+            [[r["implementation"], f"{r['backend']} / {r['device']}",
+              _time_iqr(r, " (extrapolated)" if r["extrapolated"] else ""), _fmt_ratio(r["speedup_over_loop"], 1),
+              _fmt_ratio(r["vs_floor"]), _fmt_ratio(r.get("vs_limit")), _fmt_ratio(r["vs_torch"])]
+             for r in sorted(group, key=lambda r: r["median_s"])]))
+    for i, group in enumerate(_groups(rows, "minibatch")):
         r0 = group[0]
+        if i == 0:
+            out.append("\n### Mini-batch: one shuffled Adam epoch, per step\n")
         out.append(f"\n**{r0['config']}**: {r0['layer_dims']}, m = {r0['m']}, batch {r0['batch_size']}, "
                    f"{r0['dtype']}{_limit_text(r0)}\n")
-        out.append("| implementation | backend / device | steps | time per step (IQR) | epoch "
-                   "| vs full-batch step | vs physical limit |")
-        out.append("|---|---|---|---|---|---|---|")
-        for r in sorted(group, key=lambda r: r["median_s"]):
-            mark = " *" if not r["identical_work"] else ""
-            out.append(f"| {r['implementation']}{mark} | {r['backend']} / {r['device']} | "
-                       f"{r['steps_per_epoch'] or 1} | {_fmt_time(r['median_s'])} "
-                       f"({_fmt_time(r['p25_s'])}–{_fmt_time(r['p75_s'])}) | "
-                       f"{_fmt_time(r['epoch_s']) if r['epoch_s'] else '—'} | {_fmt_ratio(r['vs_batch_step'])} | "
-                       f"{_fmt_ratio(r['vs_limit'])} |")
-        notes = dict.fromkeys(r["note"] for r in group if r["note"])
-        out += [f"\n\\* {n}" for n in notes]
-    acts = [r for r in rows if r.get("section") == "activations"]
-    if acts:
-        out.append("\n### Hidden activations: the same network with each, per step inside fit\n")
-    for key in dict.fromkeys((r["config"], r["dtype"]) for r in acts):
-        group = [r for r in acts if (r["config"], r["dtype"]) == key]
+        out.append(markdown_table(
+            ["implementation", "backend / device", "steps", "time per step (IQR)", "epoch", "vs full-batch step",
+             "vs physical limit"],
+            [[r["implementation"] + ("" if r["identical_work"] else " *"), f"{r['backend']} / {r['device']}",
+              r["steps_per_epoch"] or 1, _time_iqr(r), _fmt_time(r["epoch_s"]) if r["epoch_s"] else "—",
+              _fmt_ratio(r["vs_batch_step"]), _fmt_ratio(r["vs_limit"])]
+             for r in sorted(group, key=lambda r: r["median_s"])]))
+        out += [f"\n\\* {n}" for n in dict.fromkeys(r["note"] for r in group if r["note"])]
+    for i, group in enumerate(_groups(rows, "activations")):
         r0 = group[0]
+        if i == 0:
+            out.append("\n### Hidden activations: the same network with each, per step inside fit\n")
         out.append(f"\n**{r0['config']}**: {r0['layer_dims']}, m = {r0['m']}, {r0['dtype']}\n")
-        out.append("| implementation | hidden activation | time per step (IQR) | vs its relu |")
-        out.append("|---|---|---|---|")
-        for r in group:
-            out.append(f"| {r['implementation']} | {r['hidden']} | {_fmt_time(r['median_s'])} "
-                       f"({_fmt_time(r['p25_s'])}–{_fmt_time(r['p75_s'])}) | {_fmt_ratio(r['vs_relu'])} |")
+        out.append(markdown_table(["implementation", "hidden activation", "time per step (IQR)", "vs its relu"],
+                                  [[r["implementation"], r["hidden"], _time_iqr(r), _fmt_ratio(r["vs_relu"])]
+                                   for r in group]))
     return "\n".join(out)
+
+
+def _groups(rows, section):
+    """The rows of one section (``section`` key, "step" where absent), grouped by (config, dtype) in order."""
+    mine = [r for r in rows if r.get("section", "step") == section]
+    for key in dict.fromkeys((r["config"], r["dtype"]) for r in mine):
+        yield [r for r in mine if (r["config"], r["dtype"]) == key]
+
+
+def _time_iqr(r, extra=""):
+    """'median (p25–p75)' of a row's per-step time."""
+    return f"{_fmt_time(r['median_s'])}{extra} ({_fmt_time(r['p25_s'])}–{_fmt_time(r['p75_s'])})"
 
 
 def _limit_text(r):

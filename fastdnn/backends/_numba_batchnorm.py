@@ -8,6 +8,7 @@ import functools
 import numpy as np
 
 from .._layout import BN_MOMENTUM
+from ..activations import get_activation
 from ._numba_kernels import _FLAGS, _scalar, jitable, njit, register_jitable
 
 
@@ -72,18 +73,12 @@ def batch_norm_activation(activation, dtype):
 @functools.lru_cache(maxsize=None)
 def _batch_norm_shift(dtype):
     """kernel(Zn, mu, var, eps, gamma, beta, Z): Zn = (Zn − μ)/√(σ² + ε), Z = γ·Zn + β (no activation: a skip
-    into the layer is added to Z before it, see ``_activation``). Zn, Z (n, m); μ, σ², γ, β (n, 1). Jitable."""
-    ftype = np.dtype(dtype).type
+    into the layer is added to Z before it, see ``_activation``). Zn, Z (n, m); μ, σ², γ, β (n, 1). Jitable:
+    the linear ``_batch_norm_activation`` with A = Z."""
+    normalize = _batch_norm_activation(get_activation("linear"), dtype)
 
     def kernel(Zn, mu, var, eps, gamma, beta, Z):
-        n, m = Zn.shape
-        for i in range(n):
-            inv_std = ftype(1.0 / np.sqrt(var[i, 0] + eps))
-            mean, gi, bi = mu[i, 0], gamma[i, 0], beta[i, 0]
-            for j in range(m):
-                zn = (Zn[i, j] - mean) * inv_std
-                Zn[i, j] = zn
-                Z[i, j] = gi * zn + bi
+        normalize(Zn, mu, var, eps, gamma, beta, Z, Z)
 
     return jitable(kernel, "shift", dtype)
 
