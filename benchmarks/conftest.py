@@ -18,6 +18,8 @@ def pytest_configure(config):
     `pytest benchmarks --benchmark-only` (or --benchmark-enable) times them."""
     if not (config.getoption("benchmark_only") or config.getoption("benchmark_enable")):
         config.option.benchmark_disable = True
+    elif getattr(config.option, "numprocesses", None):
+        config.option.numprocesses, config.option.dist = 0, "no"     # timed: one process (no test workers)
     config.addinivalue_line("markers", "large: a benchmark on a large configuration, run only when timed "
                                        "(--benchmark-enable / --benchmark-only)")
 

@@ -1,3 +1,4 @@
+import os
 import warnings
 
 import pytest
@@ -10,6 +11,22 @@ from support import BACKENDS, DTYPES, NUMBA_PATHS
 # Every call waits for its compiled kernels (results bit-identical run to run, compiled paths exercised);
 # tests/test_first_call.py turns background compiles on where it tests them.
 fastdnn.engine.BACKGROUND_COMPILE = False
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (pyproject's addopts): one worker per core, at most 4 (each imports NumPy, Numba, PyTorch,
+    JAX; the files are spread whole over the workers, --dist loadfile, so a file's compiled kernels serve its
+    tests)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def pytest_configure(config):
+    """With test workers (pytest-xdist), one BLAS thread each: the workers already share the cores, and OpenBLAS
+    threads waiting on a busy core made steps 100x slower (tests/test_readme.py). Set here, in the controller,
+    before it starts the workers, which inherit it."""
+    if getattr(config.option, "numprocesses", None):
+        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, "1")
 
 
 @pytest.fixture(params=BACKENDS)
