@@ -315,6 +315,28 @@ def transpose_into(A, out):
 
 
 @njit
+def transpose_into_8(A, out):
+    """out = Aᵀ in 8 x 8 tiles, 128 x 128 blocks of them: for rows whose byte length is a multiple of 4096,
+    where the 32 rows of a 32 x 32 tile all fall in one set of the 8-way L1 cache and evict each other
+    (see ``NumbaBackend.transposed``). A (n, m) -> out (m, n), both C-contiguous."""
+    n, m = A.shape
+    n8, m8 = n - n % 8, m - m % 8
+    for I in range(0, n8, 128):
+        for J in range(0, m8, 128):
+            for i0 in range(I, min(I + 128, n8), 8):
+                for j0 in range(J, min(J + 128, m8), 8):
+                    for a in range(8):
+                        for b in range(8):
+                            out[j0 + b, i0 + a] = A[i0 + a, j0 + b]
+    for i in range(n8, n):
+        for j in range(m):
+            out[j, i] = A[i, j]
+    for i in range(n8):
+        for j in range(m8, m):
+            out[j, i] = A[i, j]
+
+
+@njit
 def add_scaled(dW, W, c):
     """dW += c W over 2-D arrays."""
     for i in range(dW.shape[0]):

@@ -63,11 +63,15 @@ class NumbaBackend(Backend):
 
     def transposed(self, A):
         """Aᵀ, copied in cache-sized tiles where A is large (NumPy's copy of a transpose was ~2x slower on a
-        (784, 16384) float32 array: 78 vs 46 ms); smaller ones by NumPy (nothing to compile on a first call)."""
+        (784, 16384) float32 array: 78 vs 46 ms); smaller ones by NumPy (nothing to compile on a first call).
+        Rows of a multiple of 4096 bytes (m = 16384 float32) take 8 x 8 tiles: 32 x 32 ones conflict in
+        the L1 cache there (46 -> 16 ms; 64 x 2²⁰ float32: 182 -> 88 ms), and are slower elsewhere
+        ((3072, 50000): 232 -> 487 ms) — measured per shape, float32 and float64, one thread."""
         if A.ndim != 2 or not A.flags.c_contiguous or A.size < TRANSPOSE_MIN_SIZE:
             return super().transposed(A)
         out = np.empty((A.shape[1], A.shape[0]), A.dtype)
-        K.transpose_into(A, out)
+        conflicting = A.shape[1] * A.itemsize % 4096 == 0
+        (K.transpose_into_8 if conflicting else K.transpose_into)(A, out)
         return out
 
     def linear_activation_forward(self, activation, A_prev, W, b, Z=None, A=None, skip=None, Ws=None):
