@@ -246,30 +246,39 @@ def test_whole_epochs_and_loops_are_compiled_calls_where_the_step_is(path):
     assert net.engine._compiled("epoch", 32) is None
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (3, 70), (33, 31), (64, 96), (100, 1),
+@pytest.mark.parametrize("shape", [(1, 1), (3, 70), (33, 31), (64, 96), (100, 1), (33, 1000),
                                    (1, 1024), (13, 1024), (131, 2048), (7, 3072)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_the_tiled_transpose_is_the_transpose(shape, dtype, monkeypatch):
     """The example-major copy of mini-batch training: tiles of 32, or of 8 in blocks of 128 where a row is a
-    multiple of 4096 bytes (the last four shapes), edges included."""
+    multiple of 4096 bytes (the last four shapes), edges included; blocks of 128 columns on up to 4 threads."""
     from fastdnn.backends import _numba_kernels, get_backend, numba_backend
     monkeypatch.setattr(numba_backend, "TRANSPOSE_MIN_SIZE", 1)
+    monkeypatch.setattr(numba_backend, "_cores", lambda: 4)
     used = []
     for name in ("transpose_into", "transpose_into_8"):
         kernel = getattr(_numba_kernels, name)
-        monkeypatch.setattr(_numba_kernels, name, lambda A, out, _k=kernel, _n=name: used.append(_n) or _k(A, out))
+        monkeypatch.setattr(_numba_kernels, name, lambda A, out, a, b, _k=kernel, _n=name: used.append((_n, a, b))
+                            or _k(A, out, a, b))
     A = np.random.default_rng(0).standard_normal(shape).astype(dtype)
     out = get_backend("numba").transposed(A)
     assert out.flags.c_contiguous and out.dtype == dtype
     np.testing.assert_array_equal(out, A.T)
-    assert used == ["transpose_into_8" if shape[1] * A.itemsize % 4096 == 0 else "transpose_into"]
+    name = "transpose_into_8" if shape[1] * A.itemsize % 4096 == 0 else "transpose_into"
+    parts = max(1, min(4, A.size, shape[1] // 128))
+    assert sorted(used, key=lambda u: u[1]) == [(name, a, b) for a, b in zip(
+        [shape[1] * k // parts // 128 * 128 for k in range(parts)], [shape[1] * k // parts // 128 * 128
+                                                                      for k in range(1, parts)] + [shape[1]])]
 
 
-@pytest.mark.parametrize("shape", [(13, 21), (8, 8), (3, 5), (136, 260)])
-def test_the_8_by_8_transpose_handles_any_edges(shape):
-    """Its row and column remainders (which ``transposed`` never gives it: its rows are multiples of 4096 bytes)."""
+@pytest.mark.parametrize("shape, start, stop", [((13, 21), 0, 21), ((13, 21), 5, 19), ((8, 8), 0, 8),
+                                                ((3, 5), 1, 5), ((136, 260), 0, 260), ((136, 260), 128, 259)])
+def test_the_8_by_8_transpose_handles_any_edges(shape, start, stop):
+    """Its row and column remainders (which ``transposed`` never gives it whole: its rows are multiples of 4096
+    bytes), and only the rows start:stop of out are written."""
     from fastdnn.backends import _numba_kernels
     A = np.random.default_rng(1).standard_normal(shape)
     out = np.full(shape[::-1], np.nan)
-    _numba_kernels.transpose_into_8(A, out)
-    np.testing.assert_array_equal(out, A.T)
+    _numba_kernels.transpose_into_8(A, out, start, stop)
+    np.testing.assert_array_equal(out[start:stop], A.T[start:stop])
+    assert np.isnan(out[:start]).all() and np.isnan(out[stop:]).all()

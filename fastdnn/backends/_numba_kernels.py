@@ -303,36 +303,36 @@ def optimizer_update(optimizer, dtype):
 
 
 @njit
-def transpose_into(A, out):
-    """out = Aᵀ, in 32 x 32 tiles (each tile's reads and writes stay in cache; a row-by-row transpose misses
-    on every write). A (n, m) -> out (m, n), both C-contiguous."""
-    n, m = A.shape
-    for j0 in range(0, m, 32):
+def transpose_into(A, out, start, stop):
+    """out[start:stop] = A[:, start:stop]ᵀ, in 32 x 32 tiles (each tile's reads and writes stay in cache; a
+    row-by-row transpose misses on every write). A (n, m) -> out (m, n), both C-contiguous."""
+    n = A.shape[0]
+    for j0 in range(start, stop, 32):
         for i0 in range(0, n, 32):
-            for j in range(j0, min(j0 + 32, m)):
+            for j in range(j0, min(j0 + 32, stop)):
                 for i in range(i0, min(i0 + 32, n)):
                     out[j, i] = A[i, j]
 
 
 @njit
-def transpose_into_8(A, out):
-    """out = Aᵀ in 8 x 8 tiles, 128 x 128 blocks of them: for rows whose byte length is a multiple of 4096,
-    where the 32 rows of a 32 x 32 tile all fall in one set of the 8-way L1 cache and evict each other
-    (see ``NumbaBackend.transposed``). A (n, m) -> out (m, n), both C-contiguous."""
-    n, m = A.shape
-    n8, m8 = n - n % 8, m - m % 8
+def transpose_into_8(A, out, start, stop):
+    """out[start:stop] = A[:, start:stop]ᵀ in 8 x 8 tiles, 128 x 128 blocks of them: for rows whose byte
+    length is a multiple of 4096, where the 32 rows of a 32 x 32 tile all fall in one set of the 8-way L1
+    cache and evict each other (see ``NumbaBackend.transposed``). A (n, m) -> out (m, n), both C-contiguous."""
+    n = A.shape[0]
+    n8, stop8 = n - n % 8, stop - (stop - start) % 8
     for I in range(0, n8, 128):
-        for J in range(0, m8, 128):
+        for J in range(start, stop8, 128):
             for i0 in range(I, min(I + 128, n8), 8):
-                for j0 in range(J, min(J + 128, m8), 8):
+                for j0 in range(J, min(J + 128, stop8), 8):
                     for a in range(8):
                         for b in range(8):
                             out[j0 + b, i0 + a] = A[i0 + a, j0 + b]
     for i in range(n8, n):
-        for j in range(m):
+        for j in range(start, stop):
             out[j, i] = A[i, j]
     for i in range(n8):
-        for j in range(m8, m):
+        for j in range(stop8, stop):
             out[j, i] = A[i, j]
 
 

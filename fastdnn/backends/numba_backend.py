@@ -2,6 +2,9 @@
 and Numba-fused passes for everything else — bias + activation, dZ + db, loss + output delta,
 and the parameter update. Where it can, the whole step is one compiled call instead, calling NumPy's
 BLAS from the compiled code (or, where that BLAS cannot be found, GEMMs as loops for small networks)."""
+import os
+import threading
+
 import numba
 import numpy as np
 
@@ -23,6 +26,12 @@ BLAS_WHOLE_STEP = True
 # float32, 1.43 / 1.34x -> 1.06 / 1.05x float64.)
 WHOLE_STEP_MAX_WORK = 2_000_000
 TRANSPOSE_MIN_SIZE = 1 << 20     # elements from which ``transposed`` runs the tiled kernel
+TRANSPOSE_THREADS = 4            # at most, one per TRANSPOSE_MIN_SIZE elements and per core (memory-bound)
+
+
+def _cores():
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class NumbaBackend(Backend):
@@ -62,16 +71,26 @@ class NumbaBackend(Backend):
         return out
 
     def transposed(self, A):
-        """Aᵀ, copied in cache-sized tiles where A is large (NumPy's copy of a transpose was ~2x slower on a
-        (784, 16384) float32 array: 78 vs 46 ms); smaller ones by NumPy (nothing to compile on a first call).
-        Rows of a multiple of 4096 bytes (m = 16384 float32) take 8 x 8 tiles: 32 x 32 ones conflict in
-        the L1 cache there (46 -> 16 ms; 64 x 2²⁰ float32: 182 -> 88 ms), and are slower elsewhere
-        ((3072, 50000): 232 -> 487 ms) — measured per shape, float32 and float64, one thread."""
+        """Aᵀ, copied in cache-sized tiles where A is large, column blocks on threads (the kernels release
+        the GIL); smaller ones by NumPy (nothing to compile on a first call). Rows of a multiple of 4096
+        bytes (m = 16384 float32) take 8 x 8 tiles: 32 x 32 ones conflict in the L1 cache there, and are
+        faster elsewhere. Measured on 2 cores (ms, fresh output; NumPy's copy of A.T / one thread / two):
+        (784, 16384) float32 78 / 21 / 12 (32 x 32 tiles: 46); (784, 16384) float64 89 / 33 / 19;
+        (64, 2²⁰) float32 239 / 93 / 51; (3072, 50000) float32 968 / 239 / 130 (8 x 8: 487 on one);
+        (784, 60000) float32 67 / 71 / 38."""
         if A.ndim != 2 or not A.flags.c_contiguous or A.size < TRANSPOSE_MIN_SIZE:
             return super().transposed(A)
-        out = np.empty((A.shape[1], A.shape[0]), A.dtype)
-        conflicting = A.shape[1] * A.itemsize % 4096 == 0
-        (K.transpose_into_8 if conflicting else K.transpose_into)(A, out)
+        n, m = A.shape
+        out = np.empty((m, n), A.dtype)
+        kernel = K.transpose_into_8 if m * A.itemsize % 4096 == 0 else K.transpose_into
+        parts = max(1, min(TRANSPOSE_THREADS, _cores(), A.size // TRANSPOSE_MIN_SIZE, m // 128))
+        edges = [m * k // parts // 128 * 128 for k in range(parts)] + [m]      # blocks of 128 columns
+        threads = [threading.Thread(target=kernel, args=(A, out, a, b)) for a, b in zip(edges[1:-1], edges[2:])]
+        for t in threads:
+            t.start()
+        kernel(A, out, edges[0], edges[1])
+        for t in threads:
+            t.join()
         return out
 
     def linear_activation_forward(self, activation, A_prev, W, b, Z=None, A=None, skip=None, Ws=None):
