@@ -1,5 +1,6 @@
 """Constants and helpers shared by the tests (the fixtures are in conftest.py)."""
 import os
+import tracemalloc
 
 import numpy as np
 
@@ -31,3 +32,37 @@ def assert_close(actual, expected, dtype, scale=None):
 def rounded(x, dtype):
     """x rounded to dtype and back to float64: the exact inputs a backend sees."""
     return np.asarray(x).astype(dtype).astype(np.float64)
+
+
+def allocations(run):
+    """(bytes still allocated after run() that were not before, the most allocated at once) under tracemalloc."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        run()
+        after = tracemalloc.take_snapshot()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return sum(s.size_diff for s in after.compare_to(before, "filename")), peak
+
+
+def epoch_growth(net, X, Y, batch_size=64, learning_rate=1e-3):
+    """Bytes a whole shuffled epoch of ``net.engine.train_epoch`` leaves allocated once its gather buffers
+    exist (an epoch of the same call made them first)."""
+    XT, YT = net.engine.example_major(*net.prepare(X, Y))
+    buffers = {}
+    epoch = lambda: net.engine.train_epoch(XT, YT, learning_rate, batch_size, True, 1, buffers)  # noqa: E731
+    epoch()
+    return allocations(epoch)[0]
+
+
+class PendingCompile:
+    """A background compile that reports itself running for the next ``checks`` questions."""
+
+    def __init__(self, checks):
+        self.checks = checks
+
+    def is_alive(self):
+        self.checks -= 1
+        return self.checks >= 0

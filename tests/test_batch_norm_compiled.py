@@ -6,14 +6,13 @@ allocates nothing. The same for networks with both skip connections and batch no
 all, issue 12): skips into normalized layers (ResNet's order, Z̃ = γ·Zn + β + S) and into plain ones, learned
 Ws, padding, truncation and identity. Each test also checks that the compiled calls really ran (they are
 counted)."""
-import tracemalloc
 import warnings
 
 import numpy as np
 import pytest
 
 import fastdnn
-from support import BACKENDS, assert_close
+from support import BACKENDS, PendingCompile, allocations, assert_close, epoch_growth
 
 pytestmark = pytest.mark.skipif("numba" not in BACKENDS, reason="numba is not installed")
 
@@ -145,17 +144,6 @@ def test_a_diverging_first_step_changes_nothing(fit, counts):
     assert counts["epoch" if "epochs" in fit else "loop"] == 1
 
 
-class PendingCompile:
-    """A background compile that reports itself running for the next ``checks`` questions."""
-
-    def __init__(self, checks):
-        self.checks = checks
-
-    def is_alive(self):
-        self.checks -= 1
-        return self.checks >= 0
-
-
 @pytest.mark.parametrize("fit, checks", [(dict(iterations=12, report_every=6), 4), (dict(epochs=4, batch_size=5), 2)],
                          ids=["loop", "epoch"])
 def test_a_call_goes_on_from_numpy_steps_to_the_compiled_call(fit, checks, counts, monkeypatch):
@@ -190,19 +178,7 @@ def test_a_compiled_batch_norm_epoch_allocates_nothing(optimizer, counts):
     net = fastdnn.Network([64, 32, 16, 10], "relu", "softmax", device="numba", dtype="float32", seed=0,
                           batch_norm=[True, False])
     net.fit(X_, Y_, epochs=1, batch_size=64, optimizer=optimizer, learning_rate=1e-3, verbose=0)
-    Xd, Yd = net.prepare(X_, Y_)
-    XT, YT = net.engine.example_major(Xd, Yd)
-    buffers = {}
-    net.engine.train_epoch(XT, YT, 1e-3, 64, True, 1, buffers)     # this call's gather buffers
-    tracemalloc.start()
-    try:
-        before = tracemalloc.take_snapshot()
-        net.engine.train_epoch(XT, YT, 1e-3, 64, True, 1, buffers)
-        after = tracemalloc.take_snapshot()
-    finally:
-        tracemalloc.stop()
-    grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
-    assert grown < 64 * 1024
+    assert epoch_growth(net, X_, Y_) < 64 * 1024
     assert counts["epoch"] == 3 and net.iteration == 3 * 64
 
 
@@ -212,16 +188,8 @@ def test_a_compiled_step_allocates_nothing_after_the_first(counts):
                           batch_norm=True)
     Xd, Yd = net.prepare(rng.randn(30, 300), rng.randint(0, 10, 300))
     net.engine.train_step(Xd, Yd, 0.01, check=True)            # first step: workspace, JIT
-    tracemalloc.start()
-    try:
-        before = tracemalloc.take_snapshot()
-        for _ in range(10):
-            net.engine.train_step(Xd, Yd, 0.01, check=True)
-        after = tracemalloc.take_snapshot()
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert sum(s.size_diff for s in after.compare_to(before, "filename")) < 64 * 1024
+    grown, peak = allocations(lambda: [net.engine.train_step(Xd, Yd, 0.01, check=True) for _ in range(10)])
+    assert grown < 64 * 1024
     assert peak < 32 * 300 * 4             # not even a temporary hidden-layer array
     assert counts["step"] == 11
 
@@ -329,16 +297,5 @@ def test_a_compiled_residual_normalized_epoch_allocates_nothing(projection, coun
     net = fastdnn.Network([64, 32, 16, 24, 10], "relu", "softmax", device="numba", dtype="float32", seed=0,
                           batch_norm=[False, True, True], skip=[(1, 3), (0, 4)], projection=projection)
     net.fit(X_, Y_, epochs=1, batch_size=64, optimizer="adam", learning_rate=1e-3, verbose=0)
-    Xd, Yd = net.prepare(X_, Y_)
-    XT, YT = net.engine.example_major(Xd, Yd)
-    buffers = {}
-    net.engine.train_epoch(XT, YT, 1e-3, 64, True, 1, buffers)
-    tracemalloc.start()
-    try:
-        before = tracemalloc.take_snapshot()
-        net.engine.train_epoch(XT, YT, 1e-3, 64, True, 1, buffers)
-        after = tracemalloc.take_snapshot()
-    finally:
-        tracemalloc.stop()
-    assert sum(s.size_diff for s in after.compare_to(before, "filename")) < 64 * 1024
+    assert epoch_growth(net, X_, Y_) < 64 * 1024
     assert counts["epoch"] == 3 and net.iteration == 3 * 64

@@ -17,7 +17,7 @@ from fastdnn import engine as engine_module
 from fastdnn.backends.numpy_backend import NumpyBackend
 from fastdnn.errors import TrainingDivergedError
 
-from support import BACKENDS
+from support import BACKENDS, PendingCompile
 
 pytestmark = pytest.mark.skipif("numba" not in BACKENDS, reason="the numba backend is not available")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,17 +69,6 @@ def test_a_first_fit_with_a_cold_numba_cache_returns_in_seconds_with_the_numpy_r
         assert run["counters"][0] == run["counters"][1], kind
         for key, value in run["parameters"][1].items():
             np.testing.assert_allclose(run["parameters"][0][key], value, rtol=1e-10, atol=1e-13, err_msg=kind)
-
-
-class PendingCompile:
-    """A background compile that reports itself running for the next ``checks`` questions."""
-
-    def __init__(self, checks):
-        self.checks = checks
-
-    def is_alive(self):
-        self.checks -= 1
-        return self.checks >= 0
 
 
 @pytest.fixture

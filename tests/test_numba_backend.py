@@ -3,14 +3,13 @@ cached on disk. (Every op is also checked against the oracle in test_ops.py.)"""
 import os
 import subprocess
 import sys
-import tracemalloc
 
 import numpy as np
 import pytest
 
 from fastdnn import Network, datasets
 
-from support import ACTIVATIONS, BACKENDS, OUTPUTS
+from support import ACTIVATIONS, BACKENDS, OUTPUTS, allocations, epoch_growth
 
 pytestmark = pytest.mark.skipif("numba" not in BACKENDS, reason="numba is not installed")
 
@@ -59,16 +58,7 @@ def test_training_step_allocates_nothing_after_the_first(dims, m, hidden, output
     Xd, Yd = net.prepare(X, Y)
     net.engine.train_step(Xd, Yd, 0.01, check=True)            # first step: workspace, JIT
     assert (net.engine.workspace(m).fused is not None) == fused
-    tracemalloc.start()
-    try:
-        before = tracemalloc.take_snapshot()
-        for i in range(1, 20):
-            net.engine.train_step(Xd, Yd, 0.01, check=True)
-        after = tracemalloc.take_snapshot()
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    grown, peak = allocations(lambda: [net.engine.train_step(Xd, Yd, 0.01, check=True) for _ in range(19)])
     hidden_array = min(dims[1:-1]) * m * np.dtype(dtype).itemsize
     assert grown < 64 * 1024
     assert peak < min(64 * 1024, hidden_array)    # not even a temporary hidden-layer array
@@ -80,10 +70,7 @@ def test_numpy_backend_step_does_allocate():
     net = Network([2, 64, 1], "sigmoid", device="numpy", dtype="float64", seed=0)
     Xd, Yd = net.prepare(X, Y)
     net.engine.train_step(Xd, Yd, 0.01, check=True)
-    tracemalloc.start()
-    net.engine.train_step(Xd, Yd, 0.01, check=True)
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
+    peak = allocations(lambda: net.engine.train_step(Xd, Yd, 0.01, check=True))[1]
     assert peak > 64 * 300 * 8
 
 
@@ -219,19 +206,7 @@ def test_a_compiled_epoch_allocates_nothing_after_its_first_step(optimizer):
     fit = dict(epochs=1, batch_size=64, optimizer=optimizer, learning_rate=1e-3, verbose=0)
     net.fit(X, Y, **fit)                                       # JIT, workspace, buffers
     assert net.engine._compiled("epoch", 64) is not None
-    Xd, Yd = net.prepare(X, Y)
-    XT, YT = net.engine.example_major(Xd, Yd)
-    buffers = {}
-    net.engine.train_epoch(XT, YT, 1e-3, 64, True, 1, buffers)      # this call's gather buffers
-    tracemalloc.start()
-    try:
-        before = tracemalloc.take_snapshot()
-        net.engine.train_epoch(XT, YT, 1e-3, 64, True, 1, buffers)
-        after = tracemalloc.take_snapshot()
-    finally:
-        tracemalloc.stop()
-    grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
-    assert grown < 64 * 1024
+    assert epoch_growth(net, X, Y) < 64 * 1024
     assert net.iteration == 3 * 64 and net.epoch == 3
 
 

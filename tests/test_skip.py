@@ -12,7 +12,7 @@ import pytest
 import fastdnn
 import oracle
 from fastdnn import datasets
-from support import BACKENDS, assert_close
+from support import BACKENDS, allocations, assert_close
 
 ACTS = ["relu", "tanh", "sigmoid", "leaky_relu", "linear"]
 X = np.random.default_rng(10).standard_normal((3, 13))
@@ -348,7 +348,6 @@ def test_steps_on_numba_match_numpy_with_skips_into_the_output(projection, outpu
 def test_a_numba_residual_step_allocates_nothing_after_the_first(compiled, projection, monkeypatch):
     if "numba" not in BACKENDS:
         pytest.skip("numba is not installed")
-    import tracemalloc
     import fastdnn.backends.numba_backend as nb
     monkeypatch.setattr(nb, "BLAS_WHOLE_STEP", compiled)
     monkeypatch.setattr(nb, "WHOLE_STEP_MAX_WORK", 0)
@@ -359,16 +358,8 @@ def test_a_numba_residual_step_allocates_nothing_after_the_first(compiled, proje
     Xd, Yd = net.prepare(rng.randn(dims[0], m), rng.randint(0, 2, (1, m)))
     net.engine.train_step(Xd, Yd, 0.01, check=True)            # first step: workspace, JIT
     assert (net.engine.workspace(m).fused is not None) == compiled
-    tracemalloc.start()
-    try:
-        before = tracemalloc.take_snapshot()
-        for _ in range(10):
-            net.engine.train_step(Xd, Yd, 0.01, check=True)
-        after = tracemalloc.take_snapshot()
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert sum(s.size_diff for s in after.compare_to(before, "filename")) < 64 * 1024
+    grown, peak = allocations(lambda: [net.engine.train_step(Xd, Yd, 0.01, check=True) for _ in range(10)])
+    assert grown < 64 * 1024
     assert peak < 48 * m * 4                # not even one temporary hidden-layer array
 
 
