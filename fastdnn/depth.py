@@ -21,7 +21,20 @@ DEPTHS, WIDTH, ITERATIONS, LEARNING_RATE, SEEDS = (10, 20, 25, 30), 16, 2000, 0.
 def compare(depths=DEPTHS, width=WIDTH, iterations=ITERATIONS, learning_rate=LEARNING_RATE,
             seeds=range(SEEDS), m=600, device="cpu", variants=tuple(VARIANTS)):
     """One row per depth x variant x seed: dict(depth, variant, seed, final cost (nan when the run
-    diverged; the network keeps its last finite parameters), training accuracy, seconds)."""
+    diverged; the network keeps its last finite parameters), training accuracy, seconds). Every fit
+    waits for its compiled loop (no NumPy steps while it compiles in the background: where those hand
+    over depends on timing, and these deep networks turn that rounding difference into other results),
+    so the rows are the same run to run; a first seed's seconds include the compile (the table shows
+    medians)."""
+    from . import engine
+    background, engine.BACKGROUND_COMPILE = engine.BACKGROUND_COMPILE, False
+    try:
+        return _compare(depths, width, iterations, learning_rate, seeds, m, device, variants)
+    finally:
+        engine.BACKGROUND_COMPILE = background
+
+
+def _compare(depths, width, iterations, learning_rate, seeds, m, device, variants):
     from . import Network
     from .errors import TrainingDivergedError
     X, Y = datasets.spirals(m=m, classes=3, seed=0)

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+import fastdnn
 from fastdnn import depth
 
 DEPTH = 25
@@ -55,3 +56,14 @@ def test_a_diverged_run_counts_as_an_infinite_cost_in_the_table():
             for s, (c, a) in enumerate([(0.01, 0.99), (math.nan, 1 / 3), (0.1, 0.97)])]
     line = depth.table(rows, 16, 2000, 0.1).split("\n")[-1]
     assert line == "| 30 | residual (skip=2) | 0.100 (0.010–diverged) | 0.970 (0.333–0.990) | 1/3 | 1.0 |"
+
+
+def test_compare_waits_for_its_compiled_loops_and_restores_the_setting(monkeypatch):
+    """Its rows do not depend on when a background compile finishes (see ``depth.compare``)."""
+    from fastdnn import engine
+    seen, fit = [], fastdnn.Network.fit
+    monkeypatch.setattr(engine, "BACKGROUND_COMPILE", True)
+    monkeypatch.setattr(fastdnn.Network, "fit",
+                        lambda self, *a, **kw: seen.append(engine.BACKGROUND_COMPILE) or fit(self, *a, **kw))
+    rows = depth.compare(depths=(2,), seeds=(0,), iterations=3, variants=("plain",))
+    assert seen == [False] and engine.BACKGROUND_COMPILE is True and len(rows) == 1
