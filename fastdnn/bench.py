@@ -767,7 +767,8 @@ def markdown_table(header, rows):
 
 
 def table(rows):
-    """Markdown tables, one per configuration and dtype: the step section, then the mini-batch one."""
+    """Markdown tables, one per configuration and dtype: the step section, the mini-batch one, then the hidden
+    activations."""
     out = []
     for group in _groups(rows, "step"):
         r0 = group[0]

@@ -181,7 +181,7 @@ def run(mutant, repo, where, timeout):
         f.write(text.replace(mutant.original, mutant.mutated))
     start = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-n", "0",
                                *shlex.split(mutant.tests)], cwd=repo, env=env, timeout=timeout,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         failed = [line.split(" - ")[0][len("FAILED "):] for line in proc.stdout.splitlines()
