@@ -17,6 +17,7 @@ import numpy as np
 _SYMBOLS = [("scipy_cblas_{}gemm64_", 64), ("cblas_{}gemm64_", 64), ("scipy_cblas_{}gemm", 32),
             ("cblas_{}gemm", 32)]
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
+_found = {}          # integer bits -> (the library, its cblas symbol pattern), once int_bits found them
 
 
 def registered_name(char, bits):
@@ -47,8 +48,17 @@ def int_bits():
                 from llvmlite import binding
                 for c, fn in fns.items():
                     binding.add_symbol(registered_name(c, bits), ctypes.cast(fn, ctypes.c_void_p).value)
+                _found[bits] = lib, pattern
                 return bits
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def split_ready(bits):
+    """Whether compiled code can split a GEMM over threads (``_split_gemm``) with the BLAS int_bits found:
+    pthreads and the BLAS's thread-count functions registered."""
+    from ._split_gemm import register_threads
+    return bits in _found and register_threads(*_found[bits])
 
 
 def _checks_out(fn, char, bits):
