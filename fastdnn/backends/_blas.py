@@ -55,10 +55,10 @@ def int_bits():
 
 @functools.lru_cache(maxsize=None)
 def split_ready(bits):
-    """Whether compiled code can split a GEMM over threads (``_split_gemm``) with the BLAS int_bits found:
-    pthreads and the BLAS's thread-count functions registered."""
-    from ._split_gemm import register_threads
-    return bits in _found and register_threads(*_found[bits])
+    """Whether compiled code can split a GEMM over BLAS's threads (``_split_gemm``) with the BLAS int_bits
+    found: its batched GEMMs and thread count registered."""
+    from ._split_gemm import register
+    return bits in _found and register(*_found[bits], bits)
 
 
 def _checks_out(fn, char, bits):

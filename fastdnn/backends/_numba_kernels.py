@@ -420,8 +420,13 @@ def loop_gemm_acc(trans_a, trans_b, A, B, C):
 # take for such products (measured, one thread, float32: (4, 2)·(2, 400) 0.40 vs 0.29 µs, (1, 400)·(400, 4)
 # 0.85 vs 0.20 µs; from ~14 000 on BLAS is as fast or faster) — what a course-sized network's step is made of.
 SMALL_GEMM_MACS = 4096
-# The first layer's GEMMs split their columns over BLAS's threads where ``_split_gemm``'s rule says so.
+# GEMMs with few rows in C split their columns over BLAS's threads where ``_split_gemm``'s rule says so.
 SPLIT_GEMMS = True
+
+
+@register_jitable(**_FLAGS)
+def _no_split(trans_a, trans_b, n, m, k, A, lda, B, ldb, C, ldc):
+    return False
 
 
 @functools.lru_cache(maxsize=None)
@@ -437,6 +442,8 @@ def blas_gemm(dtype, bits, accumulate=False):
         types.int32, types.int32, types.int32, integer, integer, integer, real, types.intp, integer,
         types.intp, integer, real, types.intp, integer))
     size, one, zero = np.dtype(dtype).itemsize, ftype(1.0), ftype(1.0 if accumulate else 0.0)
+    split = None if accumulate or not SPLIT_GEMMS else _split_gemm.split_gemm(dtype, bits)
+    splitting, split = split is not None, split or _no_split
 
     def gemm(trans_a, trans_b, A, B, C):
         n, m = C.shape
@@ -447,42 +454,18 @@ def blas_gemm(dtype, bits, accumulate=False):
             else:
                 loop_gemm(trans_a, trans_b, A, B, C)
             return
-        cblas_gemm(ROW_MAJOR, TRANS if trans_a else NO_TRANS, TRANS if trans_b else NO_TRANS, n, m, k, one,
-                   A.ctypes.data, _leading(A, size), B.ctypes.data, _leading(B, size), zero,
-                   C.ctypes.data, _leading(C, size))
+        ta, tb = TRANS if trans_a else NO_TRANS, TRANS if trans_b else NO_TRANS
+        a, lda, b, ldb = A.ctypes.data, _leading(A, size), B.ctypes.data, _leading(B, size)
+        c, ldc = C.ctypes.data, _leading(C, size)
+        if not (splitting and _split_gemm.splits(n, m, k) and split(ta, tb, n, m, k, a, lda, b, ldb, c, ldc)):
+            cblas_gemm(ROW_MAJOR, ta, tb, n, m, k, one, a, lda, b, ldb, zero, c, ldc)
 
     # A module attribute under its own name: kernels capturing it hash it by reference in their cache
     # key (by value, the ExternalFunction would hash differently in every process: no cache hits).
-    gemm.__name__ = gemm.__qualname__ = f"blas_gemm_{np.dtype(dtype).name}_i{bits}" + ("_acc" if accumulate else "")
+    gemm.__name__ = gemm.__qualname__ = (f"blas_gemm_{np.dtype(dtype).name}_i{bits}" + ("_acc" if accumulate else "")
+                                         + ("_split" if splitting else ""))
     globals()[gemm.__name__] = gemm
     return register_jitable(**_FLAGS)(gemm)
-
-
-@functools.lru_cache(maxsize=None)
-def first_layer_gemm(dtype, bits):
-    """gemm(split, trans_a, trans_b, A, B, C): C = op(A) · op(B) as ``blas_gemm`` (as loops without BLAS:
-    ``bits`` None), with C's columns split over BLAS's threads (``_split_gemm``) when ``split`` and the
-    shape rule allow. Jitable."""
-    gemm = loop_gemm if bits is None else blas_gemm(dtype, bits)
-    split = None if bits is None or not SPLIT_GEMMS else _split_gemm.split_gemm(dtype, bits)
-    if split is None:
-        def unsplit(may_split, trans_a, trans_b, A, B, C):
-            gemm(trans_a, trans_b, A, B, C)
-        return jitable(unsplit, dtype, bits)
-    from ._blas import NO_TRANS, TRANS
-    size = np.dtype(dtype).itemsize
-
-    def first(may_split, trans_a, trans_b, A, B, C):
-        n, m = C.shape
-        k = A.shape[0] if trans_a else A.shape[1]
-        if not (may_split and _split_gemm.splits(n, m, k) and split(
-                TRANS if trans_a else NO_TRANS, TRANS if trans_b else NO_TRANS, n, m, k, A.ctypes.data,
-                _leading(A, size), B.ctypes.data, _leading(B, size), C.ctypes.data, _leading(C, size))):
-            gemm(trans_a, trans_b, A, B, C)
-
-    first.__name__ = first.__qualname__ = f"first_layer_gemm_{np.dtype(dtype).name}_i{bits}"
-    globals()[first.__name__] = first
-    return register_jitable(**_FLAGS)(first)
 
 
 @functools.lru_cache(maxsize=None)
@@ -618,14 +601,11 @@ def _backprop(hidden, output, loss, dtype, blas_bits, skips=(), batch_norm=()):
     normalized layer: Zn = W·A_prev, the batch's μ, σ² into Bf, Zn normalized, Z̃ = γ·Zn + β (+ a skip's S or
     Ws·S), A = g(Z̃); backward: dZ̃, dβ (in b's slot), dγ, the skip's gradient from dZ̃, then dZ through μ, σ²,
     then the GEMMs. The running statistics' entries of dθ are never written (they stay 0).
-
-    The first layer's GEMMs (Z1 = W1·X, dW1 = dZ1·Xᵀ) split over threads where ``_split_gemm``'s rule says so:
-    networks without skips whose later layers are too small for BLAS's threads (``_split_gemm.alone``)."""
+"""
     from . import _numba_batchnorm as BN
     from .._layout import BN_EPSILON
     gemm = loop_gemm if blas_bits is None else blas_gemm(dtype, blas_bits)
     gemm_acc = loop_gemm_acc if blas_bits is None else blas_gemm(dtype, blas_bits, True)
-    gemm_first = first_layer_gemm(dtype, blas_bits)
     forward_hidden, forward_hidden_skip = _bias_activation(hidden, dtype), _bias_skip_activation(hidden, dtype)
     delta_hidden, delta_hidden_skip = _delta_row_sum(hidden, dtype), _delta_row_sum_skip(hidden, dtype)
     if output.name == "softmax":
@@ -642,7 +622,6 @@ def _backprop(hidden, output, loss, dtype, blas_bits, skips=(), batch_norm=()):
 
     def backprop(X, xt, Y, theta, dtheta, dims, pofs, Zf, Af, dAf, Bf, inv_m):
         L, m = dims.shape[0] - 1, X.shape[0] if xt else X.shape[1]
-        split = not skipping and _split_gemm.alone(dims, m)
         A_prev, wo = X, 0
         for l in range(1, L + 1):
             n, k, po = dims[l], dims[l - 1], pofs[l - 1]
@@ -656,7 +635,7 @@ def _backprop(hidden, output, loss, dtype, blas_bits, skips=(), batch_norm=()):
                 so, zo = stats_at[l], stats_size + rows_at[l] * m
                 Zn = Bf[zo:zo + n * m].reshape((n, m))
                 mu, var = Bf[so:so + n].reshape((n, 1)), Bf[so + n:so + 2 * n].reshape((n, 1))
-                gemm_first(split and l == 1, False, xt and l == 1, W, A_prev, Zn)
+                gemm(False, xt and l == 1, W, A_prev, Zn)
                 batch_stats(Zn, mu, var)
                 gamma = theta[go:go + n].reshape((n, 1))
                 if s < 0:
@@ -666,7 +645,7 @@ def _backprop(hidden, output, loss, dtype, blas_bits, skips=(), batch_norm=()):
                     add_skip(Z, X, xt, theta, Af, dims, m, s, o)
                     activate(Z, A)
             else:
-                gemm_first(split and l == 1, False, xt and l == 1, W, A_prev, Z)
+                gemm(False, xt and l == 1, W, A_prev, Z)
                 if s >= 0 and o < 0 and l < L:        # the skip joins the bias + activation pass
                     if s == 0 and xt:
                         forward_hidden_skip(Z, b, X.T, A)
@@ -721,7 +700,7 @@ def _backprop(hidden, output, loss, dtype, blas_bits, skips=(), batch_norm=()):
                     _skip_rows(dZ, _block(dAf, dims, s, m), first[l] == 0)
             wp = wo - k * m
             A_prev = X if l == 1 else Af[wp:wo].reshape((k, m))
-            gemm_first(split and l == 1, False, not (xt and l == 1), dZ, A_prev, dtheta[po:po + n * k].reshape((n, k)))
+            gemm(False, not (xt and l == 1), dZ, A_prev, dtheta[po:po + n * k].reshape((n, k)))
             if l > 1 and skipping and acc[l - 1] == 1:
                 gemm_acc(True, False, theta[po:po + n * k].reshape((n, k)), dZ, dAf[wp:wo].reshape((k, m)))
             elif l > 1:
