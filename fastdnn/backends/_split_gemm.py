@@ -4,14 +4,14 @@ has few rows, where OpenBLAS's threading of a single product loses (it divides t
 threads). (n, k) · (k, m) -> (n, m).
 
 The case that asked for it is a narrow layer on wide inputs — the course's cat network, W1 (20, 12288):
-Z1 = W1 · X (20 × 12288 · 12288 × 209) and dW1 = dZ1 · Xᵀ (20 × 209 · 209 × 12288). Measured on 2 cores, float32, Z1: one
-OpenBLAS call on 2 threads 1.20 ms, on 1 thread 1.78; as a batch of two halves 0.93 ms; the same right after
-another 2-thread product (BLAS's threads already awake) 1.21 vs 0.96 ms. Parts run on threads of our own
-(pthreads from compiled code) were as fast only while BLAS's threads slept: right after a 2-thread product
-they still spin for ~0.1 s and more, and the parts took 1.8 ms.
+Z1 = W1 · X (20 × 12288 · 12288 × 209) and dW1 = dZ1 · Xᵀ (20 × 209 · 209 × 12288). Measured on 2 cores,
+float32, Z1: one OpenBLAS call on 2 threads 1.20 ms, on 1 thread 1.78; as a batch of two halves 0.93 ms;
+the same right after another 2-thread product (BLAS's threads awake) 1.21 vs 0.96 ms. Parts run on threads
+of our own (pthreads started from compiled code) were as fast only while BLAS's threads slept: after a
+2-thread product they spin on the cores for ~0.1 s and more, and the parts then took 1.8 ms.
 
 The batched GEMM and openblas_get_num_threads are registered with LLVM under fixed names (``_blas``), so
-kernels that split stay cacheable on disk; a BLAS without them (OpenBLAS before the batch API) never splits.
+kernels that split stay cacheable on disk; a BLAS without them (OpenBLAS before its batch API) never splits.
 """
 import functools
 
