@@ -218,13 +218,14 @@ def test_the_peak_rate_is_2n_cubed_over_the_best_time(monkeypatch):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_the_physical_limit_is_below_the_gemm_floor(dtype):
     """mnist-256's GEMMs are smaller than the peak's square ones, so they cannot run faster; timing on a
-    shared machine is noisy, hence best-of and up to three tries."""
+    shared machine is noisy (with test workers on every core, a 2048³ product is the likelier to be slowed),
+    hence the best rate and the best floor over up to five tries."""
     config = bench.CONFIGS[2]
     floor = bench.gemm_floor(config, dtype)
-    for _ in range(3):
-        rate = bench.peak_gemm_rate(dtype, repeats=3)
+    rate = 0.0
+    for _ in range(5):
+        rate = max(rate, bench.peak_gemm_rate(dtype, repeats=3))
         assert 1e8 < rate < 1e14
-        floor.times.clear()
         bench.measure([floor], 3)
         if bench.physical_limit_s(config, rate) <= min(floor.times):
             break

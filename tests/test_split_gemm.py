@@ -113,3 +113,36 @@ def test_steps_that_split_train_like_the_numpy_backend(dtype, batch_size):
     np.testing.assert_allclose(costs[1], costs[0], rtol=rtol)
     for key, value in nets[0].parameters.items():
         np.testing.assert_allclose(nets[1].parameters[key], value, rtol=rtol, atol=atol)
+
+
+def test_two_threads_training_at_once_get_what_each_gets_alone():
+    """Two networks whose steps split, trained at once from two threads (both batched BLAS calls in flight on
+    BLAS's one pool), end exactly where each ends trained alone."""
+    import threading
+    from fastdnn import engine
+    _bits()
+    rng = np.random.RandomState(1)
+    X, Y = rng.randn(4096, 300), (rng.rand(1, 300) > 0.5).astype(float)
+
+    def train(seed, out):
+        net = fastdnn.Network([4096, 16, 4, 1], "relu", "sigmoid", device="numba", seed=seed)
+        net.fit(X, Y, learning_rate=0.01, iterations=20, report_every=20)
+        out[seed] = net.parameters
+
+    old = engine.BACKGROUND_COMPILE
+    engine.BACKGROUND_COMPILE = False
+    try:
+        with threadpoolctl.threadpool_limits(2, user_api="blas"):
+            alone, together = {}, {}
+            for seed in (1, 2):
+                train(seed, alone)
+            threads = [threading.Thread(target=train, args=(seed, together)) for seed in (1, 2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    finally:
+        engine.BACKGROUND_COMPILE = old
+    for seed in (1, 2):
+        for key, value in alone[seed].items():
+            np.testing.assert_array_equal(together[seed][key], value)
