@@ -85,6 +85,15 @@ def test_the_rule_splits_narrow_layers_with_much_work():
     assert not S.splits(32, 209, 12288) and not S.splits(20, 209, 400)
 
 
+def test_a_blas_without_the_batch_api_is_not_registered():
+    """An OpenBLAS older than cblas_?gemm_batch (here: a library with only the GEMMs) never splits."""
+    from fastdnn.backends import _split_gemm as S
+
+    class OldBLAS:
+        scipy_cblas_sgemm64_ = scipy_cblas_dgemm64_ = scipy_openblas_get_num_threads64_ = object()
+    assert not S.register(OldBLAS(), "scipy_cblas_{}gemm64_", 64)
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("batch_size", [None, 200])
 def test_steps_that_split_train_like_the_numpy_backend(dtype, batch_size):

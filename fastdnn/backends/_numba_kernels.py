@@ -600,8 +600,7 @@ def _backprop(hidden, output, loss, dtype, blas_bits, skips=(), batch_norm=()):
     batch_norm = (gamma_at, mean_at, var_at, stats_at, rows_at, stats_size) (``_numba_batchnorm``): a
     normalized layer: Zn = W·A_prev, the batch's μ, σ² into Bf, Zn normalized, Z̃ = γ·Zn + β (+ a skip's S or
     Ws·S), A = g(Z̃); backward: dZ̃, dβ (in b's slot), dγ, the skip's gradient from dZ̃, then dZ through μ, σ²,
-    then the GEMMs. The running statistics' entries of dθ are never written (they stay 0).
-"""
+    then the GEMMs. The running statistics' entries of dθ are never written (they stay 0)."""
     from . import _numba_batchnorm as BN
     from .._layout import BN_EPSILON
     gemm = loop_gemm if blas_bits is None else blas_gemm(dtype, blas_bits)

@@ -53,8 +53,8 @@ def split_gemm(dtype, bits):
     """split(trans_a, trans_b, n, m, k, A, lda, B, ldb, C, ldc) -> bool (arguments as cblas_?gemm's, pointers
     as integers; C is written, beta = 0): C's columns in one part per BLAS thread, all parts one batched
     call; False (nothing done) when BLAS has one thread, or C too few columns, or the parts would be too
-    small (SPLIT_MIN_COLUMNS, BATCH_SMALL_MACS). None when the BLAS has no
-    batched GEMM (``_blas.split_ready``). Jitable."""
+    small (SPLIT_MIN_COLUMNS, BATCH_SMALL_MACS). None when the BLAS has no batched GEMM
+    (``_blas.split_ready``). Jitable."""
     from . import _blas
     from ._blas import ROW_MAJOR, TRANS
     char = "s" if np.dtype(dtype) == np.float32 else "d"
@@ -73,7 +73,7 @@ def split_gemm(dtype, bits):
         if parts < 2:
             return False
         trans = np.empty((2, parts), np.int32)
-        sizes = np.empty((8, parts), integer)          # M, N, K, lda, ldb, ldc, group size
+        sizes = np.empty((7, parts), integer)          # M, N, K, lda, ldb, ldc, group size
         scalars = np.empty((2, parts), ftype)          # alpha, beta
         pointers = np.empty((3, parts), np.intp)       # A, B, C
         for q in range(parts):                         # columns j0:j1, m // parts or one more
