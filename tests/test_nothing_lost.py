@@ -94,6 +94,24 @@ def test_divergence_restores_parameters_optimizer_state_and_counters_together(ba
     assert len(err.history) >= 1 and net.history is err.history
 
 
+def test_a_cost_that_overflows_while_every_output_is_finite_stops_at_its_step(backend):
+    """The compiled loop computes the cost of the steps it does not report only when their outputs do not
+    prove it finite (``_numba_kernels._output_delta``). Here gradient descent on a linear model grows the
+    outputs ~10x a step; at the step where the float64 squared error first overflows every output is still
+    finite (~1e154), and every backend stops at that very step."""
+    X, Y = moons()
+    net = Network([2, 1], "relu", "linear", device=backend, dtype="float64", seed=0)
+    with pytest.raises(TrainingDivergedError) as e:
+        net.fit(X, Y, learning_rate=7.0, iterations=1000, report_every=1000, verbose=0)
+    j = e.value.iteration
+    assert e.value.restored_iteration == j - 1 == net.iteration and e.value.cost == np.inf
+    W, b = net.parameters["W1"], net.parameters["b1"]          # iteration j - 1's
+    assert np.isfinite(0.5 * ((W @ X + b - Y) ** 2).sum())
+    dZ = (W @ X + b - Y) / X.shape[1]                          # the oracle's step j
+    Z = (W - 7.0 * dZ @ X.T) @ X + (b - 7.0 * dZ.sum())
+    assert np.isfinite(Z).all() and 0.5 * ((Z - Y) ** 2).sum() == np.inf
+
+
 def test_mini_batch_divergence_counts_iterations_like_the_network(backend):
     X, Y = moons(256)
     net = Network([2, 8, 1], device=backend, dtype="float64", seed=0)

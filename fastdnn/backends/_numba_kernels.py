@@ -21,8 +21,12 @@ import hashlib
 
 import numba
 import numpy as np
-from numba.extending import register_jitable
+from numba.core import cgutils, types
+from numba.core.imputils import impl_ret_borrowed
+from numba.extending import intrinsic, register_jitable
+from numba.np.arrayobj import make_array, populate_array
 
+from ..activations import get_activation
 from . import _split_gemm
 from ._fastmath import fast_loss_scalar, fast_scalar
 
@@ -41,6 +45,32 @@ def jitable(fn, *key):
 
 
 njit = functools.partial(numba.njit, cache=True, **_FLAGS)
+
+
+@register_jitable(**_FLAGS)
+def _view(flat, start, n, m):
+    """flat[start:start + n m] as an (n, m) C-contiguous view of a 1-D contiguous array, the same array as
+    ``.reshape((n, m))`` of that slice without Numba's reshape helper call (25 ns a view, measured; a step
+    of a small network makes dozens). The caller keeps start + n m within flat (nothing checks it)."""
+    return _view_of(flat, start, n, m)
+
+
+# An intrinsic pickles with a per-process id: kernels reach it only through _view (a plain function,
+# pickled by reference), so that their cache keys stay the same in every process.
+@intrinsic
+def _view_of(typingctx, flat, start, n, m):
+    result = types.Array(flat.dtype, 2, "C")
+
+    def codegen(context, builder, sig, args):
+        source, out = make_array(sig.args[0])(context, builder, args[0]), make_array(result)(context, builder)
+        start, n, m = (context.cast(builder, v, t, types.intp) for v, t in zip(args[1:], sig.args[1:]))
+        itemsize = source.itemsize
+        populate_array(out, data=builder.gep(source.data, [start]), shape=cgutils.pack_array(builder, [n, m]),
+                       strides=cgutils.pack_array(builder, [builder.mul(m, itemsize), itemsize]),
+                       itemsize=itemsize, meminfo=source.meminfo, parent=source.parent)
+        return impl_ret_borrowed(context, builder, result, out._getvalue())
+
+    return result(flat, start, n, m), codegen
 
 
 @functools.lru_cache(maxsize=None)
@@ -180,6 +210,37 @@ def _output_elementwise(loss, activation, dtype):
         return total * inv_m
 
     return jitable(kernel, *key)
+
+
+@functools.lru_cache(maxsize=None)
+def _output_delta(loss, activation, dtype):
+    """dZ = (A - Y)/m (times g'(Z) off the canonical pair), and G = Σ |z| + |a| + |y| in the dtype: the
+    output pass without the cost, for the steps whose cost only needs to be finite. Every loss's entry is
+    at most 2(|z| + |a| + |y|)² + 1 + |y| ln n, so G ≤ COST_SAFE (or any G below the dtype's √max / 8)
+    proves J finite; NaN or ∞ anywhere makes G fail that test. (n, m) arrays -> G."""
+    canonical = activation.name == loss.canonical
+    _, dg = _scalar(get_activation("linear") if canonical else activation, dtype)    # dg: unused if canonical
+    ftype = np.dtype(dtype).type
+
+    def kernel(Z, A, Y, dZ, inv_m):
+        n, m = Z.shape
+        guard = ftype(0.0)
+        for i in range(n):
+            for j in range(m):
+                z, a, y = Z[i, j], A[i, j], Y[i, j]
+                guard += abs(z) + abs(a) + abs(y)
+                d = a - y
+                if not canonical:
+                    d = d * dg(z, a)
+                dZ[i, j] = d * inv_m
+        return guard
+
+    return jitable(kernel, loss, activation, dtype)
+
+
+def cost_safe(dtype):
+    """The largest G (``_output_delta``) taken as proof that a step's cost is finite: √max / 8."""
+    return np.dtype(dtype).type(np.sqrt(np.finfo(dtype).max) / 8)
 
 
 @functools.lru_cache(maxsize=None)
@@ -362,8 +423,10 @@ def gemm_nn(W, A, Z):
     """Z = W · A. W (n, k), A (k, m) -> Z (n, m)."""
     n, k = W.shape
     for i in range(n):
-        Z[i, :] = 0
-        for p in range(k):
+        w = W[i, 0]
+        for j in range(A.shape[1]):
+            Z[i, j] = w * A[0, j]
+        for p in range(1, k):
             w = W[i, p]
             for j in range(A.shape[1]):
                 Z[i, j] += w * A[p, j]
@@ -384,8 +447,11 @@ def gemm_nt(dZ, A, dW):
 def gemm_tn(W, dZ, dA):
     """dA = Wᵀ · dZ. W (n, k), dZ (n, m) -> dA (k, m)."""
     n, k = W.shape
-    dA[:, :] = 0
-    for i in range(n):
+    for p in range(k):
+        w = W[0, p]
+        for j in range(dZ.shape[1]):
+            dA[p, j] = w * dZ[0, j]
+    for i in range(1, n):
         for p in range(k):
             w = W[i, p]
             for j in range(dZ.shape[1]):
@@ -509,7 +575,7 @@ def _block_offset(dims, l, m):
 def _block(flat, dims, l, m):
     """Layer l's (n_l, m) block of a flat workspace buffer (l >= 1)."""
     o, n = _block_offset(dims, l, m), dims[l]
-    return flat[o:o + n * m].reshape((n, m))
+    return _view(flat, o, n, m)
 
 
 @register_jitable(**_FLAGS)
@@ -545,7 +611,7 @@ def _skip_blocks(dtype, blas_bits):
     def add_skip(Z, X, xt, theta, Af, dims, m, s, o):
         n, ns = Z.shape[0], dims[s]
         if o >= 0:
-            Ws = theta[o:o + n * ns].reshape((n, ns))
+            Ws = _view(theta, o, n, ns)
             if s == 0:
                 gemm_acc(False, xt, Ws, X, Z)
             else:
@@ -559,12 +625,12 @@ def _skip_blocks(dtype, blas_bits):
 
     def project(dZ, X, xt, theta, dtheta, Af, dAf, dims, m, s, o, first):
         n, ns = dZ.shape[0], dims[s]
-        dWs = dtheta[o:o + n * ns].reshape((n, ns))
+        dWs = _view(dtheta, o, n, ns)
         if s == 0:
             gemm(False, not xt, dZ, X, dWs)
             return
         gemm(False, True, dZ, _block(Af, dims, s, m), dWs)
-        Ws = theta[o:o + n * ns].reshape((n, ns))
+        Ws = _view(theta, o, n, ns)
         if first:
             gemm(True, False, Ws, dZ, _block(dAf, dims, s, m))
         else:
@@ -583,12 +649,13 @@ def _backprop(hidden, output, loss, dtype, blas_bits, skips=(), batch_norm=()):
     residual and batch-normalized networks and their combinations: GEMMs as loops, or through NumPy's BLAS
     when ``blas_bits`` (its integer width) is given.
 
-    backprop(X, xt, Y, theta, dtheta, dims, pofs, Zf, Af, dAf, Bf, inv_m) -> J: X is (n0, m), or (m, n0)
-    when ``xt`` (one example per row: the first layer's GEMMs take it transposed); parameters are read
-    from the flat θ (W[l] at pofs[l-1], b[l] (β[l]) after it), Z, A, dA from flat work buffers (layer l's
-    (n_l, m) block after the layers before it), the batch-norm work from Bf (any array without batch norm:
-    never read); dθ is written only when J is finite. The compile-time plans (empty: none; their branches
-    compile away):
+    backprop(X, xt, Y, theta, dtheta, dims, pofs, Zf, Af, dAf, Bf, inv_m, want_cost=True) -> J: X is (n0,
+    m), or (m, n0) when ``xt`` (one example per row: the first layer's GEMMs take it transposed); parameters
+    are read from the flat θ (W[l] at pofs[l-1], b[l] (β[l]) after it), Z, A, dA from flat work buffers
+    (layer l's (n_l, m) block after the layers before it), the batch-norm work from Bf (any array without
+    batch norm: never read); dθ is written only when J is finite. Without ``want_cost``, J is computed only
+    where the outputs do not prove it finite (``_output_delta``), else 0 is returned. The compile-time plans
+    (empty: none; their branches compile away):
 
     skips = (src, off, first, acc), tuples of L + 1 ints indexed by layer: src[k] the layer l whose output
     skips into z[k] (-1: none); off[k] the offset of its learned Ws (n_k, n_l) in θ (-1: identity or
@@ -611,6 +678,7 @@ def _backprop(hidden, output, loss, dtype, blas_bits, skips=(), batch_norm=()):
         forward_output, output_pass = _bias_softmax(dtype), _output_softmax_ce(dtype)
     else:
         forward_output, output_pass = _bias_activation(output, dtype), _output_elementwise(loss, output, dtype)
+    output_delta, safe = _output_delta(loss, output, dtype), cost_safe(dtype)
     add_skip, project = _skip_blocks(dtype, blas_bits)
     normalize, shift = BN._batch_norm_activation(hidden, dtype), BN._batch_norm_shift(dtype)
     activate, delta_normalized = BN._activation(hidden, dtype), BN._batch_norm_delta(hidden, dtype)
@@ -619,24 +687,24 @@ def _backprop(hidden, output, loss, dtype, blas_bits, skips=(), batch_norm=()):
     src, off, first, acc = skips or _NO_SKIPS
     gamma_at, _, _, stats_at, rows_at, stats_size = batch_norm or _NO_BATCH_NORM
 
-    def backprop(X, xt, Y, theta, dtheta, dims, pofs, Zf, Af, dAf, Bf, inv_m):
+    def backprop(X, xt, Y, theta, dtheta, dims, pofs, Zf, Af, dAf, Bf, inv_m, want_cost=True):
         L, m = dims.shape[0] - 1, X.shape[0] if xt else X.shape[1]
         A_prev, wo = X, 0
         for l in range(1, L + 1):
             n, k, po = dims[l], dims[l - 1], pofs[l - 1]
-            W = theta[po:po + n * k].reshape((n, k))
-            b = theta[po + n * k:po + n * k + n].reshape((n, 1))
-            Z, A = Zf[wo:wo + n * m].reshape((n, m)), Af[wo:wo + n * m].reshape((n, m))
+            W = _view(theta, po, n, k)
+            b = _view(theta, po + n * k, n, 1)
+            Z, A = _view(Zf, wo, n, m), _view(Af, wo, n, m)
             s = src[l] if skipping else -1
             o = off[l] if skipping else -1
             go = gamma_at[l] if normalizing else -1
             if go >= 0:
                 so, zo = stats_at[l], stats_size + rows_at[l] * m
-                Zn = Bf[zo:zo + n * m].reshape((n, m))
-                mu, var = Bf[so:so + n].reshape((n, 1)), Bf[so + n:so + 2 * n].reshape((n, 1))
+                Zn = _view(Bf, zo, n, m)
+                mu, var = _view(Bf, so, n, 1), _view(Bf, so + n, n, 1)
                 gemm(False, xt and l == 1, W, A_prev, Zn)
                 batch_stats(Zn, mu, var)
-                gamma = theta[go:go + n].reshape((n, 1))
+                gamma = _view(theta, go, n, 1)
                 if s < 0:
                     normalize(Zn, mu, var, eps, gamma, b, Z, A)
                 else:                                  # ResNet's order: normalize, add the skip, activate
@@ -663,29 +731,31 @@ def _backprop(hidden, output, loss, dtype, blas_bits, skips=(), batch_norm=()):
             wo += n * m
         n = dims[L]
         wo -= n * m
-        cost = output_pass(Zf[wo:wo + n * m].reshape((n, m)), Af[wo:wo + n * m].reshape((n, m)), Y,
-                           dAf[wo:wo + n * m].reshape((n, m)), inv_m)
+        Z, A, dZ = _view(Zf, wo, n, m), _view(Af, wo, n, m), _view(dAf, wo, n, m)
+        cost = 0.0
+        if want_cost or not output_delta(Z, A, Y, dZ, inv_m) <= safe:
+            cost = output_pass(Z, A, Y, dZ, inv_m)
         if not np.isfinite(cost):
             return cost
         for l in range(L, 0, -1):
             n, k, po = dims[l], dims[l - 1], pofs[l - 1]
-            dZ = dAf[wo:wo + n * m].reshape((n, m))
-            db = dtheta[po + n * k:po + n * k + n].reshape((n, 1))
-            Z, A = Zf[wo:wo + n * m].reshape((n, m)), Af[wo:wo + n * m].reshape((n, m))
+            dZ = _view(dAf, wo, n, m)
+            db = _view(dtheta, po + n * k, n, 1)
+            Z, A = _view(Zf, wo, n, m), _view(Af, wo, n, m)
             s = src[l] if skipping else -1
             o = off[l] if skipping else -1
             go = gamma_at[l] if normalizing else -1
             direct = s >= 1 and o < 0                  # identity or padding from a hidden layer: dA[s] gets dZ
             if go >= 0:
                 so, zo = stats_at[l], stats_size + rows_at[l] * m
-                Zn, var = Bf[zo:zo + n * m].reshape((n, m)), Bf[so + n:so + 2 * n].reshape((n, 1))
-                dgamma = dtheta[go:go + n].reshape((n, 1))
+                Zn, var = _view(Bf, zo, n, m), _view(Bf, so + n, n, 1)
+                dgamma = _view(dtheta, go, n, 1)
                 delta_normalized(dZ, Z, A, Zn, dgamma, db)
                 if direct:                             # the skip's gradient is dZ̃, before dZ replaces it
                     _skip_rows(dZ, _block(dAf, dims, s, m), first[l] == 0)
                 elif s >= 0 and o >= 0:
                     project(dZ, X, xt, theta, dtheta, Af, dAf, dims, m, s, o, first[l] == 1)
-                normalized_backward(dZ, Zn, var, eps, theta[go:go + n].reshape((n, 1)), dgamma, db)
+                normalized_backward(dZ, Zn, var, eps, _view(theta, go, n, 1), dgamma, db)
             elif l < L and direct:
                 dS = _block(dAf, dims, s, m)
                 delta_hidden_skip(dZ, Z, A, db, dS, first[l] == 0)
@@ -698,12 +768,12 @@ def _backprop(hidden, output, loss, dtype, blas_bits, skips=(), batch_norm=()):
                 if direct:
                     _skip_rows(dZ, _block(dAf, dims, s, m), first[l] == 0)
             wp = wo - k * m
-            A_prev = X if l == 1 else Af[wp:wo].reshape((k, m))
-            gemm(False, not (xt and l == 1), dZ, A_prev, dtheta[po:po + n * k].reshape((n, k)))
+            A_prev = X if l == 1 else _view(Af, wp, k, m)
+            gemm(False, not (xt and l == 1), dZ, A_prev, _view(dtheta, po, n, k))
             if l > 1 and skipping and acc[l - 1] == 1:
-                gemm_acc(True, False, theta[po:po + n * k].reshape((n, k)), dZ, dAf[wp:wo].reshape((k, m)))
+                gemm_acc(True, False, _view(theta, po, n, k), dZ, _view(dAf, wp, k, m))
             elif l > 1:
-                gemm(True, False, theta[po:po + n * k].reshape((n, k)), dZ, dAf[wp:wo].reshape((k, m)))
+                gemm(True, False, _view(theta, po, n, k), dZ, _view(dAf, wp, k, m))
             if go < 0 and s >= 0 and o >= 0:
                 project(dZ, X, xt, theta, dtheta, Af, dAf, dims, m, s, o, first[l] == 1)
             wo = wp
@@ -791,7 +861,7 @@ def _whole_epoch(hidden, output, loss, optimizer, dtype, blas_bits, skips, batch
         total = 0.0
         for k, start in enumerate(range(0, m, B)):
             mb = min(B, m - start)
-            Xb, Yb = XbT[:mb], Ybf[:nL * mb].reshape((nL, mb))
+            Xb, Yb = XbT[:mb], _view(Ybf, 0, nL, mb)
             for r in range(mb):
                 src = order[start + r]
                 for c in range(n0):
@@ -835,7 +905,7 @@ def _whole_loop(hidden, output, loss, optimizer, dtype, blas_bits, skips, batch_
         first = 0.0
         for i in range(rates.shape[0]):
             c = current[0]
-            cost = backprop(X, xt, Y, thetas[c], dtheta, dims, pofs, Zf, Af, dAf, Bf, inv_m)
+            cost = backprop(X, xt, Y, thetas[c], dtheta, dims, pofs, Zf, Af, dAf, Bf, inv_m, i == 0)
             if i == 0:
                 first = cost
             if not np.isfinite(cost):
@@ -850,6 +920,7 @@ def _whole_loop(hidden, output, loss, optimizer, dtype, blas_bits, skips, batch_
 def whole_loop(hidden, output, loss, optimizer, dtype, blas_bits=None, skips=(), batch_norm=()):
     """k full-batch steps in one call: loop(X, xt, Y, rates, thetas, states1, states2, dtheta, dims, pofs, Zf,
     Af, dAf, Bf, counters, current) -> (first J, steps taken, the diverging cost): ``rates`` holds each
-    step's α; a step whose cost is not finite stops before its update; with batch norm, each update is
+    step's α; a step whose cost is not finite stops before its update (after the first, a step's cost is
+    computed only where its outputs do not prove it finite: ``_output_delta``); with batch norm, each update is
     followed by the new slot's running μ, σ². Plans and Bf: see ``whole_step``."""
     return _whole_loop(hidden, output, loss, optimizer, dtype, blas_bits, skips, batch_norm)
