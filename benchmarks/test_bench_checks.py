@@ -112,12 +112,14 @@ def test_every_step_candidate_computes_the_oracle_step(config, dtype, impl):
     assert_parameters(candidate.params(), want, start, dtype)
 
 
-MINI_IMPLS = [*BACKENDS, "torch", "jax"]
+MINI_IMPLS = [*BACKENDS, *(f"{b} X = data.T" for b in BACKENDS), "torch", "jax"]
 
 
 def build_epoch(impl, config, dtype, lr=1e-3):
     if impl in BACKENDS:
         return bench.network_epoch(config, dtype, impl, learning_rate=lr)
+    if impl.endswith(" X = data.T"):
+        return bench.network_epoch(config, dtype, impl.split()[0], learning_rate=lr, example_major=True)
     if impl == "torch":
         pytest.importorskip("torch")
         return bench.torch_adam_epoch(config, dtype, learning_rate=lr)
@@ -241,7 +243,8 @@ def test_run_reports_the_limit_and_the_minibatch_section(tmp_path):
     step = [r for r in rows if r["section"] == "step"]
     mini = [r for r in rows if r["section"] == "minibatch"]
     assert {r["implementation"] for r in step} >= {"gemm floor", "fastdnn numpy"}
-    assert {r["implementation"] for r in mini} == {"fastdnn numpy fit epoch", "fastdnn numpy full-batch step (B examples)"}
+    assert {r["implementation"] for r in mini} == {"fastdnn numpy fit epoch", "fastdnn numpy fit epoch, X = data.T",
+                                                   "fastdnn numpy full-batch step (B examples)"}
     for r in rows:
         config = moons if r["section"] == "minibatch" else bench.CONFIGS[0]
         assert r["limit_s"] == pytest.approx(bench.physical_limit_s(config, peak))

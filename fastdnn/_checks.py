@@ -30,12 +30,16 @@ def as_float_array(backend, x, name, dtype):
 
 
 def check_finite(backend, x, name, source=None):
-    """NaN or ±inf anywhere in x -> ValueError naming the first; NaN-propagating min and max, so no
-    x-sized temporary. ``source``: the data before the cast to x's dtype, to tell an overflow apart."""
+    """NaN or ±inf anywhere in x -> ValueError naming the first; no x-sized temporary. On the host one
+    pass: a finite sum proves every entry finite (∞ and NaN stick); one that is not (or overflowed) is
+    settled by NaN-propagating min and max. ``source``: the data before the cast to x's dtype, to tell
+    an overflow apart."""
     if x.size == 0:
         return
-    if backend.xp is np:                     # host: two reductions, no stack (a small fit's call is µs)
-        if np.isfinite(x.min()) and np.isfinite(x.max()):
+    if backend.xp is np:                     # host: reductions to a scalar, no stack (a small fit's call is µs)
+        with np.errstate(over="ignore", invalid="ignore"):
+            finite = np.isfinite(x.sum())
+        if finite or (np.isfinite(x.min()) and np.isfinite(x.max())):
             return
     elif np.isfinite(backend.to_numpy(backend.xp.stack([x.min(), x.max()]))).all():
         return

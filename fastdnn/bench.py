@@ -403,15 +403,20 @@ def jax_adam_epoch(config, dtype, learning_rate=1e-3, beta1=0.9, beta2=0.999, ep
 
 
 # --- the mini-batch section -------------------------------------------------------------------------
-def network_epoch(config, dtype, backend, learning_rate=1e-3):
+def network_epoch(config, dtype, backend, learning_rate=1e-3, example_major=False):
     """fastdnn through its public API: one ``net.fit(epochs=1, batch_size=B, optimizer="adam")`` call
-    is one shuffled epoch (the network keeps its parameters and Adam state between calls)."""
+    is one shuffled epoch (the network keeps its parameters and Adam state between calls). X is in the
+    course's layout, (n0, m) C-ordered, which each call copies to one example per row; with
+    ``example_major``, X = data.T for example-major data (m, n0) — what the course's own loading code,
+    ``X = data.reshape(m, -1).T``, and a PyTorch-style dataset give — which needs no copy."""
     from . import Network
     X, Y = problem(config, dtype)
+    X = np.asfortranarray(X) if example_major else X
     net = Network(config.layer_dims, config.hidden, config.output, device=backend, dtype=dtype, seed=0)
     run = lambda: net.fit(X, Y, epochs=1, batch_size=config.batch_size, optimizer="adam",
                           learning_rate=learning_rate, verbose=0)
-    return Candidate(f"fastdnn {net.backend.name} fit epoch", "epoch", "numpy", run, net.backend.name,
+    name = f"fastdnn {net.backend.name} fit epoch" + (", X = data.T" if example_major else "")
+    return Candidate(name, "epoch", "numpy", run, net.backend.name,
                      net.device, net=net, steps=-(-config.m // config.batch_size),
                      params=lambda: _host_params(net), steps_done=lambda: net.iteration)
 
@@ -484,6 +489,7 @@ def minibatch_candidates(config, dtype, backends=None, others=True):
     reference = "numba" if "numba" in names else names[0]
     found = [network_batch_step(config, dtype, reference)]
     found += [network_epoch(config, dtype, name) for name in names]
+    found.append(network_epoch(config, dtype, reference, example_major=True))
     for make in (torch_adam_epoch, jax_adam_epoch, sklearn_adam_epoch) if others else ():
         try:
             found.append(make(config, dtype))

@@ -295,6 +295,23 @@ def test_checking_X_allocates_no_X_sized_temporary(backend):
     assert peak < X.nbytes / 8, peak        # an X-sized bool temporary alone would be X.nbytes / 8
 
 
+def test_mini_batches_of_example_major_data_copy_nothing_X_sized(backend):
+    """X = data.T for example-major data (m, n0), as the course's loading code makes it, is already one
+    example per row: an epoch gathers its batches from it with no copy of X; a C-ordered X is copied once
+    per call (which this peak sees)."""
+    import tracemalloc
+    data, Y = np.random.RandomState(0).rand(4096, 200), (np.arange(4096) % 2).reshape(1, -1)
+    peaks = {}
+    for layout, X in (("data.T", data.T), ("C-ordered", np.ascontiguousarray(data.T))):
+        net = Network([200, 4, 1], device=backend, dtype="float64", seed=0)
+        net.fit(X, Y, epochs=1, batch_size=256, verbose=0)
+        tracemalloc.start()
+        net.fit(X, Y, epochs=1, batch_size=256, verbose=0)
+        peaks[layout] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peaks["data.T"] < data.nbytes / 8 <= data.nbytes <= peaks["C-ordered"], peaks
+
+
 LAYOUTS = {
     "reversed rows": lambda X: X[::-1],
     "reversed columns": lambda X: X[:, ::-1],
