@@ -106,6 +106,8 @@ def _label_summary(backend, Y, loss, ids, shaped):
     xp = backend.xp
     if Y.size == 0:
         return 0.0, 0.0, True, False, 0.0
+    if xp is np and loss.name == "bce" and not np.count_nonzero((Y != 0) & (Y != 1)):
+        return 0.0, 1.0, True, False, 0.0                    # all 0 or 1 (NaN is neither): nothing else to know
     zero = 0.0 if xp is np else xp.zeros((), np.float64)     # on the host: plain numbers, nothing stacked
     parts = [Y.min(), Y.max(),
              xp.all(Y == xp.round(Y)) if ids else zero + 1,
