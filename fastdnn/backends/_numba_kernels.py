@@ -216,8 +216,8 @@ def _output_elementwise(loss, activation, dtype):
 def _output_delta(loss, activation, dtype):
     """dZ = (A - Y)/m (times g'(Z) off the canonical pair), and G = Σ |z| + |a| + |y| in the dtype: the
     output pass without the cost, for the steps whose cost only needs to be finite. Every loss's entry is
-    at most 2(|z| + |a| + |y|)² + 1 + |y| ln n, so G ≤ COST_SAFE (or any G below the dtype's √max / 8)
-    proves J finite; NaN or ∞ anywhere makes G fail that test. (n, m) arrays -> G."""
+    at most 2(|z| + |a| + |y|)² + 1 + |y| ln n, so G ≤ ``cost_safe(dtype)`` (the dtype's √max / 8) proves J
+    finite (tests/test_output_delta.py); NaN or ∞ anywhere makes G fail that test. (n, m) arrays -> G."""
     canonical = activation.name == loss.canonical
     _, dg = _scalar(get_activation("linear") if canonical else activation, dtype)    # dg: unused if canonical
     ftype = np.dtype(dtype).type
