@@ -190,11 +190,25 @@ def _delta_row_sum_skip(activation, dtype):
 
 
 @functools.lru_cache(maxsize=None)
+def _output_delta_scalar(loss, activation, dtype):
+    """dz = (a - y)/m, times g'(z) off the canonical pair (softmax: always canonical). Jitable scalar."""
+    canonical = activation.name == loss.canonical
+    _, dg = _scalar(get_activation("linear") if canonical else activation, dtype)    # dg: unused if canonical
+
+    def delta(z, a, y, inv_m):
+        d = a - y
+        if not canonical:
+            d = d * dg(z, a)
+        return d * inv_m
+
+    return jitable(delta, loss, activation, dtype)
+
+
+@functools.lru_cache(maxsize=None)
 def _output_elementwise(loss, activation, dtype):
     key = (loss, activation, dtype)
     cost = jitable(fast_loss_scalar(loss, dtype), loss, dtype)
-    canonical = activation.name == loss.canonical
-    _, dg = _scalar(activation, dtype)
+    delta = _output_delta_scalar(loss, activation, dtype)
 
     def kernel(Z, A, Y, dZ, inv_m):
         n, m = Z.shape
@@ -203,10 +217,7 @@ def _output_elementwise(loss, activation, dtype):
             for j in range(m):
                 z, a, y = Z[i, j], A[i, j], Y[i, j]
                 total += cost(z, a, y)
-                d = a - y
-                if not canonical:
-                    d = d * dg(z, a)
-                dZ[i, j] = d * inv_m
+                dZ[i, j] = delta(z, a, y, inv_m)
         return total * inv_m
 
     return jitable(kernel, *key)
@@ -214,13 +225,11 @@ def _output_elementwise(loss, activation, dtype):
 
 @functools.lru_cache(maxsize=None)
 def _output_delta(loss, activation, dtype):
-    """dZ = (A - Y)/m (times g'(Z) off the canonical pair), and G = Σ |z| + |a| + |y| in the dtype: the
+    """dZ (``_output_delta_scalar``, as the output pass writes it), and G = Σ |z| + |a| + |y| in the dtype: the
     output pass without the cost, for the steps whose cost only needs to be finite. Every loss's entry is
     at most 2(|z| + |a| + |y|)² + 1 + |y| ln n, so G ≤ ``cost_safe(dtype)`` (the dtype's √max / 8) proves J
     finite (tests/test_output_delta.py); NaN or ∞ anywhere makes G fail that test. (n, m) arrays -> G."""
-    canonical = activation.name == loss.canonical
-    _, dg = _scalar(get_activation("linear") if canonical else activation, dtype)    # dg: unused if canonical
-    ftype = np.dtype(dtype).type
+    delta, ftype = _output_delta_scalar(loss, activation, dtype), np.dtype(dtype).type
 
     def kernel(Z, A, Y, dZ, inv_m):
         n, m = Z.shape
@@ -229,10 +238,7 @@ def _output_delta(loss, activation, dtype):
             for j in range(m):
                 z, a, y = Z[i, j], A[i, j], Y[i, j]
                 guard += abs(z) + abs(a) + abs(y)
-                d = a - y
-                if not canonical:
-                    d = d * dg(z, a)
-                dZ[i, j] = d * inv_m
+                dZ[i, j] = delta(z, a, y, inv_m)
         return guard
 
     return jitable(kernel, loss, activation, dtype)
