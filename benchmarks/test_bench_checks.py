@@ -275,13 +275,46 @@ def test_run_takes_the_minibatch_section_with_every_configuration_and_only_moons
         monkeypatch.setattr(bench, name, lambda config, dtype, *rest: config)
     monkeypatch.setattr(bench, "measure", lambda found, rounds: found)
     for name in ("summarize", "summarize_minibatch"):
-        monkeypatch.setattr(bench, name, lambda config, dtype, found, rate: [config.name])
+        monkeypatch.setattr(bench, name, lambda config, dtype, found, rate: [dict(config=config.name, dtype=dtype)])
     monkeypatch.setattr(bench, "machine_info", dict)
     monkeypatch.setattr(bench, "activation_candidates", lambda config, dtype, *rest: config)
-    monkeypatch.setattr(bench, "summarize_activations", lambda config, dtype, found: ["act " + config.name])
-    names = lambda configs, rounds: bench.run(configs, ("float32",), rounds=rounds, progress=False)[0]
+    monkeypatch.setattr(bench, "summarize_activations",
+                        lambda config, dtype, found: [dict(config="act " + config.name, dtype=dtype)])
+    names = lambda configs, rounds: [r["config"] for r in  # noqa: E731
+                                     bench.run(configs, ("float32",), rounds=rounds, progress=False)[0]]
     steps = [c.name for c in bench.CONFIGS]
     acts = ["act " + c.name for c in bench.ACTIVATION_CONFIGS]
     assert names(bench.CONFIGS, 15) == steps + [c.name for c in bench.MINIBATCH_CONFIGS] + acts
     assert names(bench.CONFIGS, 3) == steps + ["moons-b64"] + acts[:1]
     assert names(bench.CONFIGS[:2], 15) == steps[:2]
+
+
+def test_each_table_records_the_machine_speed_and_a_slow_one_is_flagged(tmp_path, monkeypatch, capsys):
+    """The peak GEMM rate is measured before each table; every limit is taken at the best, and a table timed
+    while the rate read below 90% of it says so (RESULTS.md title and header; ``fastdnn bench`` on stderr)."""
+    rates = iter([100e9, 50e9])                  # the machine at half speed before the second table
+    monkeypatch.setattr(bench, "peak_gemm_rate", lambda dtype, n: next(rates))
+    moons = bench.MINIBATCH_CONFIGS[2]._replace(m=100)
+    rows, info = bench.run([bench.CONFIGS[0]], ("float64",), rounds=1, loop_budget_s=0.001, progress=False,
+                           minibatch=[moons], backends=["numpy"], others=False)
+    assert {r["machine_gflops"] for r in rows if r["section"] == "step"} == {100}
+    assert {r["machine_gflops"] for r in rows if r["section"] == "minibatch"} == {50}
+    assert info["peak_gemm"]["float64"]["gflops"] == 100
+    for r in rows:
+        config = moons if r["section"] == "minibatch" else bench.CONFIGS[0]
+        assert r["limit_s"] == pytest.approx(bench.physical_limit_s(config, 100e9)) and r["peak_gflops"] == 100
+        assert r["vs_limit"] == pytest.approx(r["median_s"] / r["limit_s"])
+    assert bench.slow_tables(rows) == ["moons-b64 float64 (50%)"]
+    md = open(bench.write_reports(rows, info, str(tmp_path), "fastdnn bench --test")["md"]).read()
+    titles = [line for line in md.splitlines() if line.startswith("**")]
+    assert [("50% of its best" in t) for t in titles] == [False, True]
+    assert "here: moons-b64 float64 (50%)." in md
+
+    from fastdnn import cli
+    monkeypatch.setattr(bench, "run", lambda *a, **k: (rows, info))
+    assert cli.main(["bench", "--out", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "below 90% of its best" in err and "moons-b64 float64 (50%)" in err
+    monkeypatch.setattr(bench, "run", lambda *a, **k: ([dict(r, machine_gflops=100) for r in rows], info))
+    assert cli.main(["bench", "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().err == ""

@@ -45,6 +45,7 @@ ACTIVATION_CONFIGS = [
 ]
 HIDDEN_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid")
 SETTLE_S = 0.15             # OpenBLAS spins ~0.1 s after a call; PyTorch's pool similarly
+SLOW_MACHINE = 0.9          # a table timed while the peak GEMM rate read below this share of its best is flagged
 
 
 @dataclass
@@ -706,36 +707,69 @@ def run(configs=CONFIGS, dtypes=("float32", "float64"), rounds=7, loop_budget_s=
     with more than 3 rounds (``--full``), the moons one only with 3 or fewer (``--quick`` stays
     under a minute: an mnist epoch is ~0.1-0.3 s and each candidate runs 5+ of them); none when
     ``configs`` is a selection), then the hidden-activation section (``activations``: ACTIVATION_CONFIGS
-    entries, or "auto": all with ``--full``, the first with ``--quick``, none for a selection). The peak GEMM rate of each dtype is measured once, first. ``backends``: fastdnn's
-    (default: every available one); ``others``: PyTorch, JAX and scikit-learn rows where installed.
-    Returns (rows, info)."""
+    entries, or "auto": all with ``--full``, the first with ``--quick``, none for a selection). The peak GEMM
+    rate of the dtype is measured before each table, so that each row records how fast the machine ran then
+    (``machine_gflops``: another load on it shows as a lower rate); the physical limits are taken at the
+    best rate measured. ``backends``: fastdnn's (default: every available one); ``others``: PyTorch, JAX and
+    scikit-learn rows where installed. Returns (rows, info)."""
     every = {c.name for c in configs} >= {c.name for c in CONFIGS}
     if minibatch == "auto":
         minibatch = [] if not every else MINIBATCH_CONFIGS if rounds > 3 else \
             [c for c in MINIBATCH_CONFIGS if c.name == "moons-b64"]
     if activations == "auto":
         activations = [] if not every else ACTIVATION_CONFIGS if rounds > 3 else ACTIVATION_CONFIGS[:1]
-    rates = {dtype: peak_gemm_rate(dtype, gemm_n) for dtype in dtypes}
+    rates = dict.fromkeys(dtypes, 0.0)
     jobs = [(c, d, s) for s, group in (("step", configs), ("minibatch", minibatch), ("activations", activations))
             for c in group for d in dtypes]
     bar = _progress(len(jobs), progress)
     rows = []
     for config, dtype, section in jobs:
         bar.set_description(f"{config.name} {dtype}")
+        speed = peak_gemm_rate(dtype, gemm_n)
+        rates[dtype] = max(rates[dtype], speed)
         if section == "activations":
-            rows += summarize_activations(config, dtype, measure(activation_candidates(config, dtype, backends, others),
-                                                                 rounds))
+            new = summarize_activations(config, dtype, measure(activation_candidates(config, dtype, backends, others),
+                                                               rounds))
         elif config.batch_size:
-            rows += summarize_minibatch(config, dtype, measure(minibatch_candidates(config, dtype, backends, others), rounds),
-                                        rates[dtype])
+            new = summarize_minibatch(config, dtype, measure(minibatch_candidates(config, dtype, backends, others),
+                                                             rounds), speed)
         else:
-            found = measure(candidates(config, dtype, loop_budget_s, backends, others), rounds)
-            rows += summarize(config, dtype, found, rates[dtype])
+            new = summarize(config, dtype, measure(candidates(config, dtype, loop_budget_s, backends, others), rounds),
+                            speed)
+        rows += [dict(r, machine_gflops=speed / 1e9) for r in new]
         bar.update(1)
     bar.close()
+    for r in rows:
+        _limit_at(r, rates[r["dtype"]])
     info = machine_info()
     info["peak_gemm"] = {d: dict(n=gemm_n, gflops=r / 1e9) for d, r in rates.items()}
     return rows, info
+
+
+def _limit_at(row, rate):
+    """A row's physical limit (and its ratio to it) at the GEMM rate ``rate`` instead of its own table's."""
+    if row.get("limit_s"):
+        scale = row["peak_gflops"] * 1e9 / rate
+        row.update(limit_s=row["limit_s"] * scale, vs_limit=row["vs_limit"] / scale, peak_gflops=rate / 1e9)
+
+
+def _slow_shares(rows, share=SLOW_MACHINE):
+    """((config, dtype), rate / best rate) for each table timed while the machine's peak GEMM rate read below
+    ``share`` of the best measured for its dtype (another load on it), in the rows' order."""
+    best = {}
+    for r in rows:
+        best[r["dtype"]] = max(best.get(r["dtype"], 0.0), r.get("machine_gflops") or 0.0)
+    slow = {}
+    for r in rows:
+        now = r.get("machine_gflops")
+        if now and now < share * best[r["dtype"]]:
+            slow[r["config"], r["dtype"]] = now / best[r["dtype"]]
+    return list(slow.items())
+
+
+def slow_tables(rows):
+    """'config dtype (N%)' for each table timed while the machine ran slower (see ``_slow_shares``)."""
+    return [f"{config} {dtype} ({100 * s:.0f}%)" for (config, dtype), s in _slow_shares(rows)]
 
 
 def _progress(total, enabled):
@@ -777,10 +811,12 @@ def markdown_table(header, rows):
 def table(rows):
     """Markdown tables, one per configuration and dtype: the step section, the mini-batch one, then the hidden
     activations."""
-    out = []
+    out, slow = [], dict(_slow_shares(rows))
+    flag = lambda r: (f" — timed while the machine ran at {100 * slow[r['config'], r['dtype']]:.0f}% of its best "  # noqa: E731
+                      "GEMM rate" if (r["config"], r["dtype"]) in slow else "")
     for group in _groups(rows, "step"):
         r0 = group[0]
-        out.append(f"\n**{r0['config']}**: {r0['layer_dims']}, m = {r0['m']}, {r0['dtype']}{_limit_text(r0)}\n")
+        out.append(f"\n**{r0['config']}**: {r0['layer_dims']}, m = {r0['m']}, {r0['dtype']}{_limit_text(r0)}{flag(r0)}\n")
         out.append(markdown_table(
             ["implementation", "backend / device", "time per step (IQR)", "vs loop", "vs GEMM floor",
              "vs physical limit", "vs PyTorch"],
@@ -793,7 +829,7 @@ def table(rows):
         if i == 0:
             out.append("\n### Mini-batch: one shuffled Adam epoch, per step\n")
         out.append(f"\n**{r0['config']}**: {r0['layer_dims']}, m = {r0['m']}, batch {r0['batch_size']}, "
-                   f"{r0['dtype']}{_limit_text(r0)}\n")
+                   f"{r0['dtype']}{_limit_text(r0)}{flag(r0)}\n")
         out.append(markdown_table(
             ["implementation", "backend / device", "steps", "time per step (IQR)", "epoch", "vs full-batch step",
              "vs physical limit"],
@@ -806,7 +842,7 @@ def table(rows):
         r0 = group[0]
         if i == 0:
             out.append("\n### Hidden activations: the same network with each, per step inside fit\n")
-        out.append(f"\n**{r0['config']}**: {r0['layer_dims']}, m = {r0['m']}, {r0['dtype']}\n")
+        out.append(f"\n**{r0['config']}**: {r0['layer_dims']}, m = {r0['m']}, {r0['dtype']}{flag(r0)}\n")
         out.append(markdown_table(["implementation", "hidden activation", "time per step (IQR)", "vs its relu"],
                                   [[r["implementation"], r["hidden"], _time_iqr(r), _fmt_ratio(r["vs_relu"])]
                                    for r in group]))
@@ -841,6 +877,7 @@ def write_reports(rows, info, directory, command):
         f"{p['internal_api']}" + (f" ({p['architecture']} kernels)" if p.get("architecture") else "")
         + f" {p['num_threads']} threads" for p in info["threadpools"])) \
         if isinstance(info["threadpools"], list) else info["threadpools"]
+    slow = slow_tables(rows)
     header = (f"# fastdnn benchmark results\n\nMeasured {info['date']} on {info['cpu']} "
               f"({info['cores']} cores; {threads}), Python {info['python']}, NumPy {info['numpy']}, "
               f"Numba {info['numba']}, PyTorch {info['torch']}, JAX {info.get('jax')}, "
@@ -858,7 +895,10 @@ def write_reports(rows, info, directory, command):
               "Adam epoch per call and reports epoch time / batches; 'vs full-batch step' is over "
               "fastdnn's fused step (engine.train_step, Adam) on B examples. 'fit loop' rows time "
               "fit(X, Y, iterations=k) per step (its compiled loop, with fit's per-call work spread over k); "
-              "the hidden-activation section compares each activation with the same implementation's ReLU.\n")
+              "the hidden-activation section compares each activation with the same implementation's ReLU. "
+              "The peak GEMM rate is measured again before each table: a table timed while it read below "
+              f"{100 * SLOW_MACHINE:.0f}% of the best (another load on the machine) says so in its title"
+              + (f"; here: {', '.join(slow)}" if slow else "; none was") + ".\n")
     _atomic_write(paths["md"], header + table(rows) + "\n\n![chart](results.png)\n")
     if not chart(rows, paths["png"]):
         paths.pop("png")

@@ -643,6 +643,11 @@ def _bench(args):
     command = "fastdnn " + shlex.join(args.argv)
     paths = bench.write_reports(rows, info, BENCH_OUT if args.out is None else args.out, command)
     print("\nwrote " + ", ".join(paths.values()))
+    slow = bench.slow_tables(rows)
+    if slow:
+        print(f"warning: the peak GEMM rate read below {100 * bench.SLOW_MACHINE:.0f}% of its best (another load "
+              f"on the machine?) before timing {', '.join(slow)}: those tables are less sure; rerun them when "
+              "the machine is idle", file=sys.stderr)
     return 0
 
 
