@@ -9,6 +9,7 @@ Libraries keep their worker threads spinning after a call (OpenBLAS ~0.1 s, PyTo
 pool), which slows whatever runs next on the same cores, so the runner lets them settle before
 switching from one library family to another.
 """
+import functools
 import json
 import os
 import platform
@@ -708,10 +709,10 @@ def run(configs=CONFIGS, dtypes=("float32", "float64"), rounds=7, loop_budget_s=
     under a minute: an mnist epoch is ~0.1-0.3 s and each candidate runs 5+ of them); none when
     ``configs`` is a selection), then the hidden-activation section (``activations``: ACTIVATION_CONFIGS
     entries, or "auto": all with ``--full``, the first with ``--quick``, none for a selection). The peak GEMM
-    rate of the dtype is measured before each table, so that each row records how fast the machine ran then
-    (``machine_gflops``: another load on it shows as a lower rate); the physical limits are taken at the
-    best rate measured. ``backends``: fastdnn's (default: every available one); ``others``: PyTorch, JAX and
-    scikit-learn rows where installed. Returns (rows, info)."""
+    rate of the dtype is measured before and after each table, so that each row records how fast the machine
+    ran then (``machine_gflops``, the lower of the two: another load on it shows as a lower rate); the physical
+    limits are taken at the best rate measured. ``backends``: fastdnn's (default: every available one);
+    ``others``: PyTorch, JAX and scikit-learn rows where installed. Returns (rows, info)."""
     every = {c.name for c in configs} >= {c.name for c in CONFIGS}
     if minibatch == "auto":
         minibatch = [] if not every else MINIBATCH_CONFIGS if rounds > 3 else \
@@ -736,11 +737,15 @@ def run(configs=CONFIGS, dtypes=("float32", "float64"), rounds=7, loop_budget_s=
         else:
             new = summarize(config, dtype, measure(candidates(config, dtype, loop_budget_s, backends, others), rounds),
                             speed)
-        rows += [dict(r, machine_gflops=speed / 1e9) for r in new]
+        time.sleep(SETTLE_S)                     # no thread pool of the last candidate still spinning
+        after = peak_gemm_rate(dtype, gemm_n)
+        rates[dtype] = max(rates[dtype], after)
+        rows += [dict(r, machine_gflops=min(speed, after) / 1e9) for r in new]
         bar.update(1)
     bar.close()
     for r in rows:
         _limit_at(r, rates[r["dtype"]])
+        r["machine_share"] = r["machine_gflops"] * 1e9 / rates[r["dtype"]]
     info = machine_info()
     info["peak_gemm"] = {d: dict(n=gemm_n, gflops=r / 1e9) for d, r in rates.items()}
     return rows, info
@@ -753,18 +758,11 @@ def _limit_at(row, rate):
         row.update(limit_s=row["limit_s"] * scale, vs_limit=row["vs_limit"] / scale, peak_gflops=rate / 1e9)
 
 
-def _slow_shares(rows, share=SLOW_MACHINE):
-    """((config, dtype), rate / best rate) for each table timed while the machine's peak GEMM rate read below
-    ``share`` of the best measured for its dtype (another load on it), in the rows' order."""
-    best = {}
-    for r in rows:
-        best[r["dtype"]] = max(best.get(r["dtype"], 0.0), r.get("machine_gflops") or 0.0)
-    slow = {}
-    for r in rows:
-        now = r.get("machine_gflops")
-        if now and now < share * best[r["dtype"]]:
-            slow[r["config"], r["dtype"]] = now / best[r["dtype"]]
-    return list(slow.items())
+def _slow_shares(rows):
+    """((config, dtype), its rate / the best rate) for each table timed while the machine's peak GEMM rate read
+    below SLOW_MACHINE of the best measured for its dtype (another load on it), in the rows' order."""
+    return list({(r["config"], r["dtype"]): r["machine_share"] for r in rows
+                 if r.get("machine_share", 1.0) < SLOW_MACHINE}.items())
 
 
 def slow_tables(rows):
@@ -812,11 +810,11 @@ def table(rows):
     """Markdown tables, one per configuration and dtype: the step section, the mini-batch one, then the hidden
     activations."""
     out, slow = [], dict(_slow_shares(rows))
-    flag = lambda r: (f" — timed while the machine ran at {100 * slow[r['config'], r['dtype']]:.0f}% of its best "  # noqa: E731
-                      "GEMM rate" if (r["config"], r["dtype"]) in slow else "")
+    flag = functools.partial(_slow_text, slow)
     for group in _groups(rows, "step"):
         r0 = group[0]
-        out.append(f"\n**{r0['config']}**: {r0['layer_dims']}, m = {r0['m']}, {r0['dtype']}{_limit_text(r0)}{flag(r0)}\n")
+        out.append(f"\n**{r0['config']}**: {r0['layer_dims']}, m = {r0['m']}, {r0['dtype']}"
+                   f"{_limit_text(r0)}{flag(r0)}\n")
         out.append(markdown_table(
             ["implementation", "backend / device", "time per step (IQR)", "vs loop", "vs GEMM floor",
              "vs physical limit", "vs PyTorch"],
@@ -847,6 +845,12 @@ def table(rows):
                                   [[r["implementation"], r["hidden"], _time_iqr(r), _fmt_ratio(r["vs_relu"])]
                                    for r in group]))
     return "\n".join(out)
+
+
+def _slow_text(slow, r):
+    """' — timed while the machine ran at N% of its best GEMM rate' for a table in ``slow``, else ''."""
+    share = slow.get((r["config"], r["dtype"]))
+    return f" — timed while the machine ran at {100 * share:.0f}% of its best GEMM rate" if share else ""
 
 
 def _groups(rows, section):
@@ -896,8 +900,8 @@ def write_reports(rows, info, directory, command):
               "fastdnn's fused step (engine.train_step, Adam) on B examples. 'fit loop' rows time "
               "fit(X, Y, iterations=k) per step (its compiled loop, with fit's per-call work spread over k); "
               "the hidden-activation section compares each activation with the same implementation's ReLU. "
-              "The peak GEMM rate is measured again before each table: a table timed while it read below "
-              f"{100 * SLOW_MACHINE:.0f}% of the best (another load on the machine) says so in its title"
+              "The peak GEMM rate is measured again before and after each table: a table timed while it read "
+              f"below {100 * SLOW_MACHINE:.0f}% of the best (another load on the machine) says so in its title"
               + (f"; here: {', '.join(slow)}" if slow else "; none was") + ".\n")
     _atomic_write(paths["md"], header + table(rows) + "\n\n![chart](results.png)\n")
     if not chart(rows, paths["png"]):
