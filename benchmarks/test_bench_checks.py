@@ -178,8 +178,9 @@ def test_the_ratio_columns_are_candidate_over_reference():
              fake("slow", "fused", [2.0, 4.0, 2.0]),
              fake("loop over examples (Python)", "loop", [20.0, 40.0, 20.0]),
              fake("PyTorch autograd + SGD", "reference", [4.0, 8.0, 4.0], family="torch")]
-    rate = bench.flops_per_step(config) / 0.5          # the physical limit: 0.5 s per step
-    rows = {r["implementation"]: r for r in bench.summarize(config, "float32", found, rate)}
+    per_flop = 0.5 / bench.flops_per_step(config)      # the physical limit: 0.5 s per step in every round
+    peak = fake("peak GEMM", "peak", [per_flop] * 3)
+    rows = {r["implementation"]: r for r in bench.summarize(config, "float32", found, peak)}
     slow = rows["slow"]
     assert slow["vs_floor"] == 2.0 and slow["vs_torch"] == 0.5 and slow["speedup_over_loop"] == 10.0
     assert slow["limit_s"] == pytest.approx(0.5) and slow["vs_limit"] == pytest.approx(4.0)   # median 2.0 / 0.5
@@ -211,10 +212,24 @@ def test_the_physical_limit_is_the_flops_at_the_rate():
     assert bench.physical_limit_s(mini, 1e9) == bench.flops_per_step(mini._replace(m=256)) / 1e9
 
 
-def test_the_peak_rate_is_2n_cubed_over_the_best_time(monkeypatch):
-    ticks = iter([0.0, 3.0, 10.0, 12.0, 20.0, 24.0])      # three timed products: 3 s, 2 s (the best), 4 s
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(ticks))
-    assert bench.peak_gemm_rate("float32", n=64, repeats=3) == 2 * 64 ** 3 / 2.0
+def test_the_peak_gemm_times_seconds_per_flop():
+    peak = bench.peak_gemm("float32", n=64)
+    bench.measure([peak], 3)
+    assert peak.scale == 1 / (2 * 64 ** 3) and len(peak.times) == 3
+    assert 1e7 < 1 / np.median(peak.times) < 1e14                   # FLOP/s
+
+
+def test_a_machine_slowed_in_some_rounds_moves_the_limit_with_it():
+    """Each round's ratio is over that round's limit: a step that takes twice as long in the rounds where
+    the GEMM rate halves keeps its ratio; the limit reported is at the table's median rate."""
+    config = bench.CONFIGS[2]
+    flops = bench.flops_per_step(config)
+    peak = fake("peak GEMM", "peak", [1e-11, 2e-11, 1e-11])        # 100, 50, 100 GFLOP/s
+    step = fake("step", "fused", [3 * flops * 1e-11, 6 * flops * 1e-11, 3 * flops * 1e-11])
+    row = next(r for r in bench.summarize(config, "float32", [fake("gemm floor", "floor", [1, 1, 1]), step], peak)
+               if r["implementation"] == "step")
+    assert row["vs_limit"] == pytest.approx(3.0)
+    assert row["limit_s"] == pytest.approx(flops * 1e-11) and row["peak_gflops"] == pytest.approx(100)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -223,10 +238,11 @@ def test_the_physical_limit_is_below_the_gemm_floor(dtype):
     shared machine is noisy (with test workers on every core, a 2048³ product is the likelier to be slowed),
     hence the best rate and the best floor over up to five tries."""
     config = bench.CONFIGS[2]
-    floor = bench.gemm_floor(config, dtype)
+    floor, peak = bench.gemm_floor(config, dtype), bench.peak_gemm(dtype)
     rate = 0.0
     for _ in range(5):
-        rate = max(rate, bench.peak_gemm_rate(dtype, repeats=3))
+        bench.measure([peak], 3)
+        rate = max(rate, 1 / min(peak.times))
         assert 1e8 < rate < 1e14
         bench.measure([floor], 3)
         if bench.physical_limit_s(config, rate) <= min(floor.times):
@@ -239,7 +255,6 @@ def test_run_reports_the_limit_and_the_minibatch_section(tmp_path):
     moons = bench.MINIBATCH_CONFIGS[2]._replace(m=100)
     rows, info = bench.run([bench.CONFIGS[0]], ("float64",), rounds=1, loop_budget_s=0.001, progress=False,
                            minibatch=[moons], gemm_n=256, backends=["numpy"], others=False)
-    peak = info["peak_gemm"]["float64"]["gflops"] * 1e9
     step = [r for r in rows if r["section"] == "step"]
     mini = [r for r in rows if r["section"] == "minibatch"]
     assert {r["implementation"] for r in step} >= {"gemm floor", "fastdnn numpy"}
@@ -247,8 +262,9 @@ def test_run_reports_the_limit_and_the_minibatch_section(tmp_path):
                                                    "fastdnn numpy full-batch step (B examples)"}
     for r in rows:
         config = moons if r["section"] == "minibatch" else bench.CONFIGS[0]
-        assert r["limit_s"] == pytest.approx(bench.physical_limit_s(config, peak))
-        assert r["vs_limit"] == pytest.approx(r["median_s"] / r["limit_s"])
+        assert r["limit_s"] == pytest.approx(bench.physical_limit_s(config, r["machine_gflops"] * 1e9))
+        assert r["vs_limit"] == pytest.approx(r["median_s"] / r["limit_s"])     # one round: its own limit
+    assert info["peak_gemm"]["float64"]["gflops"] == max(r["machine_gflops"] for r in rows)
     assert all(r["steps_per_epoch"] == 2 for r in mini if r["kind"] == "epoch")
     paths = bench.write_reports(rows, info, str(tmp_path), "fastdnn bench --test")
     md = open(paths["md"]).read()
@@ -270,15 +286,14 @@ def test_the_activation_section_compares_each_hidden_activation_with_relu(tmp_pa
 
 
 def test_run_takes_the_minibatch_section_with_every_configuration_and_only_moons_when_quick(monkeypatch):
-    monkeypatch.setattr(bench, "peak_gemm_rate", lambda dtype, n: 1e9)
-    monkeypatch.setattr(bench, "SETTLE_S", 0)
+    monkeypatch.setattr(bench, "peak_gemm", lambda dtype, n: fake("peak GEMM", "peak", [1e-9]))
     for name in ("candidates", "minibatch_candidates"):
-        monkeypatch.setattr(bench, name, lambda config, dtype, *rest: config)
+        monkeypatch.setattr(bench, name, lambda config, dtype, *rest: [config])
     monkeypatch.setattr(bench, "measure", lambda found, rounds: found)
     for name in ("summarize", "summarize_minibatch"):
-        monkeypatch.setattr(bench, name, lambda config, dtype, found, rate: [dict(config=config.name, dtype=dtype)])
+        monkeypatch.setattr(bench, name, lambda config, dtype, found, peak: [dict(config=config.name, dtype=dtype)])
     monkeypatch.setattr(bench, "machine_info", dict)
-    monkeypatch.setattr(bench, "activation_candidates", lambda config, dtype, *rest: config)
+    monkeypatch.setattr(bench, "activation_candidates", lambda config, dtype, *rest: [config])
     monkeypatch.setattr(bench, "summarize_activations",
                         lambda config, dtype, found: [dict(config="act " + config.name, dtype=dtype)])
     names = lambda configs, rounds: [r["config"] for r in  # noqa: E731
@@ -291,20 +306,23 @@ def test_run_takes_the_minibatch_section_with_every_configuration_and_only_moons
 
 
 def test_each_table_records_the_machine_speed_and_a_slow_one_is_flagged(tmp_path, monkeypatch, capsys):
-    """The peak GEMM rate is measured before and after each table; every limit is taken at the best, and a table
-    timed while the rate read below 90% of it says so (RESULTS.md title and header; ``fastdnn bench`` on stderr)."""
-    rates = iter([100e9, 95e9, 90e9, 50e9])      # the machine at half speed after the second table
-    monkeypatch.setattr(bench, "peak_gemm_rate", lambda dtype, n: next(rates))
+    """Each table records the GEMM rate timed in its rounds; a table timed while it read below 90% of the best
+    table's says so (RESULTS.md title and header; ``fastdnn bench`` on stderr)."""
+    speeds = iter([[1e-11, 1e-11], [2e-11, 2e-11]])     # s per FLOP: 100 GFLOP/s, then half that
+
+    def measure(found, rounds):                          # the peak GEMM comes last
+        for c in found[:-1]:
+            c.times = [1e-3] * rounds
+        found[-1].times = next(speeds)
+        return found
+    monkeypatch.setattr(bench, "measure", measure)
     moons = bench.MINIBATCH_CONFIGS[2]._replace(m=100)
-    rows, info = bench.run([bench.CONFIGS[0]], ("float64",), rounds=1, loop_budget_s=0.001, progress=False,
-                           minibatch=[moons], backends=["numpy"], others=False)
-    assert {r["machine_gflops"] for r in rows if r["section"] == "step"} == {95}
-    assert {r["machine_gflops"] for r in rows if r["section"] == "minibatch"} == {50}
-    assert info["peak_gemm"]["float64"]["gflops"] == 100
-    for r in rows:
-        config = moons if r["section"] == "minibatch" else bench.CONFIGS[0]
-        assert r["limit_s"] == pytest.approx(bench.physical_limit_s(config, 100e9)) and r["peak_gflops"] == 100
-        assert r["vs_limit"] == pytest.approx(r["median_s"] / r["limit_s"])
+    rows, info = bench.run([bench.CONFIGS[0]], ("float64",), rounds=2, loop_budget_s=0.001, progress=False,
+                           minibatch=[moons], gemm_n=64, backends=["numpy"], others=False)
+    speed = lambda section: {round(r["machine_gflops"], 6) for r in rows if r["section"] == section}  # noqa: E731
+    assert speed("step") == {100} and speed("minibatch") == {50}
+    assert {round(r["machine_share"], 6) for r in rows} == {1.0, 0.5}
+    assert info["peak_gemm"]["float64"]["gflops"] == pytest.approx(100)
     assert bench.slow_tables(rows) == ["moons-b64 float64 (50%)"]
     md = open(bench.write_reports(rows, info, str(tmp_path), "fastdnn bench --test")["md"]).read()
     titles = [line for line in md.splitlines() if line.startswith("**")]

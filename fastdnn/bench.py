@@ -558,19 +558,24 @@ def summarize_activations(config, dtype, found):
     return rows
 
 
-def peak_gemm_rate(dtype, n=2048, repeats=3):
-    """This machine's GEMM rate in FLOP/s: 2n³ over the best of ``repeats`` (n, n)·(n, n) products
-    through NumPy's BLAS (sgemm / dgemm) after one warm-up."""
+def peak_gemm(dtype, n=2048):
+    """This machine's GEMM rate as a candidate timed in every round beside a table's others: one (n, n)·(n, n)
+    product through NumPy's BLAS (sgemm / dgemm). Its times are seconds per FLOP (``scale`` 1 / 2n³), so
+    1 / time is a round's rate, and a step's FLOPs times it that round's physical limit."""
     rng = np.random.default_rng(0)
     a, b = (rng.random((n, n)).astype(dtype) for _ in range(2))
     c = np.empty_like(a)
-    np.matmul(a, b, out=c)
-    best = np.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        np.matmul(a, b, out=c)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best
+    return Candidate(f"peak GEMM (n = {n})", "peak", "numpy", lambda: np.matmul(a, b, out=c), scale=1 / (2 * n ** 3))
+
+
+def _physical(config, peak):
+    """(limit_s, GFLOP/s, c -> vs_limit) from the peak GEMM candidate timed in the same rounds as ``config``'s
+    (None, None, c -> None without one): the limit at the table's median rate, and each ratio the median over
+    rounds of the step's time over that round's limit (a load that slows the machine moves both)."""
+    if peak is None:
+        return None, None, lambda c: None
+    flops, per_flop = physical_limit_s(config, 1.0), float(np.median(peak.times))
+    return flops * per_flop, 1e-9 / per_flop, lambda c: ratio(c, peak) / flops
 
 
 def physical_limit_s(config, rate):
@@ -627,13 +632,13 @@ def ratio(a, b):
     return float(np.median(np.array(a.times) / np.array(b.times)))
 
 
-def summarize(config, dtype, found, rate=None):
+def summarize(config, dtype, found, peak=None):
     """Rows: median time per step, spread, ratio to the floor and to PyTorch, speed-up over loops, and
-    (given the peak GEMM ``rate``) the physical limit and the ratio to it."""
+    (given the ``peak`` GEMM candidate timed in the same rounds) the physical limit and the ratio to it."""
     floor = next(c for c in found if c.kind == "floor")
     torch_ref = next((c for c in found if c.name.startswith("PyTorch autograd")), None)
     loop = next((c for c in found if c.name.startswith("loop over examples")), None)
-    limit = physical_limit_s(config, rate) if rate else None
+    limit, gflops, vs_limit = _physical(config, peak)
     rows = []
     for c in found:
         t = np.array(c.times)
@@ -644,16 +649,15 @@ def summarize(config, dtype, found, rate=None):
             p75_s=float(np.percentile(t, 75)), rounds=len(t), extrapolated=c.scale != 1.0,
             steps_per_call=c.steps, vs_floor=ratio(c, floor), vs_torch=ratio(c, torch_ref) if torch_ref else None,
             speedup_over_loop=ratio(loop, c) if loop else None,
-            limit_s=limit, peak_gflops=rate / 1e9 if rate else None,
-            vs_limit=float(np.median(t)) / limit if limit else None, note=c.note))
+            limit_s=limit, peak_gflops=gflops, vs_limit=vs_limit(c), note=c.note))
     return rows
 
 
-def summarize_minibatch(config, dtype, found, rate=None):
+def summarize_minibatch(config, dtype, found, peak=None):
     """Rows of the mini-batch section: time per step (epoch time / batches), the epoch, and the
-    ratio to the full-batch step of the same batch size and to the physical limit."""
+    ratio to the full-batch step of the same batch size and to the physical limit (see ``summarize``)."""
     reference = next(c for c in found if c.kind == "batch step")
-    limit = physical_limit_s(config, rate) if rate else None
+    limit, gflops, vs_limit = _physical(config, peak)
     rows = []
     for c in found:
         t = np.array(c.times)
@@ -663,8 +667,8 @@ def summarize_minibatch(config, dtype, found, rate=None):
             backend=c.backend, device=c.device, steps_per_epoch=c.steps if c.kind != "batch step" else None,
             median_s=float(np.median(t)), p25_s=float(np.percentile(t, 25)), p75_s=float(np.percentile(t, 75)),
             epoch_s=float(np.median(t)) * c.steps if c.kind != "batch step" else None, rounds=len(t),
-            vs_batch_step=ratio(c, reference), limit_s=limit, peak_gflops=rate / 1e9 if rate else None,
-            vs_limit=float(np.median(t)) / limit if limit else None, identical_work=not c.note, note=c.note))
+            vs_batch_step=ratio(c, reference), limit_s=limit, peak_gflops=gflops, vs_limit=vs_limit(c),
+            identical_work=not c.note, note=c.note))
     return rows
 
 
@@ -708,54 +712,43 @@ def run(configs=CONFIGS, dtypes=("float32", "float64"), rounds=7, loop_budget_s=
     with more than 3 rounds (``--full``), the moons one only with 3 or fewer (``--quick`` stays
     under a minute: an mnist epoch is ~0.1-0.3 s and each candidate runs 5+ of them); none when
     ``configs`` is a selection), then the hidden-activation section (``activations``: ACTIVATION_CONFIGS
-    entries, or "auto": all with ``--full``, the first with ``--quick``, none for a selection). The peak GEMM
-    rate of the dtype is measured before and after each table, so that each row records how fast the machine
-    ran then (``machine_gflops``, the lower of the two: another load on it shows as a lower rate); the physical
-    limits are taken at the best rate measured. ``backends``: fastdnn's (default: every available one);
-    ``others``: PyTorch, JAX and scikit-learn rows where installed. Returns (rows, info)."""
+    entries, or "auto": all with ``--full``, the first with ``--quick``, none for a selection). Each table's
+    rounds also time ``peak_gemm``: the physical limits and ratios to them move with the machine's speed, and
+    each row records that speed (``machine_gflops``, the table's median; ``machine_share``, over the best
+    table's of its dtype: another load on the machine shows as a lower share). ``backends``: fastdnn's
+    (default: every available one); ``others``: PyTorch, JAX and scikit-learn rows where installed.
+    Returns (rows, info)."""
     every = {c.name for c in configs} >= {c.name for c in CONFIGS}
     if minibatch == "auto":
         minibatch = [] if not every else MINIBATCH_CONFIGS if rounds > 3 else \
             [c for c in MINIBATCH_CONFIGS if c.name == "moons-b64"]
     if activations == "auto":
         activations = [] if not every else ACTIVATION_CONFIGS if rounds > 3 else ACTIVATION_CONFIGS[:1]
-    rates = dict.fromkeys(dtypes, 0.0)
     jobs = [(c, d, s) for s, group in (("step", configs), ("minibatch", minibatch), ("activations", activations))
             for c in group for d in dtypes]
     bar = _progress(len(jobs), progress)
     rows = []
     for config, dtype, section in jobs:
         bar.set_description(f"{config.name} {dtype}")
-        speed = peak_gemm_rate(dtype, gemm_n)
-        rates[dtype] = max(rates[dtype], speed)
+        peak = peak_gemm(dtype, gemm_n)
         if section == "activations":
-            new = summarize_activations(config, dtype, measure(activation_candidates(config, dtype, backends, others),
-                                                               rounds))
+            found = measure(activation_candidates(config, dtype, backends, others) + [peak], rounds)[:-1]
+            new = summarize_activations(config, dtype, found)
         elif config.batch_size:
-            new = summarize_minibatch(config, dtype, measure(minibatch_candidates(config, dtype, backends, others),
-                                                             rounds), speed)
+            found = measure(minibatch_candidates(config, dtype, backends, others) + [peak], rounds)[:-1]
+            new = summarize_minibatch(config, dtype, found, peak)
         else:
-            new = summarize(config, dtype, measure(candidates(config, dtype, loop_budget_s, backends, others), rounds),
-                            speed)
-        time.sleep(SETTLE_S)                     # no thread pool of the last candidate still spinning
-        after = peak_gemm_rate(dtype, gemm_n)
-        rates[dtype] = max(rates[dtype], after)
-        rows += [dict(r, machine_gflops=min(speed, after) / 1e9) for r in new]
+            found = measure(candidates(config, dtype, loop_budget_s, backends, others) + [peak], rounds)[:-1]
+            new = summarize(config, dtype, found, peak)
+        rows += [dict(r, machine_gflops=1e-9 / float(np.median(peak.times))) for r in new]
         bar.update(1)
     bar.close()
+    best = {d: max(r["machine_gflops"] for r in rows if r["dtype"] == d) for d in dtypes if rows}
     for r in rows:
-        _limit_at(r, rates[r["dtype"]])
-        r["machine_share"] = r["machine_gflops"] * 1e9 / rates[r["dtype"]]
+        r["machine_share"] = r["machine_gflops"] / best[r["dtype"]]
     info = machine_info()
-    info["peak_gemm"] = {d: dict(n=gemm_n, gflops=r / 1e9) for d, r in rates.items()}
+    info["peak_gemm"] = {d: dict(n=gemm_n, gflops=g) for d, g in best.items()}
     return rows, info
-
-
-def _limit_at(row, rate):
-    """A row's physical limit (and its ratio to it) at the GEMM rate ``rate`` instead of its own table's."""
-    if row.get("limit_s"):
-        scale = row["peak_gflops"] * 1e9 / rate
-        row.update(limit_s=row["limit_s"] * scale, vs_limit=row["vs_limit"] / scale, peak_gflops=rate / 1e9)
 
 
 def _slow_shares(rows):
@@ -891,8 +884,10 @@ def write_reports(rows, info, directory, command):
               "Each time is the median over interleaved rounds (IQR in brackets); ratios are medians "
               "of per-round ratios. 'vs loop' is the speed-up over the Python loop over examples; "
               "'vs GEMM floor' is the step time over the time of its GEMMs alone; "
-              "'vs physical limit' is the step time over the step's FLOPs at this machine's peak GEMM rate "
-              f"({_peak_text(info)}); "
+              "'vs physical limit' is the step time over the step's FLOPs at this machine's peak GEMM rate, "
+              "timed in every round beside the step (the best table's median: "
+              f"{_peak_text(info)}; each table gives its own): the median over rounds of the step's time over "
+              "that round's limit, so a load that slows the machine moves both; "
               "'vs PyTorch' is over PyTorch autograd + SGD. Loop times marked extrapolated were "
               "measured on a subset of the examples and scaled to m. JAX loop rows run several steps "
               "in one jit call and report the time per step. The mini-batch section times one shuffled "
@@ -900,8 +895,8 @@ def write_reports(rows, info, directory, command):
               "fastdnn's fused step (engine.train_step, Adam) on B examples. 'fit loop' rows time "
               "fit(X, Y, iterations=k) per step (its compiled loop, with fit's per-call work spread over k); "
               "the hidden-activation section compares each activation with the same implementation's ReLU. "
-              "The peak GEMM rate is measured again before and after each table: a table timed while it read "
-              f"below {100 * SLOW_MACHINE:.0f}% of the best (another load on the machine) says so in its title"
+              "A table timed while the GEMM rate read below "
+              f"{100 * SLOW_MACHINE:.0f}% of the best table's (another load on the machine) says so in its title"
               + (f"; here: {', '.join(slow)}" if slow else "; none was") + ".\n")
     _atomic_write(paths["md"], header + table(rows) + "\n\n![chart](results.png)\n")
     if not chart(rows, paths["png"]):

@@ -646,7 +646,7 @@ def _bench(args):
     slow = bench.slow_tables(rows)
     if slow:
         print(f"warning: the peak GEMM rate read below {100 * bench.SLOW_MACHINE:.0f}% of its best (another load "
-              f"on the machine?) before timing {', '.join(slow)}: those tables are less sure; rerun them when "
+              f"on the machine?) while timing {', '.join(slow)}: those tables are less sure; rerun them when "
               "the machine is idle", file=sys.stderr)
     return 0
 
