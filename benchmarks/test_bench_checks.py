@@ -316,24 +316,24 @@ def test_each_table_records_the_machine_speed_and_a_slow_one_is_flagged(tmp_path
         found[-1].times = next(speeds)
         return found
     monkeypatch.setattr(bench, "measure", measure)
-    moons = bench.MINIBATCH_CONFIGS[2]._replace(m=100)
+    moons = bench.MINIBATCH_CONFIGS[2]._replace(m=100, name="tiny")     # its name as the step table's
     rows, info = bench.run([bench.CONFIGS[0]], ("float64",), rounds=2, loop_budget_s=0.001, progress=False,
                            minibatch=[moons], gemm_n=64, backends=["numpy"], others=False)
     speed = lambda section: {round(r["machine_gflops"], 6) for r in rows if r["section"] == section}  # noqa: E731
     assert speed("step") == {100} and speed("minibatch") == {50}
     assert {round(r["machine_share"], 6) for r in rows} == {1.0, 0.5}
     assert info["peak_gemm"]["float64"]["gflops"] == pytest.approx(100)
-    assert bench.slow_tables(rows) == ["moons-b64 float64 (50%)"]
+    assert bench.slow_tables(rows) == ["tiny float64, minibatch (50%)"]
     md = open(bench.write_reports(rows, info, str(tmp_path), "fastdnn bench --test")["md"]).read()
     titles = [line for line in md.splitlines() if line.startswith("**")]
     assert [("50% of its best" in t) for t in titles] == [False, True]
-    assert "here: moons-b64 float64 (50%)." in md
+    assert "here: tiny float64, minibatch (50%)." in md
 
     from fastdnn import cli
     monkeypatch.setattr(bench, "run", lambda *a, **k: (rows, info))
     assert cli.main(["bench", "--out", str(tmp_path)]) == 0
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "below 90% of its best" in err and "moons-b64 float64 (50%)" in err
+    assert err.count("\n") == 1 and "below 90% of its best" in err and "tiny float64, minibatch (50%)" in err
     monkeypatch.setattr(bench, "run", lambda *a, **k: ([dict(r, machine_share=0.95) for r in rows], info))
     assert cli.main(["bench", "--out", str(tmp_path)]) == 0
     assert capsys.readouterr().err == ""

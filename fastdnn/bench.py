@@ -752,15 +752,20 @@ def run(configs=CONFIGS, dtypes=("float32", "float64"), rounds=7, loop_budget_s=
 
 
 def _slow_shares(rows):
-    """((config, dtype), its rate / the best rate) for each table timed while the machine's peak GEMM rate read
-    below SLOW_MACHINE of the best measured for its dtype (another load on it), in the rows' order."""
-    return list({(r["config"], r["dtype"]): r["machine_share"] for r in rows
-                 if r.get("machine_share", 1.0) < SLOW_MACHINE}.items())
+    """((section, config, dtype), its rate / the best rate) for each table timed while the machine's peak GEMM
+    rate read below SLOW_MACHINE of the best measured for its dtype (another load on it), in the rows' order."""
+    return list({_table(r): r["machine_share"] for r in rows if r.get("machine_share", 1.0) < SLOW_MACHINE}.items())
+
+
+def _table(r):
+    return r.get("section", "step"), r["config"], r["dtype"]
 
 
 def slow_tables(rows):
-    """'config dtype (N%)' for each table timed while the machine ran slower (see ``_slow_shares``)."""
-    return [f"{config} {dtype} ({100 * s:.0f}%)" for (config, dtype), s in _slow_shares(rows)]
+    """'config dtype (N%)' for each table timed while the machine ran slower (see ``_slow_shares``), with its
+    section where that is not the step one."""
+    return [f"{config} {dtype}{'' if section == 'step' else ', ' + section} ({100 * s:.0f}%)"
+            for (section, config, dtype), s in _slow_shares(rows)]
 
 
 def _progress(total, enabled):
@@ -842,15 +847,15 @@ def table(rows):
 
 def _slow_text(slow, r):
     """' — timed while the machine ran at N% of its best GEMM rate' for a table in ``slow``, else ''."""
-    share = slow.get((r["config"], r["dtype"]))
+    share = slow.get(_table(r))
     return f" — timed while the machine ran at {100 * share:.0f}% of its best GEMM rate" if share else ""
 
 
 def _groups(rows, section):
     """The rows of one section (``section`` key, "step" where absent), grouped by (config, dtype) in order."""
     mine = [r for r in rows if r.get("section", "step") == section]
-    for key in dict.fromkeys((r["config"], r["dtype"]) for r in mine):
-        yield [r for r in mine if (r["config"], r["dtype"]) == key]
+    for key in dict.fromkeys(_table(r) for r in mine):
+        yield [r for r in mine if _table(r) == key]
 
 
 def _time_iqr(r, extra=""):
