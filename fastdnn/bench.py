@@ -4,7 +4,8 @@ scikit-learn) against the full-batch step of the same batch size.
 
 Every candidate is a zero-argument callable doing one full training step (forward, cost, backward,
 update) of the same network on the same data. They are timed interleaved, round by round, so a
-slow phase of the machine hits all of them alike; ratios are medians of per-round ratios.
+slow phase of the machine hits all of them alike; ratios are medians of per-round ratios. The peak
+GEMM is one of them in every table, so the physical limit follows the machine too.
 Libraries keep their worker threads spinning after a call (OpenBLAS ~0.1 s, PyTorch's OpenMP
 pool), which slows whatever runs next on the same cores, so the runner lets them settle before
 switching from one library family to another.
@@ -758,6 +759,7 @@ def _slow_shares(rows):
 
 
 def _table(r):
+    """(section, config, dtype): the table a row is in."""
     return r.get("section", "step"), r["config"], r["dtype"]
 
 
