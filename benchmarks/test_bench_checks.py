@@ -225,10 +225,10 @@ def test_a_machine_slowed_in_some_rounds_moves_the_limit_with_it():
     config = bench.CONFIGS[2]
     flops = bench.flops_per_step(config)
     peak = fake("peak GEMM", "peak", [1e-11, 2e-11, 1e-11])        # 100, 50, 100 GFLOP/s
-    step = fake("step", "fused", [3 * flops * 1e-11, 6 * flops * 1e-11, 3 * flops * 1e-11])
+    step = fake("step", "fused", [3 * flops * 1e-11, 6 * flops * 1e-11, 4 * flops * 1e-11])   # 3x, 3x, 4x
     row = next(r for r in bench.summarize(config, "float32", [fake("gemm floor", "floor", [1, 1, 1]), step], peak)
                if r["implementation"] == "step")
-    assert row["vs_limit"] == pytest.approx(3.0)
+    assert row["vs_limit"] == pytest.approx(3.0)       # not 4.0, its median time over the median round's limit
     assert row["limit_s"] == pytest.approx(flops * 1e-11) and row["peak_gflops"] == pytest.approx(100)
 
 
