@@ -229,7 +229,7 @@ def test_a_machine_slowed_in_some_rounds_moves_the_limit_with_it():
     row = next(r for r in bench.summarize(config, "float32", [fake("gemm floor", "floor", [1, 1, 1]), step], peak)
                if r["implementation"] == "step")
     assert row["vs_limit"] == pytest.approx(3.0)       # not 4.0, its median time over the median round's limit
-    assert row["limit_s"] == pytest.approx(flops * 1e-11) and row["peak_gflops"] == pytest.approx(100)
+    assert row["limit_s"] == pytest.approx(flops * 1e-11) and row["machine_gflops"] == pytest.approx(100)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -111,7 +111,7 @@ class ReLU(Activation):
         zero, one = ftype(0.0), ftype(1.0)
 
         def g(z):
-            return z if z > zero else zero
+            return zero if z <= zero else z        # NaN passes, as through max(Z, 0): the cost check sees it
 
         def dg(z, a):
             return one if z > zero else zero

@@ -650,7 +650,7 @@ def summarize(config, dtype, found, peak=None):
             p75_s=float(np.percentile(t, 75)), rounds=len(t), extrapolated=c.scale != 1.0,
             steps_per_call=c.steps, vs_floor=ratio(c, floor), vs_torch=ratio(c, torch_ref) if torch_ref else None,
             speedup_over_loop=ratio(loop, c) if loop else None,
-            limit_s=limit, peak_gflops=gflops, vs_limit=vs_limit(c), note=c.note))
+            limit_s=limit, machine_gflops=gflops, vs_limit=vs_limit(c), note=c.note))
     return rows
 
 
@@ -668,7 +668,7 @@ def summarize_minibatch(config, dtype, found, peak=None):
             backend=c.backend, device=c.device, steps_per_epoch=c.steps if c.kind != "batch step" else None,
             median_s=float(np.median(t)), p25_s=float(np.percentile(t, 25)), p75_s=float(np.percentile(t, 75)),
             epoch_s=float(np.median(t)) * c.steps if c.kind != "batch step" else None, rounds=len(t),
-            vs_batch_step=ratio(c, reference), limit_s=limit, peak_gflops=gflops, vs_limit=vs_limit(c),
+            vs_batch_step=ratio(c, reference), limit_s=limit, machine_gflops=gflops, vs_limit=vs_limit(c),
             identical_work=not c.note, note=c.note))
     return rows
 
@@ -868,7 +868,7 @@ def _time_iqr(r, extra=""):
 def _limit_text(r):
     if not r.get("limit_s"):
         return ""
-    return f"; physical limit {_fmt_time(r['limit_s'])} per step (its FLOPs at {r['peak_gflops']:.0f} GFLOP/s)"
+    return f"; physical limit {_fmt_time(r['limit_s'])} per step (its FLOPs at {r['machine_gflops']:.0f} GFLOP/s)"
 
 
 def write_reports(rows, info, directory, command):

@@ -356,6 +356,24 @@ class Engine:
             self._forget_compiled()
         self.optimizer = optimizer
 
+    def settings(self):
+        """What a call's settings change, for ``restore_settings``: (slot, iteration, optimizer, its states,
+        t, l2, keep_prob)."""
+        return self._slot(), self.iteration, self.optimizer, self._states, self.t, self.l2, self.keep_prob
+
+    def restore_settings(self, saved):
+        """Back to the optimizer, its state and the regularization of ``settings()`` when no step since
+        has lasted (the same slot and iteration); returns whether it did."""
+        c, iteration, optimizer, states, t, l2, keep_prob = saved
+        if (self._slot(), self.iteration) != (c, iteration):
+            return False
+        if states is not self._states:                 # set_optimizer made new ones: the old are untouched
+            self.optimizer, self._states = optimizer, states
+            self._counters[c, T] = t
+            self._forget_compiled()
+        self.regularize(l2, keep_prob)
+        return True
+
     def regularize(self, l2, keep_prob):
         """Use L2 strength l2 (>= 0) and keep_prob (one per hidden layer), already checked; the workspaces
         and compiled calls are kept when neither changes (every fit call sets them)."""
@@ -871,10 +889,9 @@ class Engine:
                 ws.Zf, ws.Af, ws.dAf, XbT, Ybf, learning_rate, self._counters, self._current, *ws.bn_work)
         if not _compiled_now(epoch, args):
             return None
-        total, bad_batch, bad_cost = epoch(*args)
+        total, bad_batch, bad_cost = epoch(*args)      # counts the epoch itself (an interrupt waits for it)
         if bad_batch >= 0:
             self._diverged(bad_cost)
-        self._counters[self._slot(), EPOCH] += 1
         return total
 
     def evaluate(self, Xd, Yd, ws):

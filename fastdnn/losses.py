@@ -1,7 +1,8 @@
 """Losses J = (1/m) Σ_examples L(a, y), computed from the output layer's Z and A.
 
 Each loss is written for an array namespace ``xp``. ``total(xp, Z, A, Y)`` is the sum over
-all entries (the caller divides by m); it uses Z where that keeps saturated outputs finite.
+all entries, accumulated in float64 as the compiled kernels do (a float32 sum can overflow where the mean
+J does not); the caller divides by m; it uses Z where that keeps saturated outputs finite.
 For the loss's ``canonical`` output activation, ∂J/∂Z = (A - Y) / m; for other elementwise
 output activations the network uses ``dA`` then the activation's derivative.
 ``scalar(ftype)`` gives the per-entry math for compiled kernels (elementwise losses only).
@@ -35,7 +36,7 @@ class BinaryCrossEntropy(Loss):
 
     def total(self, xp, Z, A, Y):
         """Σ max(z,0) - z y + log(1 + exp(-|z|)), the same value written in z. Z, Y (n_L, m) -> ()."""
-        return (xp.maximum(Z, 0) - Z * Y + xp.log1p(xp.exp(-xp.abs(Z)))).sum()
+        return (xp.maximum(Z, 0) - Z * Y + xp.log1p(xp.exp(-xp.abs(Z)))).sum(dtype=xp.float64)
 
     def dA(self, xp, A, Y):
         """∂L/∂A = -(Y / A - (1 - Y) / (1 - A)), the course's dAL. (n_L, m) -> (n_L, m)."""
@@ -61,7 +62,7 @@ class CategoricalCrossEntropy(Loss):
         """Σ_j Σ_i -y_ij (z_ij - logsumexp(z_:j)), finite however large the logits. (C, m) -> ()."""
         zmax = Z.max(axis=0, keepdims=True)
         lse = zmax + xp.log(xp.exp(Z - zmax).sum(axis=0, keepdims=True))
-        return -(Y * (Z - lse)).sum()
+        return -(Y * (Z - lse)).sum(dtype=xp.float64)
 
     def dA(self, xp, A, Y):
         """∂L/∂A = -Y / A. (C, m) -> (C, m)."""
@@ -77,7 +78,7 @@ class MeanSquaredError(Loss):
     def total(self, xp, Z, A, Y):
         """Σ ½ (A - Y)². (n_L, m) -> ()."""
         D = A - Y
-        return 0.5 * (D * D).sum()
+        return 0.5 * (D * D).sum(dtype=xp.float64)
 
     def dA(self, xp, A, Y):
         """∂L/∂A = A - Y. (n_L, m) -> (n_L, m)."""

@@ -444,7 +444,9 @@ class Network:
         counting the network's epochs/iterations, so N then M of them equal N + M in one call.
         A fit that raises before training changed nothing; one that diverges raises
         TrainingDivergedError (see there) and never leaves non-finite parameters; an interrupted one
-        leaves the network consistent (its last whole step) and ``net.history`` with what it recorded.
+        leaves the network consistent (its last whole step) and ``net.history`` with what it recorded;
+        one that ends (diverged or interrupted) before its first step also keeps the optimizer, its
+        state, l2, keep_prob and the History it had.
         ``l2``, ``keep_prob``: as in ``regularize`` (kept for later calls).
         ``validation_data=(X_val, Y_val)`` adds the validation cost and accuracy to every record;
         with ``patience``, training stops after that many records without a better validation cost
@@ -459,9 +461,15 @@ class Network:
                        keep_prob=keep_prob, schedule=schedule, validation_data=validation_data,
                        patience=patience, report_every=report_every, verbose=verbose)
         if comm is None:
+            saved, history = self.engine.settings(), self.history
             loop = self._training_loop(X, Y, **options)
             self.history = loop.history
-            return loop.run()
+            try:
+                return loop.run()
+            except BaseException:       # no step taken (none recorded, none kept): the network as it was
+                if len(loop.history) == 0 and self.engine.restore_settings(saved):
+                    self.history = history
+                raise
         dp = DataParallel(comm, self.engine)
         if dp.rank:
             options["verbose"] = 0
@@ -498,12 +506,19 @@ class Network:
             raise TypeError("validation_data must be a pair (X_val, Y_val); got "
                             f"{type(validation_data).__name__}")
         Xd, Yd = self.prepare(X, Y)
-        validation = self.prepare(*validation_data) if validation_data is not None else None
+        validation = None if validation_data is None else self._validation(validation_data)
         if new_optimizer is not None:
             self.engine.set_optimizer(new_optimizer)
         self.engine.regularize(l2, keep_prob)
         return TrainingLoop(self.engine, Xd, Yd, unit, batch_size, shuffle, seed, count, learning_rate,
                             schedule, validation, patience, report_every, verbose)
+
+    def _validation(self, validation_data):
+        """validation_data prepared like X, Y; its errors say that it is the validation data they are about."""
+        try:
+            return self.prepare(*validation_data)
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"validation_data: {exc}") from exc
 
     def _rate(self, learning_rate, optimizer=None):
         """α: the one given, else the optimizer's (the new one, if any), else 0.0075; checked."""

@@ -72,12 +72,12 @@ def test_leaky_relu_slope_is_a_parameter(backend):
 def test_scalar_forms_equal_the_vectorized_ones(name, ftype):
     act = get_activation(name)
     g, dg = act.scalar(ftype)
-    Z = np.array([-1e4, -30.0, -1.5, -1e-3, 0.0, 1e-3, 0.7, 30.0, 1e4], ftype)
+    Z = np.array([-np.inf, -1e4, -30.0, -1.5, -1e-3, 0.0, 1e-3, 0.7, 30.0, 1e4, np.inf, np.nan], ftype)
     A = act.forward(np, Z.reshape(1, -1)).ravel()
     dZ = act.backward(np, np.ones_like(Z).reshape(1, -1), Z.reshape(1, -1), A.reshape(1, -1)).ravel()
-    for z, a, d in zip(Z, A, dZ):
-        assert type(g(z)) in (ftype, float) and g(z) == pytest.approx(float(a), rel=1e-6, abs=1e-30)
-        assert dg(z, ftype(a)) == pytest.approx(float(d), rel=1e-6, abs=1e-30)
+    for z, a, d in zip(Z, A, dZ):      # NaN in, NaN out, as the vectorized forms do: the cost check must see it
+        assert type(g(z)) in (ftype, float) and g(z) == pytest.approx(float(a), rel=1e-6, abs=1e-30, nan_ok=True)
+        assert dg(z, ftype(a)) == pytest.approx(float(d), rel=1e-6, abs=1e-30, nan_ok=True)
 
 
 def test_unknown_activation_lists_the_choices():
@@ -97,3 +97,21 @@ def test_loss_defaults_and_mismatches():
     with pytest.raises(ValueError, match="unknown loss 'xent'; expected one of 'bce', 'ce', 'mse'"):
         get_loss("xent", get_activation("sigmoid"))
     assert {o for o, _ in OUTPUTS} >= {"sigmoid", "softmax", "linear"}
+
+
+@pytest.mark.parametrize("loss_name", ["mse", "bce"])
+def test_a_float32_cost_whose_sum_overflows_but_mean_fits_is_finite_everywhere(device, loss_name):
+    """The sum over examples accumulates in float64 on every path (the compiled kernels did; NumPy's float32
+    sum overflowed first): four examples of loss ~1.1e38 each, whose float32 sum is inf and whose mean is
+    not, cost the same finite J on every device, and a fit's step on them does not stop."""
+    from fastdnn import Network
+    name, _ = device
+    output = "linear" if loss_name == "mse" else "sigmoid"
+    w = 1.5e19 if loss_name == "mse" else -1.1e38            # ½ w² or |w| per example: ~1.1e38
+    net = Network.from_parameters({"W1": np.array([[w]]), "b1": np.zeros((1, 1))}, output_activation=output,
+                                  loss=loss_name, device=name, dtype="float32")
+    X, Y = np.ones((1, 4)), np.ones((1, 4))
+    expected = 0.5 * w * w if loss_name == "mse" else -w
+    assert float(net.cost(X, Y)) == pytest.approx(expected, rel=1e-6)
+    history = net.fit(X, Y, iterations=1, learning_rate=1e-30, verbose=0)
+    assert history[0].cost == pytest.approx(expected, rel=1e-6)

@@ -112,6 +112,43 @@ def test_a_cost_that_overflows_while_every_output_is_finite_stops_at_its_step(ba
     assert np.isfinite(Z).all() and 0.5 * ((Z - Y) ** 2).sum() == np.inf
 
 
+def test_a_nan_inside_relu_layers_reaches_the_cost_on_every_device(device):
+    """ReLU passes NaN on, as max(Z, 0) does (its compiled and CUDA forms once made it 0: the cost stayed
+    finite while NaN spread into the parameters, and a fit kept them). float32: Z1 = 1e30 · 1e10 overflows,
+    Z2 = 0 · inf is NaN, so the output is NaN on every device, and a fit, full batch or mini-batch, stops at
+    its first step with the network unchanged."""
+    name, _ = device
+    params = {"W1": [[1e30]], "b1": [[0.0]], "W2": [[0.0]], "b2": [[0.0]], "W3": [[1.0]], "b3": [[0.0]]}
+    X, Y = np.full((1, 8), 1e10), np.ones((1, 8))
+    for kwargs in (dict(iterations=3), dict(epochs=2, batch_size=4, optimizer="adam")):
+        net = Network.from_parameters({k: np.array(v) for k, v in params.items()}, device=name, dtype="float32")
+        assert np.isnan(net.backend.to_numpy(net.forward(X))).all()
+        before = state(net)
+        with pytest.raises(TrainingDivergedError) as e:
+            net.fit(X, Y, learning_rate=0.1, verbose=0, **kwargs)
+        assert e.value.iteration == 0 and e.value.restored_iteration is None
+        assert_same_state(state(net), before)
+
+
+def test_a_relu_network_diverging_keeps_finite_parameters_where_numpy_does(backend):
+    """A deep ReLU network at a learning rate far too large: the hidden values overflow within a few steps,
+    and every backend stops where the numpy one does, keeping the same finite parameters (the case of a
+    user's report: the compiled ReLU had turned NaN into 0 and trained on to the last step)."""
+    rng = np.random.default_rng(3)
+    X, Y = rng.standard_normal((4, 64)) * 50, (rng.random((1, 64)) > 0.5).astype(float)
+    ends = {}
+    for name in ("numpy", backend.name):
+        net = Network([4, 16, 16, 16, 1], device=name, dtype="float32", seed=3)
+        with pytest.raises(TrainingDivergedError) as e:
+            net.fit(X, Y, learning_rate=100.0, iterations=300, verbose=0)
+        ends[name] = e.value.iteration, net.parameters
+    (i0, p0), (i1, p1) = ends["numpy"], ends[backend.name]
+    assert i1 == i0 < 10
+    for k in p0:
+        assert np.isfinite(p1[k]).all(), k
+        np.testing.assert_allclose(p1[k], p0[k], rtol=1e-4, err_msg=k)
+
+
 def test_mini_batch_divergence_counts_iterations_like_the_network(backend):
     X, Y = moons(256)
     net = Network([2, 8, 1], device=backend, dtype="float64", seed=0)
@@ -222,6 +259,39 @@ def test_an_update_interrupted_half_way_leaves_the_network_as_it_was(backend, mo
     assert_same_state(state(net), state(twin))
 
 
+def test_an_interrupt_during_a_compiled_epoch_finds_it_complete_and_counted(monkeypatch):
+    """A Ctrl-C that arrives while the whole epoch runs as one compiled call is raised as soon as the call
+    returns: every step of the epoch is committed by then, and so is the epoch's count (the next epoch's
+    order depends on it), so the network is the one after that epoch, like a twin's that was not interrupted."""
+    pytest.importorskip("numba")
+    from fastdnn.backends import numba_backend
+    compilable, armed = numba_backend._compilable, []
+
+    def interrupted_after(kernel, arguments):
+        call = compilable(kernel, arguments)
+
+        def wrapper(*args):
+            out = call(*args)
+            if armed:
+                armed.clear()
+                raise KeyboardInterrupt          # the pending signal, at the first bytecode after the call
+            return out
+        wrapper.__dict__.update(call.__dict__)
+        return wrapper
+    monkeypatch.setattr(numba_backend, "_compilable", interrupted_after)
+    X, Y = moons(96)
+    fit = dict(learning_rate=0.01, optimizer="adam", batch_size=16)
+    net = Network([2, 8, 1], device="numba", dtype="float64", seed=0)
+    net.fit(X, Y, epochs=1, **fit)
+    armed.append(True)
+    with pytest.raises(KeyboardInterrupt):
+        net.fit(X, Y, epochs=3, **fit)
+    assert (net.epoch, net.iteration) == (2, 12)
+    twin = Network([2, 8, 1], device="numba", dtype="float64", seed=0)
+    twin.fit(X, Y, epochs=2, **fit)
+    assert_same_state(state(net), state(twin))
+
+
 @pytest.mark.parametrize("batch_size", [None, 16])
 def test_real_interrupts_at_random_moments_leave_a_consistent_network(backend, batch_size):
     """SIGINT at random moments of a fit: the network is always some whole step of the run, with its
@@ -268,6 +338,8 @@ BAD_ARGUMENTS = [
      "learning_rate must be a number"),
     ("validation_data=X", lambda: Network([2, 3, 1], device="numpy").fit(*moons(), validation_data=moons()[0]),
      "validation_data must be a pair"),
+    ("validation X of the wrong shape", lambda: Network([2, 3, 1], device="numpy").fit(
+        *moons(), validation_data=(moons()[0][:1], moons()[1])), r"^validation_data: layer 1 of 2 \(relu\): X has shape \(1, 64\)"),
     ("keep_prob without hidden layers", lambda: Network([2, 1], device="numpy", keep_prob=0.5), "no hidden layer"),
     ("float64 X beyond float32", lambda: Network([2, 3, 1], device="numpy").cost(moons()[0] * 1e39, moons()[1]),
      "beyond the range of float32"),

@@ -236,11 +236,27 @@ def delta_row_sum(activation, dtype):
     the grid has one column of blocks, else per block into partials[i * gridDim.x + blockIdx.x] for
     ``row_sum_partials``. dA, Z, A (n, m), db (n, 1), partials (plan.partials,) float64 (when
     plan.final is None it is not touched: pass any float64 array)."""
+    return _delta_row_sum(activation, dtype, "delta_row_sum", "", "", "")
+
+
+def delta_row_sum_skip(activation, dtype):
+    """``delta_row_sum`` that also passes dZ to a skip connection's dA[l]: dS[i, j] = dZ[i, j] (or += when
+    ``accumulate`` != 0) for rows i < min(n, n_s). dS (n_s, m) C-contiguous; the rest as delta_row_sum."""
+    T = _t(dtype)[0]
+    return _delta_row_sum(activation, dtype, "delta_row_sum_skip", f", {T}* dS, int n_s, int accumulate",
+                          "const bool skip = i < n_s;", """if (skip) {
+                    dS[row + j] = accumulate ? dS[row + j] + d : d;
+                }""")
+
+
+def _delta_row_sum(activation, dtype, kind, params, per_row, per_element):
+    """The source of ``delta_row_sum`` and its variants: ``params`` after partials, ``per_row`` at the start of
+    a row (i < n), ``per_element`` after d is written (d, row, j in scope)."""
     T, s, dtype = _t(dtype)
     _, dg = activation_functions(activation, dtype)
-    name = f"fdnn_delta_row_sum_{c_identifier(activation.name)}_{s}"
+    name = f"fdnn_{kind}_{c_identifier(activation.name)}_{s}"
     return _source(dg.source, f"""
-extern "C" __global__ void {name}({T}* dA, const {T}* Z, const {T}* A, {T}* db, double* partials,
+extern "C" __global__ void {name}({T}* dA, const {T}* Z, const {T}* A, {T}* db, double* partials{params},
                                   int n, int m) {{
     __shared__ double sh[FDNN_MAX_THREADS];
     FDNN_NO_UNROLL for (int i0 = (int)(blockIdx.y * blockDim.y); i0 < n; i0 += (int)(gridDim.y * blockDim.y)) {{
@@ -248,48 +264,12 @@ extern "C" __global__ void {name}({T}* dA, const {T}* Z, const {T}* A, {T}* db, 
         double sum = 0.0;
         if (i < n) {{
             const long long row = (long long)i * m;
+            {per_row}
             {_COLS} {{
                 const {T} d = dA[row + j] * {dg.name}(Z[row + j], A[row + j]);
                 dA[row + j] = d;
                 sum += (double)d;
-            }}
-        }}
-        sum = fdnn_tree_sum(sh, sum, threadIdx.x, blockDim.x, threadIdx.y * blockDim.x);
-        if (threadIdx.x == 0u && i < n) {{
-            if (gridDim.x == 1u) {{
-                db[i] = ({T})sum;
-            }} else {{
-                partials[(long long)i * gridDim.x + blockIdx.x] = sum;
-            }}
-        }}
-    }}
-}}
-"""), name
-
-
-def delta_row_sum_skip(activation, dtype):
-    """``delta_row_sum`` that also passes dZ to a skip connection's dA[l]: dS[i, j] = dZ[i, j] (or += when
-    ``accumulate`` != 0) for rows i < min(n, n_s). dS (n_s, m) C-contiguous; the rest as delta_row_sum."""
-    T, s, dtype = _t(dtype)
-    _, dg = activation_functions(activation, dtype)
-    name = f"fdnn_delta_row_sum_skip_{c_identifier(activation.name)}_{s}"
-    return _source(dg.source, f"""
-extern "C" __global__ void {name}({T}* dA, const {T}* Z, const {T}* A, {T}* db, double* partials, {T}* dS,
-                                  int n_s, int accumulate, int n, int m) {{
-    __shared__ double sh[FDNN_MAX_THREADS];
-    FDNN_NO_UNROLL for (int i0 = (int)(blockIdx.y * blockDim.y); i0 < n; i0 += (int)(gridDim.y * blockDim.y)) {{
-        const int i = i0 + (int)threadIdx.y;
-        double sum = 0.0;
-        if (i < n) {{
-            const long long row = (long long)i * m;
-            const bool skip = i < n_s;
-            {_COLS} {{
-                const {T} d = dA[row + j] * {dg.name}(Z[row + j], A[row + j]);
-                dA[row + j] = d;
-                sum += (double)d;
-                if (skip) {{
-                    dS[row + j] = accumulate ? dS[row + j] + d : d;
-                }}
+                {per_element}
             }}
         }}
         sum = fdnn_tree_sum(sh, sum, threadIdx.x, blockDim.x, threadIdx.y * blockDim.x);

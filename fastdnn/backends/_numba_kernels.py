@@ -881,6 +881,7 @@ def _whole_epoch(hidden, output, loss, optimizer, dtype, blas_bits, skips, batch
             update(thetas, states1, states2, dtheta, lr, counters, current)
             running(thetas, c, Bf, dims)
             total += cost * mb / m
+        counters[current[0], 2] += 1        # the epoch, counted here: an interrupt cannot fall between
         return total, -1, 0.0
 
     return njit(variant(epoch, hidden, output, loss, optimizer, dtype, blas_bits, *_plans(skips, batch_norm)))
@@ -896,7 +897,9 @@ def whole_epoch(hidden, output, loss, optimizer, dtype, blas_bits=None, skips=()
     permutation; batches of B (the last smaller); thetas, states1, states2: the two slots' buffers
     (tuples; unused states any (P,) arrays); Bf: see ``whole_step``; XbT (B, n0) and Ybf (nL B,) gather
     buffers. J is the mean cost over the examples; a batch whose cost is not finite stops the epoch before
-    its update (its index returned, else -1): nothing of it is written."""
+    its update (its index returned, else -1): nothing of it is written. A whole epoch ends by counting itself
+    in the current slot's counters (the last store: a Ctrl-C, raised once the call returns, finds the epoch
+    complete and counted)."""
     return _whole_epoch(hidden, output, loss, optimizer, dtype, blas_bits, skips, batch_norm)
 
 

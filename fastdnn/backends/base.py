@@ -190,8 +190,8 @@ class Backend:
         return self.xp.vdot(W.reshape(-1), W.reshape(-1))
 
     def loss_cost(self, loss, Z, A, Y):
-        """J = (1/m) Σ L(a, y), a 0-d array. Z, A, Y (n_L, m) -> ()."""
-        return loss.total(self.xp, Z, A, Y) / Y.shape[1]
+        """J = (1/m) Σ L(a, y), a 0-d array of Z's dtype (the sum in float64). Z, A, Y (n_L, m) -> ()."""
+        return self.xp.asarray(loss.total(self.xp, Z, A, Y) / Y.shape[1], dtype=Z.dtype)
 
     def output_delta(self, loss, activation, Z, A, Y, out=None):
         """dZ[L] = ∂J/∂Z[L] = (A - Y)/m for the loss's canonical activation, else dA * g'(Z)."""
