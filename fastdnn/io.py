@@ -35,7 +35,10 @@ def replace_file(path, write):
     (umask). An interrupted write leaves any earlier file untouched and no temporary behind."""
     target = os.path.realpath(path)
     directory = os.path.dirname(target)
-    fd, tmp = tempfile.mkstemp(prefix=".fastdnn-", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".fastdnn-", suffix=".tmp", dir=directory)
+    except OSError as exc:          # name the file asked for, not the temporary
+        raise OSError(exc.errno, exc.strerror, path) from exc
     try:
         os.fchmod(fd, _mode_for(target))
         with os.fdopen(fd, "wb") as f:
@@ -91,7 +94,8 @@ def read_state(path):
             arrays = _read_arrays(path, archive, members, state.expected_arrays(config), config["dtype"])
     except FileNotFoundError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, KeyError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, KeyError,
+            NotImplementedError, RuntimeError) as exc:        # the last two: compressions, encryption zipfile lacks
         if isinstance(exc, ModelFileError):
             raise
         raise ModelFileError(f"{path} is not a readable fastdnn model (.npz) file: "
@@ -110,11 +114,17 @@ def _read_header(path, archive, members):
         raise ModelFileError(f"{path}: its header declares {info.file_size} bytes; a fastdnn header is "
                              f"under {HEADER_MAX_BYTES}")
     with archive.open(info) as f:
-        header = np.lib.format.read_array(f, allow_pickle=False)
-    if header.dtype.kind != "U" or header.shape != ():
-        raise ModelFileError(f"{path} has a corrupted header (a {header.dtype} array of shape {header.shape})")
+        shape, _, dtype = _npy_header(path, f, "header")
+        if dtype.hasobject:
+            raise ModelFileError(f"{path} is not a readable fastdnn model (.npz) file: its header holds "
+                                 "Python objects (a pickle), which fastdnn never loads")
+        if dtype.kind != "U" or shape != () or dtype.itemsize > HEADER_MAX_BYTES:
+            raise ModelFileError(f"{path} has a corrupted header (a {dtype} array of shape {shape})")
+        data = f.read(dtype.itemsize)
+    if len(data) != dtype.itemsize:
+        raise ModelFileError(f"{path} is damaged: its header is truncated")
     try:
-        return json.loads(str(header))
+        return json.loads(str(np.frombuffer(data, dtype)[0]))
     except ValueError as exc:
         raise ModelFileError(f"{path} has a corrupted header: {exc}") from exc
 
@@ -143,11 +153,7 @@ def _read_arrays(path, archive, members, shapes, dtype):
 def _read_npy(path, f, name, shape):
     """One .npy member whose own header must declare a numeric dtype and this array's shape (so
     nothing is allocated for a shape the architecture does not have)."""
-    version = np.lib.format.read_magic(f)
-    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-    if version not in readers:
-        raise ModelFileError(f"{path}: member {name} has .npy format version {version}")
-    found, fortran, dtype = readers[version](f)
+    found, fortran, dtype = _npy_header(path, f, name)
     if dtype.kind not in "iuf" or dtype.itemsize > 8:
         raise ModelFileError(f"{path} is damaged or inconsistent: {name} has dtype {dtype}, not a number")
     if found != shape and not (name[0] == "b" and found == shape[:1]):
@@ -157,3 +163,12 @@ def _read_npy(path, f, name, shape):
     if len(data) != count * dtype.itemsize:
         raise ModelFileError(f"{path} is damaged: member {name} is truncated")
     return np.frombuffer(data, dtype).reshape(found, order="F" if fortran else "C").copy()
+
+
+def _npy_header(path, f, name):
+    """(shape, fortran_order, dtype) from a .npy member's own header (format 1.0 or 2.0), before its data."""
+    version = np.lib.format.read_magic(f)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    if version not in readers:
+        raise ModelFileError(f"{path}: member {name} has .npy format version {version}")
+    return readers[version](f)

@@ -557,10 +557,11 @@ def load(path: str | os.PathLike[str], device: str = "auto") -> Network:
     """The Network saved at path (``Network.save``), on ``device``, with its optimizer state and
     counters; ModelFileError naming the problem for a file that is truncated, corrupted, hostile, not a
     fastdnn network or of an unknown version."""
+    backend = get_backend(device, _stacklevel=3)      # the caller's mistakes are not the file's
     state_dict = io.read_state(path)
     try:
-        return Network.from_state_dict(state_dict, device)
-    except (TypeError, ValueError) as exc:
+        return Network.from_state_dict(state_dict, backend)
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ModelFileError(f"{path} is damaged or inconsistent: {type(exc).__name__}: {exc}") from exc
 
 

@@ -22,6 +22,7 @@ FORMAT = "fastdnn-network"
 VERSION = 2
 SKIP_VERSION = 3        # a network with skip connections (older readers refuse it rather than drop them)
 READS = (1, 2, 3)       # version 1: no seed; version 3: skip connections
+MAX_COUNT = 2**62       # step counts are int64 counters that go on counting
 
 
 def make(net):
@@ -64,7 +65,7 @@ def check_config(config):
         raise TypeError(f"the configuration must be a JSON object; got {type(config).__name__}")
     if config.get("format") != FORMAT:
         raise ValueError(f"not a fastdnn network (format {config.get('format')!r})")
-    if config.get("version") not in READS:
+    if not _is_int(config.get("version")) or config["version"] not in READS:
         raise ValueError(f"format version {config.get('version')!r}; this fastdnn reads version "
                          + " or ".join(map(str, READS)))
     dims = _field(config, "layer_dims", list)
@@ -74,6 +75,9 @@ def check_config(config):
     if len(acts) != len(dims) - 1 or not all(isinstance(a, list) and a and a[0] in ACTIVATIONS for a in acts):
         raise ValueError(f"activations must be {len(dims) - 1} lists [name, parameters...] with names among "
                          f"{sorted(ACTIVATIONS)}; got {acts!r}")
+    hidden = [a[0] for a in acts[:-1] if not ACTIVATIONS[a[0]].elementwise]
+    if hidden:
+        raise ValueError(f"activations: {hidden[0]!r} is only allowed as the output activation; got {acts!r}")
     if _field(config, "loss", str) not in LOSSES:
         raise ValueError(f"unknown loss {config['loss']!r}")
     if _field(config, "dtype", str) not in ("float32", "float64"):
@@ -82,8 +86,8 @@ def check_config(config):
         raise ValueError(f"unknown optimizer {config['optimizer']!r}")
     _field(config, "optimizer_args", dict)
     for name in ("optimizer_step", "iteration", "epoch"):
-        if not _is_int(config.get(name)) or config[name] < 0:
-            raise ValueError(f"{name} must be an integer >= 0; got {config.get(name)!r}")
+        if not _is_int(config.get(name)) or not 0 <= config[name] < MAX_COUNT:
+            raise ValueError(f"{name} must be an integer in [0, 2**62); got {config.get(name)!r}")
     if config["optimizer_step"] > config["iteration"]:
         raise ValueError(f"optimizer_step {config['optimizer_step']} exceeds iteration {config['iteration']}")
     l2 = config.get("l2")
@@ -155,8 +159,9 @@ def check_arrays(config, arrays):
                             + (f" of dtype {a.dtype}" if isinstance(a, np.ndarray) else ""))
         if a.shape != shape and not (shape[1:] == (1,) and not name.startswith("W") and a.shape == shape[:1]):
             raise ValueError(f"{name} has shape {a.shape}, expected {shape}")
-        if not np.isfinite(a).all():
-            raise ValueError(f"{name} contains NaN or infinity")
+        with np.errstate(over="ignore"):                # a float64 beyond float32's range becomes inf
+            if not np.isfinite(a.astype(config["dtype"], copy=False)).all():
+                raise ValueError(f"{name} contains NaN or infinity (as {config['dtype']})")
         if name in nonnegative and (a < 0).any():
             raise ValueError(f"{name} (a mean of squares) has negative entries")
     return {name: arrays[name] for name in shapes}

@@ -98,3 +98,85 @@ def test_load_onto_cuda_falls_back_with_the_warning(tmp_path):
     with pytest.warns(fastdnn.DeviceFallbackWarning):
         back = fastdnn.load(net.save(str(tmp_path / "n.npz")), device="cuda")
     assert back.device == "cpu"
+
+
+def _rewritten(tmp_path, name, good, header=None, compression=None, flag=None, **arrays):
+    """good's file with its header (a .npy member's bytes), some arrays, or the zip's compression method /
+    general-purpose flags replaced: what a hostile or damaged file can hold."""
+    import io
+    import zipfile
+    with zipfile.ZipFile(good) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    path = tmp_path / f"{name}.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        for n, data in members.items():
+            if n == "header.npy" and header is not None:
+                data = header
+            elif n[:-4] in arrays:
+                buffer = io.BytesIO()
+                np.lib.format.write_array(buffer, arrays[n[:-4]])
+                data = buffer.getvalue()
+            z.writestr(n, data)
+    raw = bytearray(path.read_bytes())
+    for signature, flags_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
+        i = raw.find(signature)
+        while i >= 0:
+            if flag is not None:
+                raw[i + flags_at] |= flag
+            if compression is not None:
+                raw[i + method_at:i + method_at + 2] = compression.to_bytes(2, "little")
+            i = raw.find(signature, i + 4)
+    path.write_bytes(bytes(raw))
+    return str(path)
+
+
+def test_hostile_headers_counters_and_members_are_refused_with_the_reason(tmp_path):
+    """Each a ModelFileError naming what is wrong, before anything large is allocated or built: a header
+    whose own .npy header declares 10¹¹ characters (a 400-byte file), step counts beyond int64, a random
+    generator state out of range, an encrypted member or one in a compression zipfile cannot read, a
+    float64 weight beyond float32's range in a float32 network (it would load as inf), softmax as a
+    hidden activation (Network refuses it), and a JSON true as the version."""
+    import json
+    import struct
+    net, _, _ = trained()
+    good = net.save(str(tmp_path / "good.npz"))
+    config = json.loads(str(np.load(good)["header"]))
+
+    def header(**changes):
+        import io
+        buffer = io.BytesIO()
+        np.lib.format.write_array(buffer, np.array(json.dumps({**config, **changes})))
+        return buffer.getvalue()
+    huge = b"{'descr': '<U1', 'fortran_order': False, 'shape': (100000000000,), }"
+    huge += b" " * (63 - (10 + len(huge)) % 64) + b"\n"
+    cases = [
+        ("huge", dict(header=b"\x93NUMPY\x01\x00" + struct.pack("<H", len(huge)) + huge + b"abcd"),
+         "corrupted header"),
+        ("iteration", dict(header=header(iteration=2**63)), r"iteration must be an integer in \[0, 2\*\*62\)"),
+        ("rng", dict(header=header(rng={**config["rng"], "state": {"state": 2**300, "inc": 1}})), "rng"),
+        ("encrypted", dict(flag=1), "not a readable fastdnn model"),
+        ("compression", dict(compression=99), "not a readable fastdnn model"),
+        ("range", dict(header=header(dtype="float32"), W1=np.full((6, 2), 1e300)),
+         r"W1 contains NaN or infinity \(as float32\)"),
+        ("softmax", dict(header=header(activations=[["softmax"], ["tanh"], ["sigmoid"]])),
+         "'softmax' is only allowed as the output activation"),
+        ("version", dict(header=header(version=True)), "format version True"),
+    ]
+    for name, changes, message in cases:
+        with pytest.raises(ModelFileError, match=message):
+            fastdnn.load(_rewritten(tmp_path, name, good, **changes), device="numpy")
+    assert fastdnn.load(_rewritten(tmp_path, "same", good), device="numpy").iteration == net.iteration
+
+
+def test_the_callers_mistakes_are_not_blamed_on_the_file(tmp_path):
+    """A bad device is the caller's error, raised as for Network; a save into a missing folder names the
+    path given, not the hidden temporary beside it."""
+    net, _, _ = trained()
+    good = net.save(str(tmp_path / "good.npz"))
+    with pytest.raises(ValueError, match="unknown device 'tpu'") as e:
+        fastdnn.load(good, device="tpu")
+    assert not isinstance(e.value, ModelFileError)
+    missing = str(tmp_path / "no" / "net.npz")
+    with pytest.raises(FileNotFoundError) as e:
+        net.save(missing)
+    assert e.value.filename == missing
