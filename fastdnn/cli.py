@@ -209,6 +209,13 @@ def sweep_config(value):
 
 # --- help -------------------------------------------------------------------------------------
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, its errors one line on stderr (the usage is in --help) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+
+
 class _HelpFormatter(argparse.HelpFormatter):
     """Every option's help ends with its default (when it has one)."""
 
@@ -394,8 +401,7 @@ def _gpu_check_parser(sub):
 
 def build_parser():
     """The ``fastdnn`` parser with its seven commands."""
-    parser = argparse.ArgumentParser(prog="fastdnn", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=_HelpFormatter)
+    parser = _Parser(prog="fastdnn", description=DESCRIPTION, epilog=EPILOG, formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"fastdnn {__version__}")
     sub = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
     _demo_parser(sub)
@@ -457,6 +463,24 @@ def _check_train(args):
     for option in ("plot", "boundary"):
         if getattr(args, option) and importlib.util.find_spec("matplotlib") is None:
             fail(f"--{option} needs matplotlib: pip install 'fastdnn[plot]'")
+        if getattr(args, option):
+            _check_image_format(option, getattr(args, option), fail)
+    outputs = {}
+    for option in ("save", "onnx", "plot", "boundary"):
+        path = getattr(args, option)
+        if path and os.path.realpath(path) in outputs:
+            fail(f"--{outputs[os.path.realpath(path)]} and --{option} name the same file {path!r}")
+        if path:
+            outputs[os.path.realpath(path)] = option
+
+
+def _check_image_format(option, path, fail):
+    """The file's extension is a format matplotlib writes (none: its default, png)."""
+    from matplotlib.figure import Figure
+    extension = os.path.splitext(path)[1][1:].lower()
+    formats = Figure().canvas.get_supported_filetypes()
+    if extension and extension not in formats:
+        fail(f"--{option} {path!r}: matplotlib writes {', '.join(sorted(formats))} files, not .{extension}")
 
 
 def _check_bench(args):
@@ -700,7 +724,10 @@ def main(argv=None):
     """Run the command line ``argv`` (default: sys.argv[1:]); returns the exit status, or raises
     SystemExit(2) after one error line on stderr."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:                  # named by the command's parser, which has them in its --help
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.argv = argv
     check = CHECKS.get(args.command)
     if check:

@@ -194,6 +194,7 @@ class Engine:
         self.seed = seed            # the default seed of the mini-batch order
         self.rng = np.random.default_rng(seed)      # dropout masks
         self._order_streams = {}    # (seed, rank) -> the mini-batch order's stream (see _epoch_order)
+        self.quiet_chunks = {}      # batch size -> full-batch steps per call between reports (training.py)
         self.parallel = None        # a distributed.DataParallel while fit(comm=...) runs
         self._counters = np.zeros((2, 3), np.int64)     # per slot: t, iteration, epoch
         self._current = np.zeros(1, np.int64)           # the current slot, 0 or 1

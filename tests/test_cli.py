@@ -30,13 +30,8 @@ def run_process(*argv):
 
 
 def error_lines(stderr):
-    """stderr without argparse's usage block (a 'usage:' line and its indented continuations)."""
-    lines = stderr.splitlines()
-    if lines and lines[0].startswith("usage:"):
-        lines = lines[1:]
-        while lines and lines[0].startswith(" "):
-            lines = lines[1:]
-    return lines
+    """stderr's lines (argparse's usage block is not printed: the usage is in --help)."""
+    return stderr.splitlines()
 
 
 def assert_one_error_line(status, stderr, expected):
@@ -70,6 +65,8 @@ BAD = [
     case("no-command-is-refused", "", "the following arguments are required: COMMAND"),
     case("an-unknown-command-is-refused", "fit", "invalid choice: 'fit'"),
     case("backends-takes-no-options", "backends --device cpu", "unrecognized arguments: --device cpu"),
+    case("an-unknown-option-is-named-by-its-command", "demo --nope",
+         "fastdnn demo: error: unrecognized arguments: --nope (see: fastdnn demo --help)"),
     # demo
     case("demo-rejects-zero-iterations", "demo --iterations 0", "--iterations: must be a positive integer; got '0'"),
     case("demo-rejects-a-negative-learning-rate", "demo --learning-rate -0.5",
@@ -167,6 +164,10 @@ BAD = [
     case("deep-rejects-zero-depth", "deep --depth 0", "--depth: must be a positive integer"),
     case("deep-rejects-zero-seeds", "deep --seeds 0", "--seeds: must be a positive integer"),
     case("deep-rejects-a-zero-learning-rate", "deep --learning-rate 0", "--learning-rate: must be a finite"),
+    case("train-rejects-an-image-format-matplotlib-cannot-write", "train --plot {tmp}/cost.xyz",
+         "--plot '{tmp}/cost.xyz': matplotlib writes"),
+    case("train-rejects-two-outputs-in-one-file", "train --save {tmp}/m.npz --onnx {tmp}/m.npz",
+         "--save and --onnx name the same file '{tmp}/m.npz'"),
     # bench
     case("bench-rejects-an-unknown-configuration", "bench --config mnist", "invalid choice: 'mnist'"),
     case("bench-rejects-an-empty-configuration-list", "bench --config", "expected at least one argument"),

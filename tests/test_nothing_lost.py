@@ -292,6 +292,31 @@ def test_an_interrupt_during_a_compiled_epoch_finds_it_complete_and_counted(monk
     assert_same_state(state(net), state(twin))
 
 
+def test_a_ctrl_c_between_two_distant_reports_stops_the_fit_at_once(backend):
+    """Reports 10⁶ steps apart (one at the start, one at the end): the quiet steps between run in calls of
+    ~0.1 s (training.QUIET_CALL_S), so a SIGINT stops the fit within a moment, not at the next report
+    (~10 s away on numba: before, all of them were one compiled call), and the network is a whole step of the run."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals need the main thread")
+    X, Y = moons()
+    fit = dict(learning_rate=1e-4, verbose=0)
+    net = Network([2, 64, 64, 1], device=backend, dtype="float64", seed=0)
+    net.fit(X, Y, iterations=2, **fit)
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    start = time.perf_counter()
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            net.fit(X, Y, iterations=10**6, report_every=10**6, **fit)
+    finally:
+        timer.cancel()
+    assert time.perf_counter() - start < 3
+    twin = Network([2, 64, 64, 1], device=backend, dtype="float64", seed=0)
+    twin.fit(X, Y, iterations=2, **fit)
+    twin.fit(X, Y, iterations=net.iteration - 2, report_every=10**9, **fit)
+    assert_same_state(state(net), state(twin))
+
+
 @pytest.mark.parametrize("batch_size", [None, 16])
 def test_real_interrupts_at_random_moments_leave_a_consistent_network(backend, batch_size):
     """SIGINT at random moments of a fit: the network is always some whole step of the run, with its
