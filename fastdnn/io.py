@@ -158,11 +158,15 @@ def _read_npy(path, f, name, shape):
         raise ModelFileError(f"{path} is damaged or inconsistent: {name} has dtype {dtype}, not a number")
     if found != shape and not (name[0] == "b" and found == shape[:1]):
         raise ModelFileError(f"{path} is damaged or inconsistent: {name} has shape {found}, expected {shape}")
-    count = int(np.prod(found))
-    data = f.read(count * dtype.itemsize)
-    if len(data) != count * dtype.itemsize:
-        raise ModelFileError(f"{path} is damaged: member {name} is truncated")
-    return np.frombuffer(data, dtype).reshape(found, order="F" if fortran else "C").copy()
+    array = np.empty(found, dtype, order="F" if fortran else "C")        # read into it: one copy in memory
+    view = memoryview(array.reshape(-1, order="A")).cast("B")
+    filled = 0
+    while filled < len(view):
+        n = f.readinto(view[filled:])
+        if not n:
+            raise ModelFileError(f"{path} is damaged: member {name} is truncated")
+        filled += n
+    return array
 
 
 def _npy_header(path, f, name):
