@@ -128,6 +128,9 @@ def parameter_shapes(parameters, activations=None):
     if L == 0:
         raise ValueError("parameters must hold W1, b1, ..., WL, bL; found no 'W1'")
     extra = set(parameters) - {f"{p}{l}" for l in range(1, L + 1) for p in "Wb"}
+    later = [k for k in extra if k[:1] in "Wb" and k[1:].isdigit() and int(k[1:]) > L]
+    if later:
+        raise ValueError(f"parameters have {', '.join(sorted(later))} but no W{L + 1}")
     if extra:
         raise ValueError(f"unexpected parameter names {sorted(extra)}; expected W1..W{L}, b1..b{L}")
     dims = [np.shape(parameters["W1"])[1] if np.ndim(parameters["W1"]) == 2 else "n0"]

@@ -577,6 +577,9 @@ def _train(args):
     comm = distributed.mpi_world()              # under mpiexec: data-parallel, rank 0 reports
     leader = comm is None or comm.Get_rank() == 0
     say = print if leader else (lambda *a, **k: None)
+    if np.unique(Y).size < 2:
+        raise ValueError(f"the {args.dataset} training labels are all {int(Y.flat[0])}: a classifier needs two "
+                         "classes or more")
     classes = int(Y.max()) + 1
     output = "sigmoid" if classes == 2 else "softmax"
     net = fastdnn.Network([X.shape[0], *args.hidden, 1 if classes == 2 else classes], args.activation,

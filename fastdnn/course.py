@@ -94,12 +94,24 @@ def linear_activation_forward(A_prev, W, b, activation):
     return A, (linear_cache, activation_cache)
 
 
-def _check_A_prev(shape, W, l, L, activation):
-    """A_prev (X for l = 1) must be (n_{l-1}, m) with n_{l-1} = W[l].shape[1]."""
+def _check_A_prev(shape, W, b, l, L, activation):
+    """A_prev (X for l = 1) must be (n_{l-1}, m) with n_{l-1} = W[l].shape[1], and b[l] (n_l, 1): a (n_l,)
+    b would broadcast along the examples."""
+    where = layer_name(l, L, _ACTIVATION[activation])
     if len(shape) != 2 or shape[0] != W.shape[1]:
         what = "X" if l == 1 else "A_prev"
-        raise ShapeError(f"{layer_name(l, L, _ACTIVATION[activation])}: {what} has shape "
-                         f"{tuple(shape)}, expected ({W.shape[1]}, m) to match W{l} {tuple(W.shape)}")
+        raise ShapeError(f"{where}: {what} has shape {tuple(shape)}, expected ({W.shape[1]}, m) to match "
+                         f"W{l} {tuple(W.shape)}")
+    if tuple(b.shape) != (W.shape[0], 1):
+        raise ShapeError(f"{where}: b{l} has shape {tuple(b.shape)}, expected ({W.shape[0]}, 1) to match "
+                         f"W{l} {tuple(W.shape)}")
+
+
+def _check_Y(where, Y, AL, reshaped=False):
+    """Y must be AL's shape (1, m), or hold its m values when the course reshapes it (``reshaped``)."""
+    if tuple(Y.shape) != tuple(AL.shape) and not (reshaped and Y.size == AL.size):
+        raise ShapeError(f"{where}: Y has shape {tuple(Y.shape)}, expected {tuple(AL.shape)} to match AL "
+                         f"{tuple(AL.shape)}")
 
 
 def L_model_forward(X, parameters):
@@ -108,10 +120,10 @@ def L_model_forward(X, parameters):
     A = X
     L = len(parameters) // 2
     for l in range(1, L + 1):
-        W = parameters["W" + str(l)]
+        W, b = parameters["W" + str(l)], parameters["b" + str(l)]
         activation = "relu" if l < L else "sigmoid"
-        _check_A_prev(A.shape, W, l, L, activation)
-        A, cache = linear_activation_forward(A, W, parameters["b" + str(l)], activation)
+        _check_A_prev(A.shape, W, b, l, L, activation)
+        A, cache = linear_activation_forward(A, W, b, activation)
         caches.append(cache)
     return A, caches
 
@@ -119,6 +131,7 @@ def L_model_forward(X, parameters):
 def compute_cost(AL, Y):
     """cost = -(1/m) Σ [Y log AL + (1-Y) log(1-AL)], a 0-d array. AL, Y (1, m)."""
     xp = array_namespace(AL, Y)
+    _check_Y("compute_cost", Y, AL)
     m = Y.shape[1]
     cost = (1. / m) * (-xp.dot(Y, xp.log(AL).T) - xp.dot(1 - Y, xp.log(1 - AL).T))
     return xp.squeeze(cost)
@@ -146,6 +159,7 @@ def L_model_backward(AL, Y, caches):
     """grads {'dA{l-1}', 'dW{l}', 'db{l}'} for l = L..1, from dAL = -(Y/AL - (1-Y)/(1-AL))."""
     grads = {}
     L = len(caches)
+    _check_Y("L_model_backward", Y, AL, reshaped=True)
     Y = Y.reshape(AL.shape)
     dAL = - (Y / AL - (1 - Y) / (1 - AL))
     current_cache = caches[L - 1]
@@ -294,6 +308,7 @@ def _cross_entropy(A3, Y):
     regularization assignment's own compute_cost does; m = Y.shape[1]."""
     xp = array_namespace(A3)
     Y = _labels(Y, A3)
+    _check_Y("the cost", Y, A3)
     with np.errstate(divide="ignore", invalid="ignore"):
         logprobs = -xp.log(A3) * Y + -xp.log(1 - A3) * (1 - Y)
     return 1. / Y.shape[1] * xp.nansum(logprobs)
@@ -364,7 +379,7 @@ def _relu_sigmoid_forward(X, parameters, keep_prob=None, seed=None):
     shape = X.shape
     for l in range(1, L + 1):
         W = parameters["W" + str(l)]
-        _check_A_prev(shape, W, l, L, "relu" if l < L else "sigmoid")
+        _check_A_prev(shape, W, parameters["b" + str(l)], l, L, "relu" if l < L else "sigmoid")
         shape = (W.shape[0], shape[1])
     if keep_prob is not None and seed is not None:
         np.random.seed(seed)
@@ -536,6 +551,11 @@ def gradient_check_n(parameters, gradients, X, Y, epsilon=1e-7, print_msg=True):
 def random_mini_batches(X, Y, mini_batch_size=64, seed=0):
     """[(mini_batch_X, mini_batch_Y), ...]: np.random.seed(seed), one permutation of the m columns,
     then consecutive slices of mini_batch_size (the last one smaller when m does not divide)."""
+    if isinstance(mini_batch_size, bool) or not isinstance(mini_batch_size, (int, np.integer)) or mini_batch_size < 1:
+        raise ValueError(f"mini_batch_size must be an integer >= 1; got {mini_batch_size!r}")
+    if X.ndim != 2 or Y.ndim != 2 or X.shape[1] != Y.shape[1]:
+        raise ShapeError(f"random_mini_batches: X {tuple(X.shape)} and Y {tuple(Y.shape)} must be (n, m) and "
+                         "(k, m) with the same m")
     np.random.seed(seed)
     m = X.shape[1]
     permutation = list(np.random.permutation(m))
@@ -553,8 +573,8 @@ def initialize_velocity(parameters):
     xp = array_namespace(parameters["W1"])
     v = {}
     for l in range(1, L + 1):
-        v["dW" + str(l)] = xp.zeros(parameters["W" + str(l)].shape)
-        v["db" + str(l)] = xp.zeros(parameters["b" + str(l)].shape)
+        for p in ("W", "b"):
+            v["d" + p + str(l)] = xp.zeros(parameters[p + str(l)].shape, dtype=parameters[p + str(l)].dtype)
     return v
 
 

@@ -12,13 +12,15 @@ import numpy as np
 
 from .errors import unknown_name
 
+# W[l] from the draw R = randn(n_l, n_{l-1}), each written as the course writes it (a division stays a division:
+# R * (1 / s) can differ from R / s in the last bit)
 SCALES = {
-    "he": lambda n_prev, n: np.sqrt(2.0 / n_prev),          # He et al. 2015, for relu
-    "xavier": lambda n_prev, n: np.sqrt(2.0 / (n_prev + n)),  # Glorot & Bengio 2010, normal
-    "scaled": lambda n_prev, n: 1.0 / np.sqrt(n_prev),      # the course's / sqrt(n[l-1])
-    "small": lambda n_prev, n: 0.01,                        # the course's * 0.01
-    "large": lambda n_prev, n: 10.0,                        # the course's "large random" demo
-    "zeros": lambda n_prev, n: 0.0,
+    "he": lambda R, n_prev, n: R * np.sqrt(2.0 / n_prev),          # He et al. 2015, for relu
+    "xavier": lambda R, n_prev, n: R * np.sqrt(2.0 / (n_prev + n)),  # Glorot & Bengio 2010, normal
+    "scaled": lambda R, n_prev, n: R / np.sqrt(n_prev),            # the course's / sqrt(n[l-1])
+    "small": lambda R, n_prev, n: R * 0.01,                        # the course's * 0.01
+    "large": lambda R, n_prev, n: R * 10,                          # the course's "large random" demo
+    "zeros": lambda R, n_prev, n: np.zeros_like(R),
 }
 
 
@@ -30,7 +32,6 @@ def initialize(layer_dims, scheme="he", seed=None):
     parameters = {}
     for l in range(1, len(layer_dims)):
         n_prev, n = layer_dims[l - 1], layer_dims[l]
-        W = rng.randn(n, n_prev) * SCALES[scheme](n_prev, n)
-        parameters[f"W{l}"] = W if scheme != "zeros" else np.zeros((n, n_prev))
+        parameters[f"W{l}"] = SCALES[scheme](rng.randn(n, n_prev), n_prev, n)
         parameters[f"b{l}"] = np.zeros((n, 1))
     return parameters

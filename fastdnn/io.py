@@ -114,7 +114,12 @@ def _read_header(path, archive, members):
         raise ModelFileError(f"{path}: its header declares {info.file_size} bytes; a fastdnn header is "
                              f"under {HEADER_MAX_BYTES}")
     with archive.open(info) as f:
-        shape, _, dtype = _npy_header(path, f, "header")
+        try:
+            shape, _, dtype = _npy_header(path, f, "header")
+        except ValueError as exc:               # NumPy could not parse the member's own header
+            if isinstance(exc, ModelFileError):
+                raise
+            raise ModelFileError(f"{path} has a corrupted header: {exc}") from exc
         if dtype.hasobject:
             raise ModelFileError(f"{path} is not a readable fastdnn model (.npz) file: its header holds "
                                  "Python objects (a pickle), which fastdnn never loads")

@@ -207,7 +207,7 @@ class Network:
                   if not str(k).startswith(("Ws", "gamma", "running_"))}
         dims = _checks.parameter_shapes(layers)
         if dtype is None:
-            dt = np.result_type(parameters["W1"])
+            dt = np.asarray(parameters["W1"]).dtype
             dtype = dt if dt in DTYPES else np.float64
         batch_norm = [l in normalized for l in range(1, len(dims) - 1)]
         return cls(dims, hidden_activation, output_activation, loss, init=dict(parameters), device=device,
@@ -383,6 +383,12 @@ class Network:
                             self.activations[-1], self.dtype)
         return Xd, Yd
 
+    def _labelled(self, X, Y):
+        """prepare(X, Y) for a call that needs the labels: Y None is an error naming it."""
+        if Y is None:
+            raise TypeError("Y is required (the labels of X's examples); got None")
+        return self.prepare(X, Y)
+
     def _result(self, A, like):
         """A copy of A: on the backend for backend-native non-NumPy input, else on the host."""
         if self.backend.xp is not np and self.backend.is_native(like):
@@ -399,12 +405,12 @@ class Network:
     @_on_device
     def cost(self, X: ArrayLike, Y: ArrayLike) -> float:
         """J = (1/m) Σ L(ŷ, y) as a Python float."""
-        return self.engine.cost(*self.prepare(X, Y))
+        return self.engine.cost(*self._labelled(X, Y))
 
     @_on_device
     def gradients(self, X: ArrayLike, Y: ArrayLike) -> dict[str, np.ndarray]:
         """{'dW1': (n1, n0), 'db1': (n1, 1), ...} = ∂J/∂W[l], ∂J/∂b[l], as host NumPy arrays."""
-        return self.engine.gradients(*self.prepare(X, Y))
+        return self.engine.gradients(*self._labelled(X, Y))
 
     @_on_device
     def step(self, X: ArrayLike, Y: ArrayLike, learning_rate: float | None = None,
@@ -413,7 +419,7 @@ class Network:
         returns J before the step. A step that raises leaves the network as it was."""
         new_optimizer = None if optimizer is None else get_optimizer(optimizer)
         learning_rate = self._rate(learning_rate, new_optimizer)
-        Xd, Yd = self.prepare(X, Y)
+        Xd, Yd = self._labelled(X, Y)
         if new_optimizer is not None:
             self.engine.set_optimizer(new_optimizer)
         self.engine.begin_call()
@@ -489,6 +495,10 @@ class Network:
         learning_rate = self._rate(learning_rate, new_optimizer)
         schedule = get_schedule(schedule)
         seed = None if seed is None else _check_seed(seed)
+        if not isinstance(shuffle, (bool, np.bool_)):
+            raise TypeError(f"shuffle must be True or False; got {shuffle!r}")
+        if isinstance(verbose, str) or verbose not in (None, 0, 1, 2):
+            raise ValueError(f"verbose must be None, 0, 1 or 2; got {verbose!r}")
         if epochs is None:
             if batch_size is not None:
                 raise ValueError("batch_size needs epochs=...; iterations are full-batch steps")
@@ -505,7 +515,7 @@ class Network:
                                                 and len(validation_data) == 2):
             raise TypeError("validation_data must be a pair (X_val, Y_val); got "
                             f"{type(validation_data).__name__}")
-        Xd, Yd = self.prepare(X, Y)
+        Xd, Yd = self._labelled(X, Y)
         validation = None if validation_data is None else self._validation(validation_data)
         if new_optimizer is not None:
             self.engine.set_optimizer(new_optimizer)
@@ -516,7 +526,7 @@ class Network:
     def _validation(self, validation_data):
         """validation_data prepared like X, Y; its errors say that it is the validation data they are about."""
         try:
-            return self.prepare(*validation_data)
+            return self._labelled(*validation_data)
         except (ValueError, TypeError) as exc:
             raise type(exc)(f"validation_data: {exc}") from exc
 
@@ -544,9 +554,9 @@ class Network:
         name = self.activations[-1].name
         if name not in ("sigmoid", "softmax"):
             raise ValueError(f"accuracy needs a sigmoid or softmax output, not {name!r}; use cost()")
+        Xd, Yd = self._labelled(X, Y)
         p = self.predict(X)
         p = p if isinstance(p, np.ndarray) else self.backend.to_numpy(p)
-        Xd, Yd = self.prepare(X, Y)
         Y1 = self.backend.to_numpy(Yd)
         if name == "softmax":
             Y1 = np.argmax(Y1, axis=0).reshape(1, -1)

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import fastdnn
@@ -224,6 +225,16 @@ def test_an_unreadable_course2_file_is_one_error_line(paths, capsys):
     pytest.importorskip("scipy")
     status, _, err = run_main(capsys, ["train", "--dataset", "course2", "--data", paths["file"]])
     assert_one_error_line(status, err, f"cannot read the course2 data from {paths['file']!r}")
+
+
+def test_course2_data_of_one_class_is_one_error_line(tmp_path, capsys):
+    scipy_io = pytest.importorskip("scipy.io")
+    rng = np.random.RandomState(0)
+    path = str(tmp_path / "data.mat")
+    scipy_io.savemat(path, {"X": rng.rand(20, 2), "y": np.zeros((20, 1)), "Xval": rng.rand(5, 2),
+                            "yval": np.ones((5, 1))})
+    status, _, err = run_main(capsys, ["train", "--dataset", "course2", "--data", path])
+    assert_one_error_line(status, err, "the course2 training labels are all 0: a classifier needs two classes or more")
 
 
 def test_empty_cat_files_are_one_error_line(paths, capsys):

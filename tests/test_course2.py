@@ -123,6 +123,28 @@ def test_initializers_draw_the_course_stream(name, scale):
         np.testing.assert_array_equal(p[f"b{l}"], np.zeros((dims[l], 1)))
 
 
+def test_velocity_and_adam_state_keep_the_parameters_dtype():
+    p = {k: v.astype(np.float32) for k, v in course.initialize_parameters_he([3, 4, 1]).items()}
+    g = {"d" + k: np.ones_like(v) for k, v in p.items()}
+    v = course.initialize_velocity(p)
+    assert {a.dtype for a in v.values()} == {np.dtype(np.float32)}
+    assert course.update_parameters_with_momentum(dict(p), g, v, 0.9, 0.1)[0]["W1"].dtype == np.float32
+    v, s = course.initialize_adam(p)
+    assert {a.dtype for a in [*v.values(), *s.values()]} == {np.dtype(np.float32)}
+    assert course.update_parameters_with_adam(dict(p), g, v, s, 1)[0]["W1"].dtype == np.float32
+
+
+def test_network_init_scaled_is_the_course_division_to_the_bit():
+    """init="scaled" draws what initialize_parameters_deep draws, randn / sqrt(n[l-1]) (a multiplication by
+    1 / sqrt(n[l-1]) differed in the last bit for about half the cat network's W1)."""
+    from fastdnn import Network
+    dims = [12288, 20, 7, 5, 1]
+    net = Network(dims, init="scaled", seed=1, device="numpy", dtype="float64")
+    expected = course.initialize_parameters_deep(dims, seed=1)
+    for k, v in expected.items():
+        np.testing.assert_array_equal(net.parameters[k], v)
+
+
 def test_initialize_parameters_deep_default_is_the_application_version():
     """Default seed=1, randn / sqrt(n[l-1]); the step-by-step one (seed=3, * 0.01) is in test_course.py."""
     dims = [4, 3, 2]

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from fastdnn import Network, ShapeError, TrainingDivergedError, course, datasets
+from fastdnn import Network, ShapeError, TrainingDivergedError, course, datasets, optimizers, schedules
+from fastdnn import gradient_check as fastdnn_gradient_check
 
 
 @pytest.fixture
@@ -147,3 +148,78 @@ def test_out_of_memory_says_how_many_bytes_the_workspace_needs(monkeypatch):
     with pytest.raises(MemoryError) as e:
         net.fit(np.ones((10, 512)), np.ones((1, 512)), iterations=1)
     assert str(e.value).startswith(f"the numpy workspace for batches of 512 needs {3 * 501 * 512 * 4} bytes")
+
+
+def test_labels_left_out_are_named_not_read_from_X(net):
+    """Y = None where labels are needed: a TypeError naming Y (X's rows were once unpacked as X and Y: an
+    accuracy of 0.0 for a two-row X, and IndexErrors elsewhere)."""
+    X, Y = np.ones((4, 6)), np.ones((1, 6))
+    calls = [lambda: net.accuracy(X, None), lambda: net.cost(X, None), lambda: net.gradients(X, None),
+             lambda: net.step(X, None), lambda: net.fit(X, None, iterations=1, verbose=0)]
+    for call in calls:
+        with pytest.raises(TypeError, match=r"^Y is required \(the labels of X's examples\); got None$"):
+            call()
+    with pytest.raises(TypeError, match="^validation_data: Y is required"):
+        net.fit(X, Y, iterations=1, verbose=0, validation_data=(X, None))
+    two_rows = Network([2, 3, 1], device="numpy", seed=0)
+    with pytest.raises(TypeError, match="Y is required"):
+        two_rows.accuracy(np.ones((2, 5)), None)
+
+
+BAD_SETTINGS = [
+    (lambda net, X, Y: net.fit(X, Y, epochs=1, batch_size=2, shuffle="no"), TypeError,
+     "shuffle must be True or False; got 'no'"),
+    (lambda net, X, Y: net.fit(X, Y, iterations=1, verbose="quiet"), ValueError,
+     "verbose must be None, 0, 1 or 2; got 'quiet'"),
+    (lambda net, X, Y: net.fit(X, Y, iterations=1, verbose=5), ValueError, "verbose must be None, 0, 1 or 2; got 5"),
+    (lambda net, X, Y: fastdnn_gradient_check(net, X, Y, max_checks=0), ValueError,
+     r"max_checks must be an integer >= 1 \(or None: every parameter\); got 0"),
+    (lambda net, X, Y: fastdnn_gradient_check(net, X, Y, epsilon=0), ValueError,
+     "epsilon must be a finite number > 0; got 0"),
+    (lambda net, X, Y: optimizers.Adam(beta1="a"), TypeError, "beta1 must be a number; got 'a'"),
+    (lambda net, X, Y: schedules.ExponentialDecay(decay_rate="a"), TypeError, "decay_rate must be a number; got 'a'"),
+    (lambda net, X, Y: schedules.StepDecay(step_size=None), TypeError, "step_size must be a number; got None"),
+    (lambda net, X, Y: schedules.InverseTimeDecay(time_interval=2.5), ValueError,
+     "time_interval must be an integer >= 1; got 2.5"),
+]
+
+
+@pytest.mark.parametrize("call, kind, message", BAD_SETTINGS)
+def test_bad_settings_name_the_argument_and_change_nothing(call, kind, message):
+    net = Network([4, 5, 3, 1], device="numpy", dtype="float64", seed=0)
+    X, Y = np.ones((4, 6)), np.ones((1, 6))
+    before = net.parameters
+    with pytest.raises(kind, match=f"^{message}$"):
+        call(net, X, Y)
+    for k, v in before.items():
+        np.testing.assert_array_equal(net.parameters[k], v)
+
+
+def test_from_parameters_names_a_missing_middle_layer_and_takes_lists():
+    P = Network([2, 4, 3, 1], device="numpy", seed=1).parameters
+    with pytest.raises(ValueError, match="^parameters have W3, b2, b3 but no W2$"):
+        Network.from_parameters({k: v for k, v in P.items() if k != "W2"}, device="numpy")
+    net = Network.from_parameters({**P, "W1": P["W1"].tolist()}, device="numpy")
+    assert net.dtype == np.float64
+    np.testing.assert_array_equal(net.parameters["W1"], P["W1"])
+
+
+def test_course_functions_name_what_is_wrong_with_Y_b_and_batches():
+    """The course API's shape errors name the function or layer and both shapes, where NumPy would say
+    'not aligned' (or, for a (n,) b with m == n, broadcast it along the examples and say nothing)."""
+    X, Y = np.ones((3, 4)), np.ones((1, 4))
+    p = course.initialize_parameters_deep([3, 4, 1])
+    AL, caches = course.L_model_forward(X, p)
+    with pytest.raises(ShapeError, match=r"^compute_cost: Y has shape \(1, 3\), expected \(1, 4\) to match AL"):
+        course.compute_cost(AL, Y[:, :3])
+    with pytest.raises(ShapeError, match=r"^L_model_backward: Y has shape \(1, 3\), expected \(1, 4\)"):
+        course.L_model_backward(AL, Y[:, :3], caches)
+    assert course.L_model_backward(AL, Y.ravel(), caches)["dW1"].shape == (4, 3)      # (m,): reshaped
+    with pytest.raises(ShapeError, match=r"^layer 1 of 2 \(relu\): b1 has shape \(4,\), expected \(4, 1\)"):
+        course.L_model_forward(X, {**p, "b1": p["b1"].ravel()})
+    with pytest.raises(ShapeError, match=r"^the cost: Y has shape \(1, 3\)"):
+        course.compute_cost_with_regularization(AL, Y[:, :3], p, 0.1)
+    with pytest.raises(ShapeError, match=r"^random_mini_batches: X \(3, 4\) and Y \(1, 3\)"):
+        course.random_mini_batches(X, Y[:, :3])
+    with pytest.raises(ValueError, match=r"^mini_batch_size must be an integer >= 1; got 0$"):
+        course.random_mini_batches(X, Y, mini_batch_size=0)
