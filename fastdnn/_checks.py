@@ -4,6 +4,13 @@ import numpy as np
 from .errors import ShapeError
 
 
+def number(name, value):
+    """value as a float, or TypeError naming the argument (a number is expected, not a bool or a string)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number; got {value!r}")
+    return float(value)
+
+
 def layer_name(l, L, activation):
     return f"layer {l} of {L} ({activation.name})"
 

@@ -272,17 +272,17 @@ class Network:
         if l2 is None:
             l2 = self.l2
         else:
-            l2 = _number("l2", l2)
+            l2 = _checks.number("l2", l2)
             if not (math.isfinite(l2) and l2 >= 0):
                 raise ValueError(f"l2 must be a finite number >= 0; got {l2}")
         if keep_prob is None:
             return l2, self.keep_prob
         probs = list(keep_prob) if isinstance(keep_prob, (list, tuple)) else [keep_prob] * (self.L - 1)
         given = keep_prob if isinstance(keep_prob, (list, tuple)) else [keep_prob]
-        if self.L == 1 and not all(_number("keep_prob", p) == 1 for p in given):
+        if self.L == 1 and not all(_checks.number("keep_prob", p) == 1 for p in given):
             raise ValueError(f"keep_prob={keep_prob} has no hidden layer to drop units from "
                              f"(layer_dims {self.layer_dims})")
-        if len(probs) != self.L - 1 or not all(0 < _number("keep_prob", p) <= 1 for p in probs):
+        if len(probs) != self.L - 1 or not all(0 < _checks.number("keep_prob", p) <= 1 for p in probs):
             raise ValueError(f"keep_prob must be in (0, 1], one value or one per hidden layer "
                              f"({self.L - 1}); got {keep_prob}")
         return l2, tuple(float(p) for p in probs)
@@ -587,13 +587,6 @@ def _count(name, value):
     return int(value)
 
 
-def _number(name, value):
-    """value as a float, or TypeError naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number; got {value!r}")
-    return float(value)
-
-
 def _check_seed(seed):
     """A seed: an integer in [0, 2**32), as NumPy's generators take."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
@@ -602,7 +595,7 @@ def _check_seed(seed):
 
 
 def _check_rate(learning_rate):
-    lr = _number("learning_rate", learning_rate)
+    lr = _checks.number("learning_rate", learning_rate)
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"learning_rate must be a finite number > 0; got {learning_rate}")
     return lr

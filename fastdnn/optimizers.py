@@ -9,8 +9,7 @@ state, so a step that fails or is interrupted leaves the previous ones whole.
 """
 import math
 
-import numpy as np
-
+from ._checks import number
 from .errors import unknown_name
 
 
@@ -178,22 +177,15 @@ def get_optimizer(spec):
     return OPTIMIZERS[spec]()
 
 
-def _real(name, value):
-    """value as a float, or TypeError naming it (a number is expected, not a bool or a string)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number; got {value!r}")
-    return float(value)
-
-
 def _positive(name, value):
-    value = _real(name, value)
+    value = number(name, value)
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite number > 0; got {value}")
     return value
 
 
 def _fraction(name, value):
-    value = _real(name, value)
+    value = number(name, value)
     if not 0 <= value < 1:
         raise ValueError(f"{name} must be in [0, 1); got {value}")
     return value

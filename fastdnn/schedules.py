@@ -8,8 +8,7 @@ at epoch 5000, α0 / 6 (inverse_time), α0 · 0.5^5 ≈ α0 / 32 (step) and α0 
 ``update_lr`` (decay every epoch), which suits tens of epochs, not thousands."""
 import math
 
-import numpy as np
-
+from ._checks import number
 from .errors import unknown_name
 
 
@@ -28,7 +27,7 @@ class ExponentialDecay:
     """α = α0 · decay_rate^⌊epoch / time_interval⌋ (by default 0.9995 every epoch: α0 / 12 at 5000)."""
 
     def __init__(self, decay_rate=0.9995, time_interval=1):
-        if not 0 < _real("decay_rate", decay_rate) <= 1:
+        if not 0 < number("decay_rate", decay_rate) <= 1:
             raise ValueError(f"decay_rate must be in (0, 1]; got {decay_rate}")
         self.decay_rate, self.time_interval = float(decay_rate), _interval(time_interval)
 
@@ -41,7 +40,7 @@ class StepDecay:
     halved every 1000)."""
 
     def __init__(self, step_size=1000, factor=0.5):
-        if not 0 < _real("factor", factor) <= 1:
+        if not 0 < number("factor", factor) <= 1:
             raise ValueError(f"factor must be in (0, 1]; got {factor}")
         self.step_size, self.factor = _interval(step_size, "step_size"), float(factor)
 
@@ -61,22 +60,15 @@ def get_schedule(spec):
     return SCHEDULES[spec]()
 
 
-def _real(name, value):
-    """value as a float, or TypeError naming it (a number is expected, not a bool or a string)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number; got {value!r}")
-    return float(value)
-
-
 def _nonneg(name, value):
-    value = _real(name, value)
+    value = number(name, value)
     if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"{name} must be a finite number >= 0; got {value}")
     return value
 
 
 def _interval(value, name="time_interval"):
-    value = _real(name, value)
+    value = number(name, value)
     if not math.isfinite(value) or int(value) != value or value < 1:
         raise ValueError(f"{name} must be an integer >= 1; got {value:g}")
     return int(value)
