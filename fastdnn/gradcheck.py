@@ -1,5 +1,9 @@
 """Gradient checking, as in the course: ||g - g_approx|| / (||g|| + ||g_approx||)."""
+import math
+
 import numpy as np
+
+from ._checks import number
 
 
 def gradient_check(net, X, Y, epsilon=1e-7, max_checks=None, seed=0):
@@ -9,10 +13,9 @@ def gradient_check(net, X, Y, epsilon=1e-7, max_checks=None, seed=0):
     includes the L2 term; dropout is off (it is random), as in the course; batch normalization uses
     X's own μ and σ² (training mode).
     max_checks: check that many randomly chosen parameters (seeded) instead of all of them."""
-    import math
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not (math.isfinite(epsilon) and epsilon > 0):
+    if not (math.isfinite(number("epsilon", epsilon)) and epsilon > 0):
         raise ValueError(f"epsilon must be a finite number > 0; got {epsilon!r}")
-    if max_checks is not None and (isinstance(max_checks, bool) or not isinstance(max_checks, (int, np.integer))
+    if max_checks is not None and (not isinstance(max_checks, (int, np.integer)) or isinstance(max_checks, bool)
                                    or max_checks < 1):
         raise ValueError(f"max_checks must be an integer >= 1 (or None: every parameter); got {max_checks!r}")
     grads = net.gradients(X, Y)
